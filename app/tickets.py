@@ -1,0 +1,271 @@
+"""Tickets: `issue(...)` signs a compact JWS (EdDSA), `verify(...)` checks one; pure functions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+
+from app.exceptions import (
+    InvalidTicketError,
+    TicketExpiredError,
+    TicketTooLargeError,
+    UnknownKeyError,
+)
+from app.keys import KeySet, SigningKey
+
+ALGORITHM = "EdDSA"  # fixed next to the key type, never read from the token (RFC 8725 section 3.1)
+TYPE = "opper-ticket+jwt"
+MAX_LIFETIME = 300
+MAX_CONFIG_BYTES = 64 * 1024  # hard bound when inflating `cfz`
+HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
+REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "exp")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_JTI = re.compile(r"[A-Za-z0-9_-]{22,}")  # base64url of at least 128 bits
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A verified ticket: who it is for, when it ends, and what it binds."""
+
+    kid: str
+    project: str
+    jti: str
+    issued_at: int
+    expires_at: int
+    config: dict[str, Any]
+    locked: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IssuedTicket:
+    token: str
+    kid: str
+    jti: str
+    issued_at: int
+    expires_at: int
+
+
+def rfc3339(seconds: float) -> str:
+    """`2026-05-13T15:32:00Z`: UTC, whole seconds."""
+    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def issue(
+    signer: SigningKey,
+    *,
+    project: str,
+    config: dict[str, Any],
+    locked: tuple[str, ...],
+    ttl: int,
+    now: float,
+    issuer: str,
+    audience: str,
+    max_bytes: int,
+) -> IssuedTicket:
+    """Sign a ticket for `project` binding `config` (non-zero bound fields) and `locked` names.
+
+    Raises:
+        TicketTooLargeError: the compact JWS would be longer than `max_bytes`.
+    """
+    if signer.private_key is None:
+        raise ValueError(f"key {signer.kid} cannot sign: no private key")
+    iat = int(now)
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": audience,
+        "sub": project,
+        "jti": secrets.token_urlsafe(16),
+        "iat": iat,
+        "exp": iat + ttl,
+    }
+    if config:
+        raw = _json(config)
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+        packed = b64url_encode(deflater.compress(raw) + deflater.flush())
+        # Both end up base64url-encoded inside the payload; keep `cfz` only when it is clearly shorter.
+        if len(packed) + 8 < len(raw):
+            claims["cfz"] = packed
+        else:
+            claims["cfg"] = config
+    if locked:
+        claims["lck"] = list(locked)
+    token = jwt.encode(
+        claims,
+        signer.private_key,
+        algorithm=ALGORITHM,
+        headers={"kid": signer.kid, "typ": TYPE},
+    )
+    if len(token) > max_bytes:
+        raise TicketTooLargeError(len(token), max_bytes)
+    return IssuedTicket(token, signer.kid, claims["jti"], iat, iat + ttl)
+
+
+def _b64url_decode(segment: str, what: str) -> bytes:
+    """Strict base64url: the URL-safe alphabet only, no padding, canonical trailing bits."""
+    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
+        raise InvalidTicketError(f"the ticket's {what} is not base64url")
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidTicketError(f"the ticket's {what} is not base64url") from None
+    if b64url_encode(data) != segment:
+        raise InvalidTicketError(f"the ticket's {what} is not canonical base64url")
+    return data
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data, object_pairs_hook=_no_duplicates)
+    except ValueError:
+        raise InvalidTicketError(f"the ticket's {what} is not a JSON object") from None
+    if not isinstance(value, dict):
+        raise InvalidTicketError(f"the ticket's {what} is not a JSON object")
+    return value
+
+
+def _int_claim(claims: dict[str, Any], name: str) -> int:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTicketError(f"the ticket's `{name}` claim is not an integer")
+    return value
+
+
+def verify(
+    token: str,
+    keys: KeySet,
+    *,
+    issuer: str,
+    audience: str,
+    leeway: int,
+    max_bytes: int,
+    now: float,
+) -> Ticket:
+    """Verify a ticket against a key set and return it; never returns a bool.
+
+    The header is parsed once, by this function: it must be exactly `alg`/`kid`/`typ`.
+
+    Raises:
+        UnknownKeyError: a string `kid` that is not in `keys` (the caller may refresh its key set
+            and call again once).
+        InvalidTicketError: too long, not a compact JWS, not strict base64url, a header member that
+            is not allowed, wrong `alg` or `typ`, a bad signature, a missing or malformed claim, wrong
+            `iss`/`aud`, a lifetime over 300 s, `iat` in the future, a config that does not inflate
+            within its bound.
+        TicketExpiredError: `exp` is past, beyond `leeway`.
+    """
+    if not token:
+        raise InvalidTicketError("the ticket is empty")
+    if len(token) > max_bytes:
+        raise InvalidTicketError(f"the ticket is longer than {max_bytes} bytes")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise InvalidTicketError("the ticket is not a compact JWS")
+    header = _json_object(_b64url_decode(parts[0], "header"), "header")
+    extra = sorted(set(header) - HEADER_MEMBERS)
+    if extra:
+        raise InvalidTicketError(f"the ticket header has members that are not allowed: {extra}")
+    if header.get("alg") != ALGORITHM:
+        raise InvalidTicketError(f"the ticket must be signed with {ALGORITHM}")
+    if header.get("typ") != TYPE:
+        raise InvalidTicketError(f"the ticket's `typ` must be {TYPE}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidTicketError("the ticket header has no string `kid`")
+    key = keys.get(kid)
+    if key is None:
+        raise UnknownKeyError(kid)
+    signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
+    try:
+        key.public_key.verify(_b64url_decode(parts[2], "signature"), signing_input)
+    except InvalidSignature:
+        raise InvalidTicketError("the ticket's signature does not verify") from None
+    claims = _json_object(_b64url_decode(parts[1], "payload"), "payload")
+    return _check_claims(claims, kid, issuer=issuer, audience=audience, leeway=leeway, now=now)
+
+
+def _check_claims(
+    claims: dict[str, Any], kid: str, *, issuer: str, audience: str, leeway: int, now: float
+) -> Ticket:
+    for name in REQUIRED_CLAIMS:
+        if name not in claims:
+            raise InvalidTicketError(f"the ticket has no `{name}` claim")
+    if claims["iss"] != issuer:
+        raise InvalidTicketError("the ticket was issued by someone else (`iss`)")
+    if claims["aud"] != audience:
+        raise InvalidTicketError("the ticket is meant for someone else (`aud`)")
+    project, jti = claims["sub"], claims["jti"]
+    if not isinstance(project, str) or not project:
+        raise InvalidTicketError("the ticket's `sub` claim is not a project id")
+    if not isinstance(jti, str) or not _JTI.fullmatch(jti):
+        raise InvalidTicketError("the ticket's `jti` claim is not 128 random bits in base64url")
+    iat, exp = _int_claim(claims, "iat"), _int_claim(claims, "exp")
+    if exp <= iat or exp - iat > MAX_LIFETIME:
+        raise InvalidTicketError(f"the ticket's lifetime must be 1 to {MAX_LIFETIME} seconds")
+    if now > exp + leeway:
+        raise TicketExpiredError(f"the ticket expired at {rfc3339(exp)}", server_time=rfc3339(now))
+    if iat > now + leeway:
+        raise InvalidTicketError("the ticket was issued in the future: check the minter's clock")
+    return Ticket(
+        kid=kid,
+        project=project,
+        jti=jti,
+        issued_at=iat,
+        expires_at=exp,
+        config=_bound_config(claims),
+        locked=_locked(claims),
+    )
+
+
+def _bound_config(claims: dict[str, Any]) -> dict[str, Any]:
+    if "cfg" in claims and "cfz" in claims:
+        raise InvalidTicketError("the ticket carries both `cfg` and `cfz`")
+    if "cfz" in claims:
+        packed = claims["cfz"]
+        if not isinstance(packed, str):
+            raise InvalidTicketError("the ticket's `cfz` claim is not a string")
+        inflater = zlib.decompressobj(-15)
+        try:
+            raw = inflater.decompress(_b64url_decode(packed, "cfz claim"), MAX_CONFIG_BYTES)
+        except zlib.error:
+            raise InvalidTicketError("the ticket's `cfz` claim does not inflate") from None
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise InvalidTicketError(
+                f"the ticket's `cfz` claim inflates past {MAX_CONFIG_BYTES} bytes or is truncated"
+            )
+        return _json_object(raw, "cfz claim")
+    config = claims.get("cfg", {})
+    if not isinstance(config, dict):
+        raise InvalidTicketError("the ticket's `cfg` claim is not an object")
+    return config
+
+
+def _locked(claims: dict[str, Any]) -> tuple[str, ...]:
+    locked = claims.get("lck", [])
+    if not isinstance(locked, list) or not all(isinstance(name, str) for name in locked):
+        raise InvalidTicketError("the ticket's `lck` claim is not a list of names")
+    return tuple(locked)
