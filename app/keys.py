@@ -17,17 +17,17 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.exceptions import KeySetError
+from app.files import Stamp, atomic_write, stamp
 
 State = Literal["next", "active", "retiring"]
 STATES: tuple[State, ...] = ("next", "active", "retiring")
@@ -189,9 +189,7 @@ def _read_private(pem: Path, key: SigningKey) -> Ed25519PrivateKey:
         raise KeySetError(f"cannot read private key {pem}: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
         raise KeySetError(f"{pem} is not an Ed25519 private key")
-    raw = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     if b64url(raw) != key.x:
         raise KeySetError(f"{pem} does not match the public key of {key.kid}")
     return private
@@ -200,37 +198,9 @@ def _read_private(pem: Path, key: SigningKey) -> Ed25519PrivateKey:
 # Writing ------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Write a file so readers see the old or the new content, never a part: temp, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _new_key(state: State, now: int, directory: Path) -> SigningKey:
     private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     x = b64url(raw)
     key = SigningKey(thumbprint(x), state, private.public_key(), x, now, now, private)
     pem = private.private_bytes(
@@ -303,9 +273,7 @@ def retire(directory: Path, *, now: int, min_age: int, force: bool = False) -> l
     The manifest is rewritten first, then the private key files are removed.
     """
     current = KeySet.load(directory)
-    gone = [
-        key for key in current.in_state("retiring") if force or now - key.state_since >= min_age
-    ]
+    gone = [key for key in current.in_state("retiring") if force or now - key.state_since >= min_age]
     if gone:
         _write_manifest(directory, [key for key in current.keys if key not in gone])
         for key in gone:
@@ -315,6 +283,20 @@ def retire(directory: Path, *, now: int, min_age: int, force: bool = False) -> l
 
 
 # Hot reload ---------------------------------------------------------------------------------
+
+
+class KeySource(Protocol):
+    """Where a process gets its key set: a keys directory, or a minter's JWKS URL."""
+
+    def current(self) -> KeySet:
+        """The set to use now (cheap; may look for changes now and then)."""
+        ...
+
+    async def refresh(self) -> KeySet:
+        """Look for a newer set now, rate-limited: called on an unknown kid."""
+        ...
+
+    async def aclose(self) -> None: ...
 
 
 class DirectoryKeySource:
@@ -336,37 +318,33 @@ class DirectoryKeySource:
         self._clock = clock
         self._interval = check_interval
         self._keys = KeySet.empty()
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._checked = float("-inf")
         self._refreshed = float("-inf")
         self.reloads = 0
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = (self.directory / MANIFEST).stat()
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def _stat(self) -> Stamp | None:
+        return stamp(self.directory / MANIFEST)
 
     def load(self) -> KeySet:
         """Load now (start-up); raises KeySetError when the set is missing or broken."""
-        stamp = self._stat()
+        current = self._stat()
         self._keys = KeySet.load(self.directory)
-        self._stamp = stamp
+        self._stamp = current
         self._checked = self._clock()
         self.reloads += 1
         return self._keys
 
     def _reload_if_changed(self) -> None:
         self._checked = self._clock()
-        stamp = self._stat()
-        if stamp is None or stamp == self._stamp:
+        current = self._stat()
+        if current is None or current == self._stamp:
             return
         try:
             self.load()
         except KeySetError:
             # A half-edited set by hand: keep serving with the last good one.
-            self._stamp = stamp
+            self._stamp = current
 
     def current(self) -> KeySet:
         if self._clock() - self._checked >= self._interval:
@@ -430,9 +408,7 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
                 print(f"retired {key.kid}")
             left = KeySet.load(directory).in_state("retiring")
             for key in left:
-                print(
-                    f"kept {key.kid}: retiring for {_age(stamp - key.state_since)}, needs {wait}s"
-                )
+                print(f"kept {key.kid}: retiring for {_age(stamp - key.state_since)}, needs {wait}s")
             if not gone and not left:
                 print("no retiring keys")
         elif args.command == "status":

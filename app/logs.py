@@ -1,0 +1,75 @@
+"""Logging without secrets: tickets and keys are cut out of every line uvicorn prints."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# `ticket=<value>` in a path or query string, as uvicorn prints it in access lines and in
+# `"WebSocket /v3/realtime?ticket=..."`; also any bearer token or ticket subprotocol that a
+# library might print with headers.
+_SECRETS = (
+    (re.compile(r"([?&]ticket=)[^&\s\"']*"), r"\1[redacted]"),
+    (re.compile(r"(opper-ticket\.)[A-Za-z0-9_.\-]+"), r"\1[redacted]"),
+    (re.compile(r"((?i:bearer)\s+)[A-Za-z0-9_.~+/\-]+=*"), r"\1[redacted]"),
+)
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Rewrites a record's message with secrets removed; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_FILTER = RedactSecrets()
+WATCHED = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "app")
+
+
+def install() -> None:
+    """Put the filter on the loggers that may see request lines, and on their handlers.
+
+    A logger's filter sees only records logged on that very logger; a handler's sees every record
+    it writes, children's included. Idempotent.
+    """
+    for name in (*WATCHED, None):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if _FILTER not in target.filters:
+                target.addFilter(_FILTER)
+
+
+def config(level: str = "INFO") -> dict[str, object]:
+    """A `logging.config.dictConfig` for `python -m app.serve`: uvicorn's lines, secrets removed."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": RedactSecrets}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": ["stderr"], "level": level, "propagate": False},
+            "app": {"handlers": ["stderr"], "level": level, "propagate": False},
+        },
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
+    }

@@ -1,0 +1,76 @@
+"""Prometheus metrics of one app instance (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.keys import STATES, KeySet
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _KeyStates(Collector):
+    """`realtime_signing_keys{state}`, read from the live key set at scrape time."""
+
+    def __init__(self, keys: Callable[[], KeySet]) -> None:
+        self._keys = keys
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "realtime_signing_keys", "Signing keys known to this process, by state", labels=["state"]
+        )
+        current = self._keys()
+        for state in STATES:
+            family.add_metric([state], len(current.in_state(state)))
+        yield family
+
+
+class Metrics:
+    """Every metric the service exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tickets_minted = Counter(
+            "realtime_tickets_minted",
+            "Tickets minted",
+            registry=self.registry,
+        )
+        self.mint_errors = Counter(
+            "realtime_mint_errors",
+            "Mint requests refused, by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.redemptions = Counter(
+            "realtime_redemptions",
+            "WebSocket upgrade attempts by result code (`ok` for an accepted session)",
+            ["code"],
+            registry=self.registry,
+        )
+        self.active_sessions = Gauge(
+            "realtime_active_sessions",
+            "Sessions open in this process",
+            registry=self.registry,
+        )
+        self.verify_seconds = Histogram(
+            "realtime_verify_seconds",
+            "Time to verify a ticket (signature and claims)",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+            registry=self.registry,
+        )
+        self.replay_store_errors = Counter(
+            "realtime_replay_store_errors",
+            "Replay store calls that failed (the redemption was refused: fail closed)",
+            registry=self.registry,
+        )
+
+    def watch_keys(self, keys: Callable[[], KeySet]) -> None:
+        """Export the key set's states; `keys` is called at each scrape."""
+        self.registry.register(_KeyStates(keys))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
