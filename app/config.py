@@ -143,18 +143,14 @@ class Settings:
     upstream_url: str | None = _setting(None, _url("ws", "wss"), "UPSTREAM_URL")
     upstream_api_key: str | None = _setting(None, _optional_text, "UPSTREAM_API_KEY")
     upstream_timeout_seconds: float = _setting(10.0, _float(0.001), "UPSTREAM_TIMEOUT_SECONDS")
-    jwks_refresh_interval_seconds: float = _setting(
-        5.0, _float(0.0), "JWKS_REFRESH_INTERVAL_SECONDS"
-    )
+    jwks_refresh_interval_seconds: float = _setting(5.0, _float(0.0), "JWKS_REFRESH_INTERVAL_SECONDS")
     jwks_timeout_seconds: float = _setting(2.0, _float(0.001), "JWKS_TIMEOUT_SECONDS")
     edge_name: str | None = _setting(None, _optional_text, "EDGE_NAME")
     dev: bool = _setting(False, _bool, "DEV")
 
     def __post_init__(self) -> None:
         if self.upstream == "relay" and not self.upstream_url:
-            raise SettingsError(
-                PREFIX + "UPSTREAM_URL", "must be set when REALTIME_UPSTREAM is relay"
-            )
+            raise SettingsError(PREFIX + "UPSTREAM_URL", "must be set when REALTIME_UPSTREAM is relay")
 
     @property
     def api_keys_path(self) -> Path:
