@@ -1,0 +1,79 @@
+"""Settings: defaults, every variable parsed, and invalid values named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.config import Settings
+from app.exceptions import SettingsError
+
+
+def test_defaults_match_the_spec() -> None:
+    settings = Settings.from_environ({})
+    assert settings.keys_dir == Path("keys")
+    assert settings.api_keys_path == Path("keys/api_keys.json")
+    assert settings.issuer == settings.audience == "opper-realtime"
+    assert settings.leeway_seconds == 5 and settings.ticket_max_bytes == 6144
+    assert settings.replay_url == "memory://" and settings.replay_memory_max == 100_000
+    assert settings.max_frame_bytes == 1_048_576 and settings.upstream == "local"
+    assert settings.tickets_enabled and settings.ws_url_enabled and not settings.dev
+
+
+def test_variables_are_parsed() -> None:
+    settings = Settings.from_environ(
+        {
+            "REALTIME_KEYS_DIR": "/tmp/k",
+            "REALTIME_TICKETS_ENABLED": "false",
+            "REALTIME_ALLOWED_ORIGINS": "https://a.example, https://b.example/",
+            "REALTIME_REPLAY_URL": "redis://127.0.0.1:6379/0",
+            "REALTIME_PUBLIC_WS_URL": "wss://rt.example/v3/realtime",
+            "REALTIME_START_TIMEOUT_SECONDS": "2.5",
+        }
+    )
+    assert settings.api_keys_path == Path("/tmp/k/api_keys.json")
+    assert not settings.tickets_enabled
+    assert settings.allowed_origins == ("https://a.example", "https://b.example")
+    assert settings.start_timeout_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("REALTIME_LEEWAY_SECONDS", "five"),
+        ("REALTIME_LEEWAY_SECONDS", "-1"),
+        ("REALTIME_TICKETS_ENABLED", "maybe"),
+        ("REALTIME_REPLAY_URL", "postgres://x"),
+        ("REALTIME_PUBLIC_WS_URL", "http://not-ws"),
+        ("REALTIME_UPSTREAM", "carrier-pigeon"),
+        ("REALTIME_IDLE_TIMEOUT_SECONDS", "nan"),
+        ("REALTIME_ISSUER", "  "),
+    ],
+)
+def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_environ({variable: value})
+    assert caught.value.variable == variable
+    assert variable in str(caught.value)
+
+
+def test_relay_needs_a_url() -> None:
+    with pytest.raises(SettingsError, match="REALTIME_UPSTREAM_URL"):
+        Settings.from_environ({"REALTIME_UPSTREAM": "relay"})
+
+
+def test_serve_stops_at_start_up_naming_the_variable(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.serve", "--port", "0"],
+        env={"PATH": "/usr/bin:/bin", "REALTIME_MAX_FRAME_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert result.returncode == 2
+    assert "REALTIME_MAX_FRAME_BYTES" in result.stderr and "Traceback" not in result.stderr
