@@ -98,7 +98,8 @@ class ApiKeyStore:
         Raises:
             InvalidCredentialsError: unknown key, a management key, or a key with no project.
         """
-        if self._clock() - self._checked >= self._interval:
+        elapsed = self._clock() - self._checked
+        if elapsed >= self._interval or elapsed < 0:  # < 0: the wall clock stepped back
             try:
                 self._reload()
             except KeySetError:

@@ -347,14 +347,15 @@ class DirectoryKeySource:
             self._stamp = current
 
     def current(self) -> KeySet:
-        if self._clock() - self._checked >= self._interval:
+        elapsed = self._clock() - self._checked
+        if elapsed >= self._interval or elapsed < 0:  # < 0: the wall clock stepped back
             self._reload_if_changed()
         return self._keys
 
     async def refresh(self) -> KeySet:
         """Look for a newer set now (unknown kid), rate-limited."""
         now = self._clock()
-        if now - self._refreshed >= self._interval:
+        if not 0 <= now - self._refreshed < self._interval:
             self._refreshed = now
             self._reload_if_changed()
         return self._keys

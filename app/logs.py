@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextvars import ContextVar
 
 # `ticket=<value>` in a path or query string, as uvicorn prints it in access lines and in
 # `"WebSocket /v3/realtime?ticket=..."`; also any bearer token or ticket subprotocol that a
@@ -15,6 +16,14 @@ _SECRETS = (
 )
 
 
+#: Set by the WebSocket endpoint once it has answered with a denial response. uvicorn's
+#: websockets-sansio protocol then logs "ASGI callable returned without completing handshake." at
+#: ERROR, although a denial is an ordinary answer; the app runs in the task that logs it, so the
+#: flag is visible to the filter and that one line is dropped for denials only.
+DENIED: ContextVar[bool] = ContextVar("realtime_denied", default=False)
+_AFTER_DENIAL = "ASGI callable returned without completing handshake."
+
+
 def redact(text: str) -> str:
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
@@ -22,10 +31,12 @@ def redact(text: str) -> str:
 
 
 class RedactSecrets(logging.Filter):
-    """Rewrites a record's message with secrets removed; never drops a record."""
+    """Rewrites a record's message with secrets removed; drops only uvicorn's line after a denial."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message == _AFTER_DENIAL and DENIED.get():
+            return False
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None

@@ -77,3 +77,9 @@ def test_serve_stops_at_start_up_naming_the_variable(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "REALTIME_MAX_FRAME_BYTES" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_variable_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [name for name, _ in Settings.variables() if f"`{name}`" not in readme]
+    assert missing == []

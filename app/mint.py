@@ -1,0 +1,131 @@
+"""`POST /v3/realtime-sessions`: a backend trades its runtime API key for a single-use ticket."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from app.apikeys import bearer_token
+from app.exceptions import (
+    InvalidJSONError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    TicketsDisabledError,
+)
+from app.responses import NO_STORE
+from app.services import Services
+from app.session import prepare_binding
+from app.tickets import issue, rfc3339
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+FIELDS = ("config", "locked_fields", "ttl_seconds")
+DEFAULT_TTL, MIN_TTL, MAX_TTL = 60, 1, 300
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLargeError(f"the request body is over {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLargeError(f"the request body is over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a mint request; empty means `{}`, `null` values mean absent."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidJSONError("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidJSONError("the request body must be a JSON object")
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown request field: {unknown[0]!r} (allowed: {', '.join(FIELDS)})",
+            details={"field": unknown[0]},
+        )
+    return {name: value for name, value in body.items() if value is not None}
+
+
+def ttl_seconds(body: dict[str, Any]) -> int:
+    """`ttl_seconds`: a JSON integer, clamped into [1, 300]; never rejected for its range."""
+    value = body.get("ttl_seconds", DEFAULT_TTL)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequestError(
+            "ttl_seconds must be a JSON integer (seconds)", details={"field": "ttl_seconds"}
+        )
+    return max(MIN_TTL, min(MAX_TTL, value))
+
+
+def ws_url(services: Services, request: Request, ticket: str) -> str:
+    settings = services.settings
+    if not settings.ws_url_enabled:
+        return ""
+    base = settings.public_ws_url
+    if base is None:
+        scheme = "wss" if request.url.scheme == "https" else "ws"
+        base = f"{scheme}://{request.url.netloc}/v3/realtime"
+    return f"{base}{'&' if '?' in base else '?'}ticket={ticket}"
+
+
+async def mint(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    settings = services.settings
+    # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
+    signer = services.keys.current().signer
+    if not settings.tickets_enabled:
+        raise TicketsDisabledError("realtime tickets are switched off on this deployment")
+    if signer is None:
+        raise TicketsDisabledError("this node has no signing key (a verify-only edge)")
+    api_key = services.api_keys.check(bearer_token(request.headers.get("authorization")))
+    body = parse_body(await read_body(request, limit=MAX_BODY_BYTES))
+    ttl = ttl_seconds(body)
+    binding = prepare_binding(body.get("config"), body.get("locked_fields"), services.registry)
+    assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
+    ticket = issue(
+        signer,
+        project=api_key.project,
+        config=binding.config,
+        locked=binding.locked,
+        ttl=ttl,
+        now=services.clock.now(),
+        issuer=settings.issuer,
+        audience=settings.audience,
+        max_bytes=settings.ticket_max_bytes,
+    )
+    services.metrics.tickets_minted.inc()
+    logger.info(
+        "minted ticket kid=%s project=%s key=%s ttl=%d bound=%s locked=%s",
+        ticket.kid,
+        api_key.project,
+        api_key.id,
+        ttl,
+        ",".join(sorted(binding.config)) or "-",
+        ",".join(binding.locked) or "-",
+    )
+    return JSONResponse(
+        {
+            "client_secret": ticket.token,
+            "expires_at": rfc3339(ticket.expires_at),
+            "ws_url": ws_url(services, request, ticket.token),
+        },
+        headers=NO_STORE,
+    )

@@ -1,0 +1,215 @@
+"""`GET /v3/realtime`: every check before `accept()`, then the session protocol.
+
+Order (SPEC section 5): credentials, ticket or bearer key, Origin, per-project cap, replay store.
+A refusal is an HTTP denial response (the ASGI `websocket.http.response` extension): status and
+the JSON error body, never an upgrade. A ticket is consumed only when every earlier check passed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from app import logs
+from app.apikeys import bearer_token
+from app.exceptions import (
+    AmbiguousTicketError,
+    MissingCredentialsError,
+    OriginNotAllowedError,
+    RealtimeError,
+    ReplayStoreUnavailableError,
+    TooManySessionsError,
+    UnknownKeyError,
+)
+from app.protocol import run_session
+from app.responses import error_response
+from app.services import Services
+from app.session import Binding
+from app.tickets import Ticket, verify
+
+logger = logging.getLogger(__name__)
+
+TICKET_PROTOCOL = "opper-ticket."
+SESSION_PROTOCOL = "realtime"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the client presented: a ticket (and how), or a bearer key."""
+
+    ticket: str | None
+    in_subprotocol: bool
+    api_key: str | None
+    offered: tuple[str, ...]
+
+    def subprotocol(self) -> str | None:
+        """The answer: `realtime` when offered, else the offered ticket protocol, else none."""
+        if SESSION_PROTOCOL in self.offered:
+            return SESSION_PROTOCOL
+        if self.in_subprotocol and self.ticket is not None:
+            return TICKET_PROTOCOL + self.ticket
+        return None
+
+
+def read_credentials(websocket: WebSocket) -> Credentials:
+    """Step 1: exactly one credential.
+
+    Raises:
+        AmbiguousTicketError: two different tickets (subprotocols, query values, or both).
+        MissingCredentialsError: neither a ticket nor an `Authorization` header.
+    """
+    offered = tuple(
+        item.strip()
+        for header in websocket.headers.getlist("sec-websocket-protocol")
+        for item in header.split(",")
+        if item.strip()
+    )
+    # The prefix is matched case-sensitively and the ticket is never lower-cased (SPEC section 5).
+    from_protocol = {item[len(TICKET_PROTOCOL) :] for item in offered if item.startswith(TICKET_PROTOCOL)}
+    from_query = set(websocket.query_params.getlist("ticket"))
+    tickets = from_protocol | from_query
+    if len(tickets) > 1:
+        raise AmbiguousTicketError("the request carries more than one ticket: send exactly one")
+    authorization = websocket.headers.get("authorization")
+    if tickets:
+        return Credentials(tickets.pop(), bool(from_protocol), None, offered)
+    if authorization is None:
+        raise MissingCredentialsError(
+            "present a ticket as the `opper-ticket.<ticket>` subprotocol or `?ticket=`, "
+            "or send `Authorization: Bearer <runtime API key>`"
+        )
+    return Credentials(None, False, bearer_token(authorization), offered)
+
+
+async def verify_ticket(services: Services, token: str) -> Ticket:
+    """Step 2 for a ticket: verify, reloading the key set once on an unknown kid."""
+    settings = services.settings
+    started = time.perf_counter()
+
+    def attempt() -> Ticket:
+        return verify(
+            token,
+            services.keys.current(),
+            issuer=settings.issuer,
+            audience=settings.audience,
+            leeway=settings.leeway_seconds,
+            max_bytes=settings.ticket_max_bytes,
+            now=services.clock.now(),
+        )
+
+    try:
+        try:
+            ticket = attempt()
+        except UnknownKeyError:
+            await services.keys.refresh()
+            ticket = attempt()
+    finally:
+        services.metrics.verify_seconds.observe(time.perf_counter() - started)
+    services.replay.admits(ticket.issued_at)
+    return ticket
+
+
+def check_origin(services: Services, websocket: WebSocket) -> None:
+    """Step 3: a browser's `Origin` must be allowed, when an allow-list is set."""
+    allowed = services.settings.allowed_origins
+    origin = websocket.headers.get("origin")
+    if allowed and origin is not None and origin.rstrip("/") not in allowed:
+        raise OriginNotAllowedError(f"origin {origin!r} is not allowed to open sessions")
+
+
+def check_capacity(services: Services, project: str) -> None:
+    """Step 4: the per-project cap on concurrent sessions of this process, when set."""
+    cap = services.settings.max_sessions_per_project
+    if cap and services.sessions.count(project) >= cap:
+        raise TooManySessionsError(
+            f"project {project!r} has {cap} open sessions, the most allowed; close one first"
+        )
+
+
+class WebSocketTransport:
+    """The session loop's view of a Starlette WebSocket."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def receive(self) -> str | bytes | None:
+        try:
+            message = await self._websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        return bytes(message.get("bytes") or b"")
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self._websocket.send_text(json.dumps(event, separators=(",", ":")))
+
+    async def close(self, code: int, reason: str = "") -> None:
+        try:
+            await self._websocket.close(code, reason)
+        except RuntimeError:
+            pass  # already closed by the client or the server: nothing left to say
+
+
+async def realtime(websocket: WebSocket) -> None:
+    services: Services = websocket.app.state.services
+    started = time.perf_counter()
+    ticket: Ticket | None = None
+    try:
+        credentials = read_credentials(websocket)
+        if credentials.ticket is not None:
+            ticket = await verify_ticket(services, credentials.ticket)
+            project, binding = ticket.project, Binding(ticket.config, ticket.locked)
+        else:
+            assert credentials.api_key is not None  # noqa: S101 - read_credentials guarantees one
+            project = str(services.api_keys.check(credentials.api_key).project)
+            binding = None
+        check_origin(services, websocket)
+        check_capacity(services, project)
+        if ticket is not None:
+            try:
+                await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
+            except ReplayStoreUnavailableError:
+                services.metrics.replay_store_errors.inc()
+                raise
+    except RealtimeError as exc:
+        _log(services, exc.code, ticket, started, logging.INFO)
+        await websocket.send_denial_response(error_response(exc))
+        logs.DENIED.set(True)
+        return
+    _log(services, "ok", ticket, started, logging.INFO)
+    await websocket.accept(subprotocol=credentials.subprotocol())
+    services.metrics.active_sessions.inc()
+    try:
+        await run_session(
+            WebSocketTransport(websocket),
+            project=project,
+            binding=binding,
+            settings=services.settings,
+            registry=services.registry,
+            upstream=services.upstream,
+            clock=services.clock,
+            sessions=services.sessions,
+        )
+    finally:
+        services.metrics.active_sessions.dec()
+
+
+def _log(services: Services, code: str, ticket: Ticket | None, started: float, level: int) -> None:
+    services.metrics.redemptions.labels(code).inc()
+    logger.log(
+        level,
+        "redemption %s kid=%s project=%s latency_ms=%.2f",
+        code,
+        ticket.kid if ticket else "-",
+        ticket.project if ticket else "-",
+        (time.perf_counter() - started) * 1000,
+    )

@@ -1,0 +1,77 @@
+"""`python -m app.serve`: run the service under uvicorn, draining sessions on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+from starlette.applications import Starlette
+
+from app import logs
+from app.config import Settings
+from app.exceptions import KeySetError, SettingsError
+from app.keys import KeySet
+from app.main import create_app
+
+DRAIN_SECONDS = 10.0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, but open sessions hear `server_shutdown` before the process goes.
+
+    uvicorn's own shutdown closes WebSockets with 1012 and no word; here the listening sockets are
+    closed first (no new upgrades), then every session is told and closed, then uvicorn finishes.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        services = getattr(self.app.state, "services", None)
+        if services is not None:
+            await services.sessions.drain(timeout=DRAIN_SECONDS)
+        await super().shutdown(sockets=sockets)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_environ(os.environ)
+    except SettingsError as exc:
+        print(f"error: invalid setting {exc.message}", file=sys.stderr)
+        return 2
+    if settings.jwks_url is None:
+        try:
+            KeySet.load(settings.keys_dir)
+        except KeySetError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 1
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=logs.config(args.log_level.upper()),
+        log_level=args.log_level,
+        proxy_headers=True,
+        timeout_graceful_shutdown=DRAIN_SECONDS + 5,
+        ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
+    )
+    server = DrainingServer(config, app=app)
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The long-lived parts of one app instance, built in the lifespan and reached by handlers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from app.apikeys import ApiKeyStore
+from app.clock import Clock
+from app.config import Settings
+from app.keys import DirectoryKeySource, KeySource
+from app.metrics import Metrics
+from app.protocol import Sessions
+from app.replay import ReplayStore, open_replay_store
+from app.session import ModelRegistry
+from app.upstreams import make_upstream
+from app.upstreams.base import Upstream
+
+
+@dataclass
+class Services:
+    """What handlers use: settings, clock, keys, API keys, replay store, sessions, upstream."""
+
+    settings: Settings
+    clock: Clock
+    metrics: Metrics
+    registry: ModelRegistry
+    keys: KeySource
+    api_keys: ApiKeyStore
+    replay: ReplayStore
+    sessions: Sessions
+    upstream: Upstream
+
+    @classmethod
+    async def open(cls, settings: Settings, *, clock: Clock, upstream: Upstream | None = None) -> Services:
+        """Load keys, API keys and the model registry, and open the replay store.
+
+        Raises:
+            KeySetError: the key set (or the JWKS URL) cannot be loaded.
+        """
+        keys: KeySource
+        if settings.jwks_url:
+            from app.jwks import JwksKeySource
+
+            keys = JwksKeySource(
+                settings.jwks_url,
+                timeout=settings.jwks_timeout_seconds,
+                min_interval=settings.jwks_refresh_interval_seconds,
+                clock=time.monotonic,
+            )
+            await keys.start()
+        else:
+            directory = DirectoryKeySource(settings.keys_dir, clock=clock.now)
+            directory.load()
+            keys = directory
+        metrics = Metrics()
+        metrics.watch_keys(keys.current)
+        return cls(
+            settings=settings,
+            clock=clock,
+            metrics=metrics,
+            registry=ModelRegistry.load(),
+            keys=keys,
+            api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
+            replay=open_replay_store(settings, clock=clock.now),
+            sessions=Sessions(),
+            upstream=upstream or make_upstream(settings),
+        )
+
+    async def aclose(self) -> None:
+        await self.replay.aclose()
+        await self.keys.aclose()
