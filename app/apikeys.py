@@ -7,6 +7,7 @@ brute-force, unlike a password. The plain key is printed once, when it is made, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -106,6 +107,11 @@ class ApiKeyStore:
                 self._checked = self._clock()  # keep the last good keys while the file is broken
         computed = digest(token)
         found = self._by_digest.get(computed)
+        if found is None:
+            # A key made a moment ago works at once: one stat() on a miss, a reload only if it changed.
+            with contextlib.suppress(KeySetError):
+                self._reload()
+            found = self._by_digest.get(computed)
         # The dict finds the candidate by digest; compare_digest makes the final match constant-time.
         if found is None or not hmac.compare_digest(found.digest, computed):
             if token.startswith(MANAGEMENT_PREFIX):

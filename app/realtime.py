@@ -163,6 +163,8 @@ async def realtime(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     started = time.perf_counter()
     ticket: Ticket | None = None
+    held = False
+    project = "-"
     try:
         credentials = read_credentials(websocket)
         if credentials.ticket is not None:
@@ -174,6 +176,9 @@ async def realtime(websocket: WebSocket) -> None:
             binding = None
         check_origin(services, websocket)
         check_capacity(services, project)
+        # Held from here, so concurrent handshakes cannot all pass the cap while one awaits the store.
+        services.sessions.hold(project)
+        held = True
         if ticket is not None:
             try:
                 await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
@@ -181,14 +186,16 @@ async def realtime(websocket: WebSocket) -> None:
                 services.metrics.replay_store_errors.inc()
                 raise
     except RealtimeError as exc:
+        if held:
+            services.sessions.release(project)
         _log(services, exc.code, ticket, started, logging.INFO)
         await websocket.send_denial_response(error_response(exc))
         logs.DENIED.set(True)
         return
     _log(services, "ok", ticket, started, logging.INFO)
-    await websocket.accept(subprotocol=credentials.subprotocol())
     services.metrics.active_sessions.inc()
     try:
+        await websocket.accept(subprotocol=credentials.subprotocol())
         await run_session(
             WebSocketTransport(websocket),
             project=project,
@@ -201,6 +208,7 @@ async def realtime(websocket: WebSocket) -> None:
         )
     finally:
         services.metrics.active_sessions.dec()
+        services.sessions.release(project)
 
 
 def _log(services: Services, code: str, ticket: Ticket | None, started: float, level: int) -> None:

@@ -17,7 +17,7 @@ from app.exceptions import KeySetError, SettingsError
 from app.keys import KeySet
 from app.main import create_app
 
-DRAIN_SECONDS = 10.0
+DRAIN_SECONDS = 10
 
 
 class DrainingServer(uvicorn.Server):

@@ -51,7 +51,11 @@ class ServiceProcess:
             match = _LISTENING.search(self.log())
             if match:
                 self.port = int(match.group(1))
-                self._wait_ready(deadline)
+                try:
+                    self._wait_ready(deadline)
+                except RuntimeError:
+                    self.stop()
+                    raise
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log()}")
@@ -94,7 +98,7 @@ class ServiceProcess:
             self.process.wait(timeout=10)
 
     def __enter__(self) -> ServiceProcess:
-        return self.start()
+        return self if self.process is not None else self.start()
 
     def __exit__(
         self,

@@ -1,0 +1,461 @@
+"""The session loop after `accept()` (SPEC section 6): start, overlay, limits, the two directions.
+
+One task group per session: a watchdog (start deadline, idle timeout, maximum duration, on the
+injected clock), the client-to-upstream pump and the upstream-to-client pump. Whichever ends the
+session cancels the group; `terminate` is the one way a session is ended by the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+from collections import Counter
+from typing import Annotated, Any, Literal, Protocol
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from app.clock import Clock
+from app.config import Settings
+from app.exceptions import (
+    AlreadyStartedError,
+    ConfigError,
+    InvalidEventError,
+    RealtimeError,
+    SessionNotStartedError,
+    SessionUpdateUnsupportedError,
+    UpstreamError,
+)
+from app.session import (
+    Binding,
+    ModelInfo,
+    ModelRegistry,
+    check_capabilities,
+    check_update,
+    describe,
+    overlay,
+    parse_config,
+)
+from app.upstreams.base import SessionInfo, Upstream, UpstreamConnection
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455 section 7.4.1).
+NORMAL, POLICY, TOO_BIG, SERVER_ERROR, RESTART = 1000, 1008, 1009, 1011, 1012
+CLOSE_CODES = {"start_timeout": POLICY, "upstream_error": SERVER_ERROR, "server_shutdown": RESTART}
+
+
+class Transport(Protocol):
+    """The client side of a session: the accepted WebSocket, or a test double."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next frame, or None once the client has gone."""
+        ...
+
+    async def send(self, event: dict[str, Any]) -> None: ...
+
+    async def close(self, code: int, reason: str = "") -> None: ...
+
+
+# Client events (SPEC 6.1). Extra members are ignored (clients add ids); missing ones are errors.
+_EVENT = ConfigDict(extra="ignore", strict=True)
+
+
+class SessionStart(BaseModel):
+    model_config = _EVENT
+    type: Literal["session.start"]
+    config: dict[str, Any] | None = None
+
+
+class SessionUpdate(BaseModel):
+    model_config = _EVENT
+    type: Literal["session.update"]
+    config: dict[str, Any]
+
+
+class AudioAppend(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.append"]
+    audio: str
+
+    @field_validator("audio")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("audio must be base64 PCM16") from None
+        return value
+
+
+class AudioCommit(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.commit"]
+
+
+class AudioClear(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.clear"]
+
+
+class TextInput(BaseModel):
+    model_config = _EVENT
+    type: Literal["text.input"]
+    text: Annotated[str, Field(min_length=1)]
+
+
+class ResponseCreate(BaseModel):
+    model_config = _EVENT
+    type: Literal["response.create"]
+
+
+class ResponseCancel(BaseModel):
+    model_config = _EVENT
+    type: Literal["response.cancel"]
+
+
+class ToolResult(BaseModel):
+    model_config = _EVENT
+    type: Literal["tool.result"]
+    tool_call_id: Annotated[str, Field(min_length=1)]
+    tool_result: str
+
+
+class ImageInput(BaseModel):
+    model_config = _EVENT
+    type: Literal["image.input"]
+    image_url: Annotated[str, Field(min_length=1)]
+    image_detail: Literal["auto", "low", "high"] | None = None
+
+
+ClientEvent = Annotated[
+    SessionStart
+    | SessionUpdate
+    | AudioAppend
+    | AudioCommit
+    | AudioClear
+    | TextInput
+    | ResponseCreate
+    | ResponseCancel
+    | ToolResult
+    | ImageInput,
+    Field(discriminator="type"),
+]
+CLIENT_EVENTS: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+
+
+def parse_event(frame: str | bytes) -> ClientEvent:
+    """One client frame as a typed event.
+
+    Raises:
+        InvalidEventError: binary, not JSON, not an object, no or unknown `type`, a missing or
+            mistyped member; the message says which.
+    """
+    if isinstance(frame, bytes):
+        raise InvalidEventError("binary frames are not part of the protocol: send JSON text frames")
+    try:
+        raw = json.loads(frame)
+    except ValueError:
+        raise InvalidEventError("the frame is not JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidEventError("the frame is not a JSON object")
+    if "type" not in raw:
+        raise InvalidEventError("the event has no `type`")
+    try:
+        return CLIENT_EVENTS.validate_python(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            raise InvalidEventError(f"unknown event type {raw.get('type')!r}") from None
+        where = ".".join(str(part) for part in error["loc"][1:])
+        raise InvalidEventError(f"{raw['type']}: {where}: {error['msg']}") from None
+
+
+def error_event(exc: RealtimeError) -> dict[str, Any]:
+    return {"type": "error", "error": {"code": exc.code, "message": exc.message}}
+
+
+class Session:
+    """One accepted connection, from the first frame to the close."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        project: str,
+        binding: Binding | None,
+        settings: Settings,
+        registry: ModelRegistry,
+        upstream: Upstream,
+        clock: Clock,
+    ) -> None:
+        self.id = "sess_" + secrets.token_hex(12)
+        self.project = project
+        self._transport = transport
+        self._binding = binding
+        self._settings = settings
+        self._registry = registry
+        self._upstream = upstream
+        self._clock = clock
+        self._send_lock = anyio.Lock()
+        self._scope: anyio.CancelScope | None = None
+        self._opened_at = clock.now()
+        self._last_frame = self._opened_at
+        self._started = False
+        self._closing = False
+        self._upstream_ended: str | None = None
+        self.config: dict[str, Any] = {}
+        self.model: ModelInfo | None = None
+
+    # The one way out -------------------------------------------------------------------
+
+    async def terminate(self, code: str, message: str, close_code: int | None = None) -> None:
+        """Tell the client why with `session.terminating`, close, and end the session's tasks."""
+        if self._closing:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await self._send({"type": "session.terminating", "error": {"code": code, "message": message}})
+            finally:
+                await self._transport.close(close_code or CLOSE_CODES.get(code, NORMAL), code)
+        logger.info("session %s ended: %s", self.id, code)
+        self._cancel()
+
+    async def _close(self, close_code: int, reason: str) -> None:
+        """Close without a `session.terminating` (frame too large, not started, upstream said why)."""
+        if self._closing:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            await self._transport.close(close_code, reason)
+        logger.info("session %s closed: %s", self.id, reason)
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await self._transport.send(event)
+
+    # The loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as group:
+            self._scope = group.cancel_scope
+            group.start_soon(self._watchdog)
+            try:
+                info = await self._await_start()
+                if info is None:
+                    return
+                try:
+                    async with self._upstream.connect(info) as connection:
+                        await self._send(describe(self.id, self.config, info.model, self._binding))
+                        self._started = True
+                        async with anyio.create_task_group() as pumps:
+                            pumps.start_soon(self._pump_client, connection)
+                            pumps.start_soon(self._pump_upstream, connection)
+                except UpstreamError as exc:
+                    await self.terminate("upstream_error", exc.message)
+            finally:
+                group.cancel_scope.cancel()
+
+    async def _watchdog(self) -> None:
+        settings = self._settings
+        while True:
+            deadlines = {
+                "idle_timeout": self._last_frame + settings.idle_timeout_seconds,
+                "max_duration": self._opened_at + settings.max_duration_seconds,
+            }
+            if not self._started:
+                deadlines["start_timeout"] = self._opened_at + settings.start_timeout_seconds
+            reason, deadline = min(deadlines.items(), key=lambda item: item[1])
+            if self._clock.now() < deadline:
+                await self._clock.sleep_until(deadline)
+                continue
+            messages = {
+                "start_timeout": "no valid session.start within "
+                f"{settings.start_timeout_seconds:g} s of connecting",
+                "idle_timeout": f"no frame from the client for {settings.idle_timeout_seconds:g} s",
+                "max_duration": "the session reached its maximum length of "
+                f"{settings.max_duration_seconds:g} s",
+            }
+            await self.terminate(reason, messages[reason])
+            return
+
+    async def _frame(self) -> str | bytes | None:
+        """The next client frame; None once the client has gone or sent a frame over the limit."""
+        frame = await self._transport.receive()
+        if frame is None:
+            self._cancel()
+            return None
+        self._last_frame = self._clock.now()
+        size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8"))
+        if size > self._settings.max_frame_bytes:
+            await self._close(TOO_BIG, "frame too large")
+            return None
+        return frame
+
+    async def _await_start(self) -> SessionInfo | None:
+        """Frames until a valid `session.start`; a failed one may be retried until the deadline."""
+        while True:
+            frame = await self._frame()
+            if frame is None:
+                return None
+            try:
+                event = parse_event(frame)
+            except InvalidEventError:
+                event = None
+            if not isinstance(event, SessionStart):
+                await self._send(error_event(SessionNotStartedError("the first event must be session.start")))
+                await self._close(POLICY, "session not started")
+                return None
+            try:
+                config, model = self._configure(event.config or {}, update=False)
+            except ConfigError as exc:
+                await self._send(error_event(exc))
+                continue
+            self.config, self.model = config, model
+            return SessionInfo(self.id, self.project, config, model)
+
+    def _configure(self, changes: dict[str, Any], *, update: bool) -> tuple[dict[str, Any], ModelInfo]:
+        """The effective config after `changes` (6.3), or a ConfigError with the config unchanged."""
+        parsed = parse_config(changes)
+        if update:
+            nulls = {name for name, value in changes.items() if value is None}
+            merged = {**self.config, **parsed}
+            candidate = {name: value for name, value in merged.items() if name not in nulls}
+        else:
+            candidate = parsed
+        effective = overlay(candidate, self._binding)
+        model = check_capabilities(effective, self._registry)
+        if update:
+            assert self.model is not None  # noqa: S101 - updates come after the start
+            check_update(self.config, effective, self.model)
+        return effective, model
+
+    async def _pump_client(self, connection: UpstreamConnection) -> None:
+        while True:
+            frame = await self._frame()
+            if frame is None:
+                return
+            try:
+                event = parse_event(frame)
+                if isinstance(event, SessionStart):
+                    raise AlreadyStartedError("the session has already started; use session.update")
+                if isinstance(event, SessionUpdate):
+                    await self._update(event, connection)
+                    continue
+            except RealtimeError as exc:
+                await self._send(error_event(exc))
+                continue
+            await self._forward(connection, event.model_dump(exclude_none=True))
+
+    async def _update(self, event: SessionUpdate, connection: UpstreamConnection) -> None:
+        assert self.model is not None  # noqa: S101 - updates come after the start
+        if not self.model.session_update:
+            raise SessionUpdateUnsupportedError(
+                f"{self.model.id} ignores session.update: set the config in session.start"
+            )
+        before = self.config
+        self.config, self.model = self._configure(event.config, update=True)
+        changes: dict[str, Any] = {name: None for name in before if name not in self.config}
+        changes.update(self.config)
+        await self._forward(connection, {"type": "session.update", "config": changes})
+        await self._send({"type": "session.updated"})
+
+    async def _forward(self, connection: UpstreamConnection, event: dict[str, Any]) -> None:
+        try:
+            await connection.send(event)
+        except UpstreamError as exc:
+            await self.terminate("upstream_error", exc.message)
+
+    async def _pump_upstream(self, connection: UpstreamConnection) -> None:
+        while True:
+            try:
+                event = await connection.receive()
+            except UpstreamError as exc:
+                if self._upstream_ended:
+                    await self._close(CLOSE_CODES.get(self._upstream_ended, NORMAL), self._upstream_ended)
+                else:
+                    await self.terminate("upstream_error", exc.message)
+                return
+            if event is None:
+                if self._upstream_ended:
+                    await self._close(CLOSE_CODES.get(self._upstream_ended, NORMAL), self._upstream_ended)
+                else:
+                    await self.terminate("upstream_error", "the upstream ended the session without a reason")
+                return
+            if event.get("type") == "session.terminating":
+                self._upstream_ended = str((event.get("error") or {}).get("code") or "upstream_error")
+            await self._send(event)
+
+
+class Sessions:
+    """The open sessions of this process: counted per project, drained on shutdown."""
+
+    def __init__(self) -> None:
+        self._open: set[Session] = set()
+        self._held: Counter[str] = Counter()
+
+    def count(self, project: str) -> int:
+        return self._held[project]
+
+    @property
+    def active(self) -> int:
+        return len(self._open)
+
+    def hold(self, project: str) -> None:
+        """Count a session for `project` from the moment it passes the cap check."""
+        self._held[project] += 1
+
+    def release(self, project: str) -> None:
+        self._held[project] -= 1
+        if self._held[project] <= 0:
+            del self._held[project]
+
+    async def drain(self, *, timeout: float) -> None:
+        """Tell every open session `server_shutdown` (close 1012) and wait for them to end."""
+        for session in list(self._open):
+            await session.terminate(
+                "server_shutdown", "the server is shutting down; reconnect with a new ticket"
+            )
+        with anyio.move_on_after(timeout):
+            while self._open:
+                await anyio.sleep(0.01)
+
+    async def run(self, session: Session) -> None:
+        self._open.add(session)
+        try:
+            await session.run()
+        finally:
+            self._open.discard(session)
+
+
+async def run_session(
+    transport: Transport,
+    *,
+    project: str,
+    binding: Binding | None,
+    settings: Settings,
+    registry: ModelRegistry,
+    upstream: Upstream,
+    clock: Clock,
+    sessions: Sessions,
+) -> None:
+    """Run one accepted session to its end. The caller has already `hold`-ed the project's slot."""
+    session = Session(
+        transport,
+        project=project,
+        binding=binding,
+        settings=settings,
+        registry=registry,
+        upstream=upstream,
+        clock=clock,
+    )
+    await sessions.run(session)

@@ -1,0 +1,162 @@
+"""The replay store: each ticket id is consumed once, in one process or across a fleet (SPEC section 5).
+
+ReplayStore          the interface the edge uses
+MemoryReplayStore    memory://  bounded, refuses when full, rejects tickets older than the process
+RedisReplayStore     redis://   SET NX PXAT, short timeouts, fails closed, recovers by itself
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from cachetools import TLRUCache
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from app.config import Settings
+from app.exceptions import (
+    ReplayStoreFullError,
+    ReplayStoreUnavailableError,
+    TicketNotRedeemableError,
+    TicketReplayedError,
+)
+
+RETRY_AFTER_SECONDS = 1
+
+
+class ReplayStore(Protocol):
+    def admits(self, issued_at: int) -> None:
+        """Raise TicketNotRedeemableError when this store cannot know whether the ticket was used."""
+        ...
+
+    async def consume(self, jti: str, *, expires_at: int) -> None:
+        """Mark `jti` used until `expires_at` + leeway, atomically.
+
+        Raises:
+            TicketReplayedError: it was used before.
+            ReplayStoreUnavailableError / ReplayStoreFullError: the store cannot answer (fail closed).
+        """
+        ...
+
+    async def ping(self) -> None:
+        """Raise ReplayStoreUnavailableError when the store cannot answer now."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryReplayStore:
+    """One process's store: a bounded TTL cache that refuses rather than evict a live entry."""
+
+    def __init__(self, *, maxsize: int, leeway: int, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._leeway = leeway
+        self._cache: TLRUCache[str, float] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, until, _now: until, timer=clock
+        )
+        self.started = math.floor(clock())
+
+    def __len__(self) -> int:
+        self._cache.expire()
+        return len(self._cache)
+
+    def admits(self, issued_at: int) -> None:
+        if issued_at < self.started:
+            raise TicketNotRedeemableError(
+                "the ticket was issued before this edge started, and its memory:// replay store "
+                "cannot know whether it was used: mint a new ticket (or use a redis:// store)"
+            )
+
+    async def consume(self, jti: str, *, expires_at: int) -> None:
+        cache = self._cache
+        cache.expire()
+        if jti in cache:
+            raise TicketReplayedError("this ticket was already used: mint a new one for each connection")
+        if len(cache) >= cache.maxsize:
+            raise ReplayStoreFullError(
+                f"the memory replay store holds {cache.maxsize} unexpired tickets; try again shortly "
+                "(or raise REALTIME_REPLAY_MEMORY_MAX)",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+        cache[jti] = float(expires_at + self._leeway)
+
+    async def ping(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisReplayStore:
+    """A fleet's store: one key per ticket id, `SET NX PXAT`; any error or timeout fails closed."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        leeway: int,
+        timeout: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._prefix = prefix
+        self._leeway = leeway
+        self._timeout = timeout
+        self._clock = clock
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+
+    def admits(self, issued_at: int) -> None:
+        return None  # the store outlives any one edge process
+
+    def _unavailable(self, exc: BaseException) -> ReplayStoreUnavailableError:
+        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return ReplayStoreUnavailableError(
+            f"the replay store did not answer ({reason}); the ticket was not used, try again",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
+
+    async def consume(self, jti: str, *, expires_at: int) -> None:
+        until_ms = (expires_at + self._leeway) * 1000
+        try:
+            async with asyncio.timeout(self._timeout):
+                stored = await self._redis.set(self._prefix + jti, b"1", nx=True, pxat=until_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        if not stored:
+            raise TicketReplayedError("this ticket was already used: mint a new one for each connection")
+
+    async def ping(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:
+    """The store `REALTIME_REPLAY_URL` names."""
+    if settings.replay_url == "memory://":
+        return MemoryReplayStore(
+            maxsize=settings.replay_memory_max, leeway=settings.leeway_seconds, clock=clock
+        )
+    return RedisReplayStore(
+        settings.replay_url,
+        prefix=settings.replay_prefix,
+        leeway=settings.leeway_seconds,
+        timeout=settings.replay_timeout_seconds,
+        clock=clock,
+    )

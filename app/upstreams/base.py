@@ -1,0 +1,47 @@
+"""What the session loop needs from a model: connect with the effective config, then trade events."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from app.session import ModelInfo
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What an upstream is told when a session starts: the effective (overlaid, checked) config."""
+
+    session_id: str
+    project: str
+    config: dict[str, Any]
+    model: ModelInfo
+
+
+class UpstreamConnection(Protocol):
+    async def send(self, event: dict[str, Any]) -> None:
+        """Forward one checked client event; `session.update` carries the whole effective config.
+
+        Raises:
+            UpstreamError: the upstream failed or did not take the event in time.
+        """
+        ...
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The next server event, or None when the upstream has ended the session cleanly.
+
+        Raises:
+            UpstreamError: the upstream failed.
+        """
+        ...
+
+
+class Upstream(Protocol):
+    def connect(self, session: SessionInfo) -> AbstractAsyncContextManager[UpstreamConnection]:
+        """Open a connection for one session; leaving the context closes it.
+
+        Raises:
+            UpstreamError: the upstream cannot be reached or refused the session.
+        """
+        ...

@@ -1,0 +1,266 @@
+"""`local`: a deterministic built-in model, enough to demonstrate and test every event of SPEC 6.1.
+
+Text in (`text.input`, then `response.create`) gives a streamed echo. Audio in is cut into turns by
+an energy detector (`server_vad`) or by `audio.commit`. A text naming a bound tool gives a `tool.call`;
+its `tool.result` is answered in text. `/config` as text answers with the effective config as JSON
+(how tests and operators see what the session is really running with).
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import contextlib
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import anyio
+
+from app.session import effective_defaults
+from app.upstreams.base import SessionInfo
+
+WINDOW_MS = 20
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_SILENCE_MS = 500
+REPLY_AUDIO_MS = 600
+AUDIO_CHUNK_MS = 100
+CONFIG_COMMAND = "/config"
+
+
+@cache
+def tone(rate: int, milliseconds: int, frequency: float = 440.0, amplitude: float = 0.2) -> bytes:
+    """PCM16 little-endian mono sine tone: the local model's voice."""
+    count = rate * milliseconds // 1000
+    samples = array.array(
+        "h", (int(amplitude * 32767 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(count))
+    )
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples.tobytes()
+
+
+def pcm16(audio: bytes) -> array.array[int]:
+    samples = array.array("h")
+    samples.frombytes(audio[: len(audio) - len(audio) % 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    return samples
+
+
+@dataclass
+class Turn:
+    """What the user has given since the last response."""
+
+    texts: list[str] = field(default_factory=list)
+    audio_ms: float = 0.0
+    images: int = 0
+    tool_results: list[tuple[str, str]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.texts or self.audio_ms or self.images or self.tool_results)
+
+
+class LocalConnection:
+    """One session with the local model. Responses are produced lazily by `receive`, one event per call."""
+
+    def __init__(self, session: SessionInfo, *, pace: float) -> None:
+        self._session = session
+        self._pace = pace
+        self._config = effective_defaults(session.config, session.model)
+        self._outbox: deque[dict[str, Any]] = deque()
+        self._wakeup = anyio.Event()
+        self._turn = Turn()
+        self._response: AsyncIterator[dict[str, Any]] | None = None
+        self._cancelled = False
+        self._calls: dict[str, str] = {}
+        self._call_count = 0
+        self._speaking = False
+        self._silence_ms = 0.0
+
+    # Client events -----------------------------------------------------------------------
+
+    async def send(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "session.update":
+            merged = {**self._session.config, **event["config"]}
+            self._session = SessionInfo(
+                self._session.session_id,
+                self._session.project,
+                {name: value for name, value in merged.items() if value is not None},
+                self._session.model,
+            )
+            self._config = effective_defaults(self._session.config, self._session.model)
+        elif kind == "text.input":
+            self._turn.texts.append(event["text"])
+        elif kind == "image.input":
+            self._turn.images += 1
+        elif kind == "tool.result":
+            name = self._calls.pop(event["tool_call_id"], "unknown")
+            self._turn.tool_results.append((name, str(event["tool_result"])))
+        elif kind == "audio.append":
+            self._hear(base64.b64decode(event["audio"]))
+        elif kind == "audio.commit":
+            self._commit(explicit=True)
+        elif kind == "audio.clear":
+            self._turn.audio_ms = 0.0
+            self._speaking = False
+            self._silence_ms = 0.0
+        elif kind == "response.create":
+            self._start_response()
+        elif kind == "response.cancel":
+            if self._response is not None:
+                self._cancelled = True
+        self._wakeup.set()
+
+    def _error(self, message: str) -> None:
+        self._outbox.append({"type": "error", "error": {"code": "invalid_event", "message": message}})
+
+    def _hear(self, audio: bytes) -> None:
+        rate = self._session.model.input_sample_rate
+        samples = pcm16(audio)
+        self._turn.audio_ms += len(samples) * 1000 / rate
+        turn = self._config["turn_detection"]
+        if turn.get("type") not in ("server_vad", "semantic_vad"):
+            return
+        threshold = 0.05 * (turn.get("threshold") or DEFAULT_THRESHOLD)
+        silence_limit = turn.get("silence_duration_ms") or DEFAULT_SILENCE_MS
+        window = max(1, rate * WINDOW_MS // 1000)
+        for start in range(0, len(samples), window):
+            chunk = samples[start : start + window]
+            energy = math.sqrt(sum(sample * sample for sample in chunk) / len(chunk)) / 32768
+            if energy > threshold:
+                self._silence_ms = 0.0
+                if not self._speaking:
+                    self._speaking = True
+                    self._outbox.append({"type": "speech.started"})
+            elif self._speaking:
+                self._silence_ms += len(chunk) * 1000 / rate
+                if self._silence_ms >= silence_limit:
+                    self._commit(explicit=False)
+
+    def _commit(self, *, explicit: bool) -> None:
+        if not self._turn.audio_ms:
+            if explicit:
+                self._error("audio.commit with no audio appended since the last turn")
+            return
+        if not self._speaking:
+            self._outbox.append({"type": "speech.started"})
+        self._outbox.append({"type": "speech.stopped"})
+        self._speaking = False
+        self._silence_ms = 0.0
+        if self._config.get("input_transcription"):
+            self._outbox.append(
+                {
+                    "type": "transcript.committed",
+                    "transcript": f"[{self._turn.audio_ms / 1000:.1f} s of audio]",
+                }
+            )
+        self._start_response()
+
+    # Responses ---------------------------------------------------------------------------
+
+    def _start_response(self) -> None:
+        if self._response is not None:
+            self._error("a response is already in progress: cancel it or wait for response.completed")
+            return
+        turn, self._turn = self._turn, Turn()
+        self._cancelled = False
+        self._response = self._respond(turn)
+
+    def _tool_named(self, text: str) -> str | None:
+        for tool in self._config.get("tools") or ():
+            if tool["name"] in text:
+                return str(tool["name"])
+        return None
+
+    def _reply_text(self, turn: Turn) -> str:
+        parts = []
+        for name, result in turn.tool_results:
+            parts.append(f"The tool {name} returned {result}.")
+        for text in turn.texts:
+            if text.strip() == CONFIG_COMMAND:
+                parts.append(json.dumps(self._session.config, sort_keys=True, separators=(",", ":")))
+            else:
+                parts.append(f"You said: {text}")
+        if turn.audio_ms:
+            parts.append(f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.")
+        if turn.images:
+            parts.append(f"I see {turn.images} image{'s' if turn.images > 1 else ''}.")
+        return " ".join(parts) or "Hello from the local model."
+
+    async def _respond(self, turn: Turn) -> AsyncIterator[dict[str, Any]]:
+        yield {"type": "response.started"}
+        tool = next((name for name in map(self._tool_named, turn.texts) if name), None)
+        if tool is not None and not turn.tool_results:
+            self._call_count += 1
+            call_id = f"call_{self._call_count}"
+            self._calls[call_id] = tool
+            arguments = json.dumps({"text": turn.texts[-1]})
+            yield {
+                "type": "tool.call",
+                "tool_call_id": call_id,
+                "tool_name": tool,
+                "tool_arguments": arguments,
+            }
+            yield {"type": "response.completed", "status": "completed"}
+            return
+        modalities = self._config["modalities"]
+        if "text" in modalities:
+            words = self._reply_text(turn).split(" ")
+            for index, word in enumerate(words):
+                await anyio.sleep(self._pace)
+                if self._cancelled:
+                    yield {"type": "response.completed", "status": "cancelled"}
+                    return
+                yield {"type": "text.delta", "delta": word if index == len(words) - 1 else word + " "}
+        if "audio" in modalities:
+            rate = self._session.model.output_sample_rate
+            chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
+            for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
+                await anyio.sleep(self._pace)
+                if self._cancelled:
+                    yield {"type": "response.completed", "status": "cancelled"}
+                    return
+                yield {"type": "audio.delta", "audio": chunk}
+        yield {"type": "response.completed", "status": "completed"}
+
+    async def receive(self) -> dict[str, Any] | None:
+        while True:
+            if self._outbox:
+                return self._outbox.popleft()
+            if self._response is not None:
+                try:
+                    return await anext(self._response)
+                except StopAsyncIteration:
+                    self._response = None
+                    continue
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+    async def aclose(self) -> None:
+        response, self._response = self._response, None
+        if response is not None:
+            with contextlib.suppress(RuntimeError):  # still running in a cancelled receive()
+                await response.aclose()  # type: ignore[attr-defined]
+
+
+class LocalUpstream:
+    """The built-in model; `pace` is the pause between streamed deltas, in seconds."""
+
+    def __init__(self, *, pace: float = 0.01) -> None:
+        self._pace = pace
+
+    @asynccontextmanager
+    async def connect(self, session: SessionInfo) -> AsyncIterator[LocalConnection]:
+        connection = LocalConnection(session, pace=self._pace)
+        try:
+            yield connection
+        finally:
+            await connection.aclose()
