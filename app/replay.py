@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from cachetools import TLRUCache
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
 from app.config import Settings
@@ -114,6 +115,11 @@ class RedisReplayStore:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
+            # redis-py skips its check for pooled connections the server has closed while
+            # maintenance notifications are on (the "auto" default): after a Redis restart each
+            # stale connection would then fail one consume with 503. Off, a stale connection is
+            # replaced before use. Redis Cluster / Enterprise maintenance events are not used here.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
 
     def admits(self, issued_at: int) -> None:

@@ -1,0 +1,145 @@
+"""A private `redis-server` for tests: free port, no persistence, stoppable and restartable in place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+import redis
+
+REDIS_SERVER = "redis-server"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One `redis-server` process on a fixed port; `stop()` then `start()` brings it back on that port."""
+
+    def __init__(
+        self, *, port: int | None = None, log_path: Path | None = None, start_timeout: float = 10.0
+    ) -> None:
+        self.port = port or free_port()
+        if log_path is None:
+            handle, name = tempfile.mkstemp(prefix=f"redis-{self.port}-", suffix=".log")
+            os.close(handle)
+            log_path = Path(name)
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self) -> redis.Redis:
+        """A synchronous client with short timeouts; the caller closes it."""
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self) -> RedisServer:
+        """Start the server (again) on `self.port` and wait until it answers PING."""
+        if self.running:
+            return self
+        executable = shutil.which(REDIS_SERVER)
+        if executable is None:
+            raise RuntimeError(f"{REDIS_SERVER} is not installed")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.log_path.parent),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + self.start_timeout
+        with self.client() as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode} on port {self.port}:\n"
+                        f"{self.log()}"
+                    )
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:
+                    pass
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING within {self.start_timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        """SIGTERM, and wait until the process has exited (its port is then closed)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def require_redis_server() -> None:
+    """Skip (with the reason printed) when `redis-server` is missing; under CI, fail instead."""
+    if shutil.which(REDIS_SERVER) is not None:
+        return
+    reason = f"{REDIS_SERVER} is not installed (apt-get install redis-server)"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {reason}")
+    print(f"skipping: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh private redis-server for one test, stopped afterwards."""
+    require_redis_server()
+    with RedisServer(log_path=tmp_path / "redis.log") as server:
+        yield server

@@ -1,0 +1,400 @@
+"""Replay stores: memory:// with a fake clock, redis:// against a private redis-server, and real edges."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect as aconnect
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from app.apikeys import create_key
+from app.clock import FakeClock
+from app.exceptions import (
+    ReplayStoreFullError,
+    ReplayStoreUnavailableError,
+    TicketNotRedeemableError,
+    TicketReplayedError,
+)
+from app.keys import ensure_keys
+from app.replay import MemoryReplayStore, RedisReplayStore
+from tests.redis_server import RedisServer, redis_server, require_redis_server
+from tests.servers import ServiceProcess
+
+__all__ = ["redis_server"]  # the fixture, imported so pytest finds it
+
+LEEWAY = 5
+PREFIX = "realtime:jti:"
+PROJECT = "proj_replay"
+RACERS = 200
+
+
+# --- memory:// ------------------------------------------------------------------------------------
+
+
+def memory_store(clock: FakeClock, maxsize: int = 10) -> MemoryReplayStore:
+    return MemoryReplayStore(maxsize=maxsize, leeway=LEEWAY, clock=clock)
+
+
+def test_memory_consumes_once(clock: FakeClock) -> None:
+    store = memory_store(clock)
+    expires_at = int(clock()) + 60
+    asyncio.run(store.consume("jti-1", expires_at=expires_at))
+    with pytest.raises(TicketReplayedError) as caught:
+        asyncio.run(store.consume("jti-1", expires_at=expires_at))
+    assert (caught.value.code, caught.value.status) == ("ticket_replayed", 401)
+    asyncio.run(store.consume("jti-2", expires_at=expires_at))
+    assert len(store) == 2
+
+
+def test_memory_entries_live_until_exp_plus_leeway_then_free(clock: FakeClock) -> None:
+    store = memory_store(clock)
+    expires_at = int(clock()) + 60
+    asyncio.run(store.consume("jti-1", expires_at=expires_at))
+    clock.advance(expires_at + LEEWAY - clock() - 0.001)
+    with pytest.raises(TicketReplayedError):
+        asyncio.run(store.consume("jti-1", expires_at=expires_at))
+    assert len(store) == 1
+    clock.advance(0.001)  # now == exp + leeway: the entry is gone and its memory freed
+    assert len(store) == 0
+    # Accepted again; in practice the verifier refuses the ticket as expired long before this point.
+    asyncio.run(store.consume("jti-1", expires_at=expires_at))
+
+
+def test_memory_full_of_live_entries_refuses_and_never_evicts(clock: FakeClock) -> None:
+    store = memory_store(clock, maxsize=2)
+    now = int(clock())
+    asyncio.run(store.consume("short", expires_at=now + 10))
+    asyncio.run(store.consume("long", expires_at=now + 100))
+    with pytest.raises(ReplayStoreFullError) as caught:
+        asyncio.run(store.consume("new", expires_at=now + 60))
+    error = caught.value
+    assert (error.code, error.status) == ("replay_store_full", 503)
+    assert error.retry_after is not None and error.retry_after >= 1
+    # A held ticket is still recognised as used, not answered with "full".
+    for held in ("short", "long"):
+        with pytest.raises(TicketReplayedError):
+            asyncio.run(store.consume(held, expires_at=now + 100))
+    assert len(store) == 2
+    clock.advance(10 + LEEWAY)  # "short" expires and frees its slot; "long" stays
+    asyncio.run(store.consume("new", expires_at=now + 60))
+    with pytest.raises(TicketReplayedError):
+        asyncio.run(store.consume("long", expires_at=now + 100))
+    assert len(store) == 2
+
+
+def test_memory_admits_only_tickets_issued_since_it_started() -> None:
+    clock = FakeClock(1_800_000_000.75)
+    store = memory_store(clock)
+    assert store.started == 1_800_000_000
+    store.admits(1_800_000_000)  # the same second the process started
+    store.admits(1_800_000_100)
+    with pytest.raises(TicketNotRedeemableError) as caught:
+        store.admits(1_799_999_999)
+    assert (caught.value.code, caught.value.status) == ("ticket_not_redeemable", 401)
+    assert "started" in caught.value.message
+
+
+def test_memory_race_in_one_loop_admits_exactly_one(clock: FakeClock) -> None:
+    store = memory_store(clock, maxsize=RACERS)
+
+    async def race() -> Counter[str]:
+        results = await asyncio.gather(
+            *(store.consume("jti", expires_at=int(clock()) + 60) for _ in range(RACERS)),
+            return_exceptions=True,
+        )
+        return Counter("ok" if r is None else getattr(r, "code", repr(r)) for r in results)
+
+    assert asyncio.run(race()) == {"ok": 1, "ticket_replayed": RACERS - 1}
+
+
+# --- redis:// against a private redis-server ------------------------------------------------------
+
+
+def redis_store(server: RedisServer, timeout: float = 0.5) -> RedisReplayStore:
+    return RedisReplayStore(server.url, prefix=PREFIX, leeway=LEEWAY, timeout=timeout, clock=time.time)
+
+
+async def guarded(awaitable: Any) -> Any:
+    """Await with a generous bound so a hang fails the test instead of stalling the run."""
+    async with asyncio.timeout(20):
+        return await awaitable
+
+
+@pytest.mark.redis
+def test_redis_consumes_once_with_pxat_expiry(redis_server: RedisServer) -> None:
+    expires_at = int(time.time()) + 60
+
+    async def scenario() -> None:
+        store = redis_store(redis_server)
+        try:
+            await store.consume("jti-1", expires_at=expires_at)
+            with pytest.raises(TicketReplayedError) as caught:
+                await store.consume("jti-1", expires_at=expires_at)
+            assert caught.value.code == "ticket_replayed"
+            await store.ping()
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    with redis_server.client() as client:
+        assert client.get(PREFIX + "jti-1") == b"1"
+        assert client.pexpiretime(PREFIX + "jti-1") == (expires_at + LEEWAY) * 1000
+        pttl = client.pttl(PREFIX + "jti-1")
+        assert 0 < pttl <= (expires_at + LEEWAY) * 1000 - int(time.time() * 1000) + 1000
+        assert client.dbsize() == 1
+
+
+@pytest.mark.redis
+def test_redis_down_fails_closed_and_recovers_on_the_same_store(redis_server: RedisServer) -> None:
+    expires_at = int(time.time()) + 60
+
+    async def scenario() -> None:
+        store = redis_store(redis_server)
+        try:
+            await store.consume("before", expires_at=expires_at)
+            redis_server.stop()
+            for jti in ("down-1", "down-2"):  # a refused connection answers at once, every time
+                with pytest.raises(ReplayStoreUnavailableError) as caught:
+                    await guarded(store.consume(jti, expires_at=expires_at))
+                error = caught.value
+                assert (error.code, error.status, error.retry_after) == ("replay_store_unavailable", 503, 1)
+            with pytest.raises(ReplayStoreUnavailableError):
+                await guarded(store.ping())
+            redis_server.start()
+            await store.ping()
+            # The refused ticket was not used; the same store object reconnects by itself.
+            await store.consume("down-1", expires_at=expires_at)
+            with pytest.raises(TicketReplayedError):
+                await store.consume("down-1", expires_at=expires_at)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_redis_restart_while_idle_needs_no_failed_request(redis_server: RedisServer) -> None:
+    """A pooled connection the server closed while nobody used it is replaced, not reported."""
+    expires_at = int(time.time()) + 60
+
+    async def scenario() -> None:
+        store = redis_store(redis_server)
+        try:
+            await store.consume("before", expires_at=expires_at)
+            # In a thread, so the event loop runs meanwhile, as it does in a live edge.
+            await asyncio.to_thread(redis_server.stop)
+            await asyncio.to_thread(redis_server.start)
+            await store.consume("after", expires_at=expires_at)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_redis_restart_without_persistence_forgets_used_tickets(redis_server: RedisServer) -> None:
+    """Not a code property but an operating one: this server runs with --save '' --appendonly no."""
+    expires_at = int(time.time()) + 60
+
+    async def scenario() -> None:
+        store = redis_store(redis_server)
+        try:
+            await store.consume("used", expires_at=expires_at)
+            await asyncio.to_thread(redis_server.stop)
+            await asyncio.to_thread(redis_server.start)
+            await store.consume("used", expires_at=expires_at)  # accepted again: see docs/replay.md
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_redis_that_hangs_times_out_and_fails_closed(redis_server: RedisServer) -> None:
+    expires_at = int(time.time()) + 60
+    process = redis_server.process
+    assert process is not None
+
+    async def scenario() -> None:
+        store = redis_store(redis_server, timeout=0.2)
+        try:
+            await store.consume("before", expires_at=expires_at)
+            process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(ReplayStoreUnavailableError) as caught:
+                    await guarded(store.consume("during", expires_at=expires_at))
+                assert "timed out" in caught.value.message
+                with pytest.raises(ReplayStoreUnavailableError):
+                    await guarded(store.ping())
+            finally:
+                process.send_signal(signal.SIGCONT)
+            # Answers are not mixed up after the abandoned command: each call gets its own reply.
+            with pytest.raises(TicketReplayedError):
+                await store.consume("before", expires_at=expires_at)
+            await store.consume("after", expires_at=expires_at)
+            with pytest.raises(TicketReplayedError):
+                await store.consume("after", expires_at=expires_at)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+# --- real service processes -----------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    """Two edges on one keys dir and one private Redis, plus a memory:// edge on the same keys."""
+
+    redis: RedisServer
+    a: ServiceProcess
+    b: ServiceProcess
+    memory: ServiceProcess
+    api_key: str
+
+    def mint(self, edge: ServiceProcess) -> str:
+        response = httpx.post(
+            edge.url + "/v3/realtime-sessions",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            json={},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        ticket: str = response.json()["client_secret"]
+        return ticket
+
+
+def claims(ticket: str) -> dict[str, Any]:
+    payload = ticket.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return decoded
+
+
+def protocols(ticket: str) -> list[Subprotocol]:
+    return [Subprotocol("opper-ticket." + ticket)]
+
+
+def redeem(edge: ServiceProcess, ticket: str) -> None:
+    """Open and close a session with the ticket; raises InvalidStatus when refused."""
+    with connect(edge.ws_url, subprotocols=protocols(ticket), open_timeout=10) as ws:
+        assert ws.subprotocol == "opper-ticket." + ticket
+
+
+def refusal(edge: ServiceProcess, ticket: str) -> tuple[int, str, dict[str, str]]:
+    with pytest.raises(InvalidStatus) as caught:
+        redeem(edge, ticket)
+    response = caught.value.response
+    body = json.loads(response.body or b"{}")
+    return response.status_code, body["error"]["code"], {k.lower(): v for k, v in response.headers.items()}
+
+
+def readyz(edge: ServiceProcess) -> int:
+    return httpx.get(edge.url + "/readyz", timeout=10).status_code
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    require_redis_server()
+    tmp = tmp_path_factory.mktemp("fleet")
+    keys_dir = tmp / "keys"
+    ensure_keys(keys_dir, now=int(time.time()) - 60)
+    api_key, _ = create_key(keys_dir / "api_keys.json", project=PROJECT, kind="runtime", now=int(time.time()))
+    with RedisServer(log_path=tmp / "redis.log") as redis_srv:
+        shared = {
+            "REALTIME_KEYS_DIR": str(keys_dir),
+            "REALTIME_REPLAY_URL": redis_srv.url,
+            "REALTIME_REPLAY_TIMEOUT_SECONDS": "0.5",
+        }
+        with (
+            ServiceProcess(env={**shared, "REALTIME_EDGE_NAME": "a"}, log_path=tmp / "a.log") as a,
+            ServiceProcess(env={**shared, "REALTIME_EDGE_NAME": "b"}, log_path=tmp / "b.log") as b,
+            ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys_dir)}, log_path=tmp / "memory.log") as memory,
+        ):
+            yield Fleet(redis_srv, a, b, memory, api_key)
+            for edge in (a, b, memory):
+                log = edge.log()
+                assert "Traceback" not in log and " ERROR " not in log, log
+
+
+@pytest.mark.redis
+def test_ticket_used_on_one_edge_is_replayed_on_the_other(fleet: Fleet) -> None:
+    ticket = fleet.mint(fleet.a)
+    redeem(fleet.a, ticket)
+    assert refusal(fleet.b, ticket)[:2] == (401, "ticket_replayed")
+    assert refusal(fleet.a, ticket)[:2] == (401, "ticket_replayed")
+    # The key the edge wrote lives exactly until exp + leeway.
+    jti, exp = claims(ticket)["jti"], claims(ticket)["exp"]
+    with fleet.redis.client() as client:
+        assert client.pexpiretime(PREFIX + jti) == (exp + LEEWAY) * 1000
+    # And the other way round.
+    ticket = fleet.mint(fleet.b)
+    redeem(fleet.b, ticket)
+    assert refusal(fleet.a, ticket)[:2] == (401, "ticket_replayed")
+
+
+async def race(urls: list[str], ticket: str) -> Counter[str]:
+    """Open all handshakes at once; count upgrades and refusal codes."""
+
+    async def one(url: str) -> str:
+        try:
+            async with aconnect(url, subprotocols=protocols(ticket), open_timeout=30) as ws:
+                assert ws.subprotocol == "opper-ticket." + ticket
+                return "upgraded"
+        except InvalidStatus as exc:
+            body = json.loads(exc.response.body or b"{}")
+            return f"{exc.response.status_code} {body['error']['code']}"
+
+    async with asyncio.timeout(60):
+        return Counter(await asyncio.gather(*(one(url) for url in urls)))
+
+
+@pytest.mark.redis
+def test_concurrent_redemptions_across_two_edges_upgrade_exactly_once(fleet: Fleet) -> None:
+    ticket = fleet.mint(fleet.a)
+    urls = [(fleet.a if i % 2 else fleet.b).ws_url for i in range(RACERS)]
+    counts = asyncio.run(race(urls, ticket))
+    assert counts == {"upgraded": 1, "401 ticket_replayed": RACERS - 1}
+
+
+def test_concurrent_redemptions_on_one_memory_edge_upgrade_exactly_once(fleet: Fleet) -> None:
+    ticket = fleet.mint(fleet.memory)
+    counts = asyncio.run(race([fleet.memory.ws_url] * RACERS, ticket))
+    assert counts == {"upgraded": 1, "401 ticket_replayed": RACERS - 1}
+
+
+@pytest.mark.redis
+def test_edges_fail_closed_while_redis_is_down_and_recover_without_restart(fleet: Fleet) -> None:
+    assert (readyz(fleet.a), readyz(fleet.b)) == (200, 200)
+    refused = {edge.url: fleet.mint(edge) for edge in (fleet.a, fleet.b)}
+    fleet.redis.stop()
+    try:
+        for edge in (fleet.a, fleet.b):
+            status, code, headers = refusal(edge, refused[edge.url])
+            assert (status, code) == (503, "replay_store_unavailable")
+            assert int(headers["retry-after"]) >= 1
+            assert readyz(edge) == 503
+            body = httpx.get(edge.url + "/readyz", timeout=10).json()
+            assert body["status"] == "unavailable" and "replay store" in body["reasons"][0]
+            metrics = httpx.get(edge.url + "/metrics", timeout=10).text
+            assert "realtime_replay_store_errors_total 1.0" in metrics
+    finally:
+        fleet.redis.start()
+    for edge in (fleet.a, fleet.b):
+        assert readyz(edge) == 200
+        redeem(edge, fleet.mint(edge))
+        # A ticket refused with 503 was not consumed (the store never saw it): it redeems now, once.
+        redeem(edge, refused[edge.url])
+        assert refusal(edge, refused[edge.url])[:2] == (401, "ticket_replayed")
