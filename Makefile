@@ -48,7 +48,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench $(if $(filter 1 true yes,$(QUICK)),--quick,)
 
 cluster: $(VENV)/.installed
-	$(PY) -m app.cluster start --port $(or $(CLUSTER_PORT),8080)
+	$(PY) -m app.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))
 
 cluster-stop: $(VENV)/.installed
 	$(PY) -m app.cluster stop

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from app.exceptions import KeySetError
 from app.keys import KeySet
 
 logger = logging.getLogger(__name__)
+
+MAX_JWKS_BYTES = 1 << 20
 
 
 class JwksKeySource:
@@ -41,6 +44,7 @@ class JwksKeySource:
         self._poll = poll
         self._keys = KeySet.empty()
         self._fetched_at = float("-inf")
+        self._generation = 0
         self._lock = asyncio.Lock()
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         self._poller: asyncio.Task[None] | None = None
@@ -58,20 +62,33 @@ class JwksKeySource:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self._min_interval)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # A poller that died would freeze the key set until a restart: log and keep polling.
+                logger.exception("JWKS poll of %s failed unexpectedly", self.url)
 
     async def refresh(self) -> KeySet:
-        started = self._clock()
+        """Fetch the set now unless one was fetched less than `min_interval` ago.
+
+        Callers that arrive while a fetch is in flight wait for it and share its result.
+        """
+        generation = self._generation
         async with self._lock:
-            # Concurrent callers share one fetch; and at most one fetch per `min_interval`.
-            if self._fetched_at >= started or self._clock() - self._fetched_at < self._min_interval:
+            if self._generation != generation:
+                return self._keys  # fetched while this caller waited for the lock
+            if self._clock() - self._fetched_at < self._min_interval:
                 return self._keys
             self._fetched_at = self._clock()
             try:
-                response = await self._client.get(self.url)
-                response.raise_for_status()
-                self._keys = KeySet.from_jwks(response.json())
-            except (httpx.HTTPError, ValueError, KeySetError) as exc:
+                # httpx's timeout bounds each read, not the whole fetch: a server that drips
+                # bytes would hold every verifier waiting on this lock; bound the total too.
+                async with asyncio.timeout(self._timeout):
+                    keys = KeySet.from_jwks(await self._fetch())
+                if not keys.keys:
+                    raise KeySetError("JWKS: the document holds no Ed25519 keys")
+                self._keys = keys
+            except (httpx.HTTPError, TimeoutError, ValueError, KeySetError) as exc:
                 self.failures += 1
                 logger.warning(
                     "JWKS fetch from %s failed (%s); keeping %d cached keys",
@@ -79,7 +96,19 @@ class JwksKeySource:
                     type(exc).__name__,
                     len(self._keys.keys),
                 )
+            finally:
+                self._generation += 1
         return self._keys
+
+    async def _fetch(self) -> object:
+        async with self._client.stream("GET", self.url) as response:
+            response.raise_for_status()
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise ValueError(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
+        return json.loads(body)
 
     async def aclose(self) -> None:
         if self._poller is not None:
