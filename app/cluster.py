@@ -136,13 +136,16 @@ def _serve(state: State, name: str, env: Mapping[str, str]) -> Proc:
     """Start `python -m app.serve` on a free port and wait until `/readyz` says ok."""
     log = Path(state.dir) / f"{name}.log"
     argv = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"]
+    offset = log.stat().st_size if log.exists() else 0  # logs append across runs: read only this one
     proc = _spawn(argv, log=log, env=env)
     entry = Proc(name, proc.pid, 0, str(log), "app.serve")
     state.procs.append(entry)
     state.save()
     deadline = time.monotonic() + START_TIMEOUT
     while not entry.port:
-        match = _LISTENING.search(log.read_text(errors="replace"))
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            match = _LISTENING.search(handle.read().decode(errors="replace"))
         if match:
             entry.port = int(match.group(1))
         elif proc.poll() is not None or time.monotonic() > deadline:
