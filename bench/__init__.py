@@ -1,0 +1,1 @@
+"""Benchmarks: each case against its baseline in the same run; `python -m bench [--quick]`."""

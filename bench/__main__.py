@@ -1,0 +1,68 @@
+"""`python -m bench [--quick] [--out DIR] [--only CASE ...]`: run every case and write the results."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bench import cases
+from bench.procs import raise_nofile
+from bench.report import table, write
+
+HERE = Path(__file__).resolve().parent
+NAMES = ("verify", "mint", "redemption", "relay", "scale")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="one short repetition, 200 sessions (~1 min)")
+    parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
+    parser.add_argument("--only", nargs="*", choices=NAMES, help="run only these cases")
+    parser.add_argument("--sessions", type=int, help="sessions to hold in the scale case")
+    args = parser.parse_args(argv)
+    limit = raise_nofile()
+    count = args.sessions or (200 if args.quick else 5000)
+    if count + 100 > limit:
+        print(f"warning: open-file limit {limit} is below {count} sessions", file=sys.stderr)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        plan = cases.Plan(
+            quick=args.quick,
+            repetitions=1 if args.quick else 3,
+            duration=1.0 if args.quick else 4.0,
+            concurrency=16,
+            sessions=8,
+            workdir=Path(tmp),
+        )
+        runners: dict[str, Callable[[], cases.CaseResult]] = {
+            "verify": lambda: cases.case_verify(plan),
+            "mint": lambda: cases.case_mint(plan),
+            "redemption": lambda: cases.case_redemption(plan),
+            "relay": lambda: cases.case_relay(plan),
+            "scale": lambda: cases.case_scale(plan, count),
+        }
+        results: list[cases.CaseResult] = []
+        errors: dict[str, str] = {}
+        for name in args.only or NAMES:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            began = time.perf_counter()
+            try:
+                results.append(runners[name]())
+            except Exception as exc:  # one failed case must not lose the others' figures
+                traceback.print_exc()
+                errors[name] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"bench: {name} done in {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
+        write(args.out, plan, results, errors, time.perf_counter() - started)
+    print(table(results))
+    for name, message in errors.items():
+        print(f"{name} failed: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
