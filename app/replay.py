@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from cachetools import TLRUCache
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
@@ -126,9 +127,11 @@ class RedisReplayStore:
         return None  # the store outlives any one edge process
 
     def _unavailable(self, exc: BaseException) -> ReplayStoreUnavailableError:
-        reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+        reason = "timed out" if isinstance(exc, TimeoutError | RedisTimeoutError) else type(exc).__name__
         return ReplayStoreUnavailableError(
-            f"the replay store did not answer ({reason}); the ticket was not used, try again",
+            # Not "the ticket was not used": a command that timed out may still have been applied.
+            f"the replay store did not answer ({reason}); try again shortly, with a new ticket "
+            "if this one is then refused as already used",
             retry_after=RETRY_AFTER_SECONDS,
         )
 

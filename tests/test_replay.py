@@ -398,3 +398,15 @@ def test_edges_fail_closed_while_redis_is_down_and_recover_without_restart(fleet
         # A ticket refused with 503 was not consumed (the store never saw it): it redeems now, once.
         redeem(edge, refused[edge.url])
         assert refusal(edge, refused[edge.url])[:2] == (401, "ticket_replayed")
+
+
+@pytest.mark.redis
+def test_edges_recover_from_a_redis_restart_they_did_not_see(fleet: Fleet) -> None:
+    """Each edge holds pooled connections the restart closed; the next redemption still succeeds."""
+    for edge in (fleet.a, fleet.b):
+        redeem(edge, fleet.mint(edge))
+    fleet.redis.stop()
+    fleet.redis.start()
+    for edge in (fleet.a, fleet.b):
+        redeem(edge, fleet.mint(edge))
+        assert readyz(edge) == 200
