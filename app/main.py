@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
+from app.demo import dev_ticket, favicon, page, static
 from app.exceptions import RealtimeError, UnavailableError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
@@ -132,6 +133,10 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/", page, methods=["GET"]),
+            Route("/static/{name}", static, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
+            Route("/dev/ticket", dev_ticket, methods=["POST"]),
         ],
         exception_handlers={
             RealtimeError: _on_realtime_error,

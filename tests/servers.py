@@ -37,6 +37,7 @@ class ServiceProcess:
         return f"ws://127.0.0.1:{self.port}/v3/realtime"
 
     def start(self) -> ServiceProcess:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"],
@@ -48,7 +49,7 @@ class ServiceProcess:
         log.close()
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
-            match = _LISTENING.search(self.log())
+            match = _LISTENING.search(self.log()[offset:])
             if match:
                 self.port = int(match.group(1))
                 try:

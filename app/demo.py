@@ -1,0 +1,83 @@
+"""The demo page at `GET /` and its dev-only mint route `POST /dev/ticket` (on with `REALTIME_DEV`)."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from app.exceptions import InvalidRequestError, TicketsDisabledError
+from app.responses import NO_STORE
+from app.services import Services
+from app.session import prepare_binding
+from app.tickets import issue, rfc3339
+
+logger = logging.getLogger(__name__)
+
+DEV_PROJECT = "dev"
+DEV_MODEL = "openai/gpt-realtime-2"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+
+
+def _static(name: str) -> str:
+    return resources.files("app").joinpath("static", name).read_text(encoding="utf-8")
+
+
+async def page(request: Request) -> HTMLResponse:
+    return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-cache"})
+
+
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+async def static(request: Request) -> Response:
+    name = request.path_params["name"]
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
+        return JSONResponse({"error": {"code": "not_found", "message": "no such file"}}, status_code=404)
+    try:
+        text = _static(name)
+    except FileNotFoundError:
+        return JSONResponse({"error": {"code": "not_found", "message": "no such file"}}, status_code=404)
+    return Response(text, media_type=STATIC_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+
+
+async def dev_ticket(request: Request) -> JSONResponse:
+    """Mint a ticket for project `dev` binding a model, with no API key: for the demo page only.
+
+    Answers 404 unless `REALTIME_DEV=true` (which `make run` sets): a public deployment never has it.
+    """
+    services: Services = request.app.state.services
+    settings = services.settings
+    if not settings.dev:
+        return JSONResponse(
+            {"error": {"code": "not_found", "message": "the dev mint route is off (REALTIME_DEV=false)"}},
+            status_code=404,
+        )
+    model = request.query_params.get("model", DEV_MODEL)
+    if len(model) > 200:
+        raise InvalidRequestError("model name too long")
+    signer = services.keys.current().signer
+    if signer is None or not settings.tickets_enabled:
+        raise TicketsDisabledError("this node does not mint tickets")
+    binding = prepare_binding({"model": model}, [], services.registry)
+    ticket = issue(
+        signer,
+        project=DEV_PROJECT,
+        config=binding.config,
+        locked=binding.locked,
+        ttl=60,
+        now=services.clock.now(),
+        issuer=settings.issuer,
+        audience=settings.audience,
+        max_bytes=settings.ticket_max_bytes,
+    )
+    services.metrics.tickets_minted.inc()
+    logger.info("minted dev ticket kid=%s project=%s model=%s", ticket.kid, DEV_PROJECT, model)
+    return JSONResponse(
+        {"client_secret": ticket.token, "expires_at": rfc3339(ticket.expires_at), "model": model},
+        headers=NO_STORE,
+    )
