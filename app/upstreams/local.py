@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from app.clock import Clock
 from app.session import effective_defaults
 from app.upstreams.base import SessionInfo
 
@@ -70,9 +71,11 @@ class Turn:
 class LocalConnection:
     """One session with the local model. Responses are produced lazily by `receive`, one event per call."""
 
-    def __init__(self, session: SessionInfo, *, pace: float) -> None:
+    def __init__(self, session: SessionInfo, *, pace: float, clock: Clock | None = None) -> None:
         self._session = session
         self._pace = pace
+        self._clock = clock
+        self._cancel = anyio.Event()
         self._config = effective_defaults(session.config, session.model)
         self._outbox: deque[dict[str, Any]] = deque()
         self._wakeup = anyio.Event()
@@ -117,6 +120,7 @@ class LocalConnection:
         elif kind == "response.cancel":
             if self._response is not None:
                 self._cancelled = True
+                self._cancel.set()
         self._wakeup.set()
 
     def _error(self, message: str) -> None:
@@ -172,6 +176,7 @@ class LocalConnection:
             return
         turn, self._turn = self._turn, Turn()
         self._cancelled = False
+        self._cancel = anyio.Event()
         self._response = self._respond(turn)
 
     def _tool_named(self, text: str) -> str | None:
@@ -195,6 +200,25 @@ class LocalConnection:
             parts.append(f"I see {turn.images} image{'s' if turn.images > 1 else ''}.")
         return " ".join(parts) or "Hello from the local model."
 
+    async def _pause(self) -> None:
+        """The pause before the next delta (on the clock, when given); `response.cancel` cuts it short."""
+        cancel = self._cancel
+        async with anyio.create_task_group() as group:
+
+            async def paced() -> None:
+                if self._clock is None:
+                    await anyio.sleep(self._pace)
+                else:
+                    await self._clock.sleep_until(self._clock.now() + self._pace)
+                group.cancel_scope.cancel()
+
+            async def cancelled() -> None:
+                await cancel.wait()
+                group.cancel_scope.cancel()
+
+            group.start_soon(paced)
+            group.start_soon(cancelled)
+
     async def _respond(self, turn: Turn) -> AsyncIterator[dict[str, Any]]:
         yield {"type": "response.started"}
         tool = next((name for name in map(self._tool_named, turn.texts) if name), None)
@@ -212,10 +236,11 @@ class LocalConnection:
             yield {"type": "response.completed", "status": "completed"}
             return
         modalities = self._config["modalities"]
-        if "text" in modalities:
+        # `/config` is a diagnostic: answered in text even when the session has no text modality.
+        if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
             words = self._reply_text(turn).split(" ")
             for index, word in enumerate(words):
-                await anyio.sleep(self._pace)
+                await self._pause()
                 if self._cancelled:
                     yield {"type": "response.completed", "status": "cancelled"}
                     return
@@ -224,7 +249,7 @@ class LocalConnection:
             rate = self._session.model.output_sample_rate
             chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
             for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
-                await anyio.sleep(self._pace)
+                await self._pause()
                 if self._cancelled:
                     yield {"type": "response.completed", "status": "cancelled"}
                     return
@@ -252,14 +277,18 @@ class LocalConnection:
 
 
 class LocalUpstream:
-    """The built-in model; `pace` is the pause between streamed deltas, in seconds."""
+    """The built-in model; `pace` is the pause between streamed deltas, in seconds.
 
-    def __init__(self, *, pace: float = 0.01) -> None:
+    With a `clock`, the pause is taken on that clock (tests step a fake clock through a response).
+    """
+
+    def __init__(self, *, pace: float = 0.01, clock: Clock | None = None) -> None:
         self._pace = pace
+        self._clock = clock
 
     @asynccontextmanager
     async def connect(self, session: SessionInfo) -> AsyncIterator[LocalConnection]:
-        connection = LocalConnection(session, pace=self._pace)
+        connection = LocalConnection(session, pace=self._pace, clock=self._clock)
         try:
             yield connection
         finally:
