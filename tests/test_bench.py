@@ -1,0 +1,38 @@
+"""`python -m bench --quick` runs every case and each produces a number (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == {}
+    assert set(results["cases"]) == set(NAMES)
+    for name, case in results["cases"].items():
+        assert case["rows"], name
+        for row in case["rows"]:
+            assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), (name, row)
+    table = (tmp_path / "results.md").read_text()
+    assert all(f"{number}. " in table for number in range(1, 6))
