@@ -64,16 +64,18 @@ class Transport(Protocol):
 _EVENT = ConfigDict(extra="ignore", strict=True)
 
 
+# `config` is checked by the config schema, so a config that is not an object is `invalid_config`
+# (a failed start the client may retry), not a malformed event.
 class SessionStart(BaseModel):
     model_config = _EVENT
     type: Literal["session.start"]
-    config: dict[str, Any] | None = None
+    config: Any = None
 
 
 class SessionUpdate(BaseModel):
     model_config = _EVENT
     type: Literal["session.update"]
-    config: dict[str, Any]
+    config: Any
 
 
 class AudioAppend(BaseModel):
@@ -316,14 +318,14 @@ class Session:
                 await self._close(POLICY, "session not started")
                 return None
             try:
-                config, model = self._configure(event.config or {}, update=False)
+                config, model = self._configure({} if event.config is None else event.config, update=False)
             except ConfigError as exc:
                 await self._send(error_event(exc))
                 continue
             self.config, self.model = config, model
             return SessionInfo(self.id, self.project, config, model)
 
-    def _configure(self, changes: dict[str, Any], *, update: bool) -> tuple[dict[str, Any], ModelInfo]:
+    def _configure(self, changes: Any, *, update: bool) -> tuple[dict[str, Any], ModelInfo]:
         """The effective config after `changes` (6.3), or a ConfigError with the config unchanged."""
         parsed = parse_config(changes)
         if update:

@@ -302,7 +302,7 @@ def test_bearer_sessions_have_nothing_bound(client: TestClient, api_key: str) ->
 
 VALID = {"model": OPENAI, "instructions": "Valid."}
 
-START_ERRORS: list[tuple[Event, str]] = [
+START_ERRORS: list[tuple[Any, str]] = [
     ({"model": OPENAI, "voice": "Puck"}, "unsupported_voice"),
     ({"model": XAI, "reasoning_effort": "low"}, "unsupported_reasoning_effort"),
     ({"model": XAI, "turn_detection": {"type": "semantic_vad"}}, "unsupported_turn_detection"),
@@ -315,13 +315,15 @@ START_ERRORS: list[tuple[Event, str]] = [
     ({"model": OPENAI, "temperature": 3}, "invalid_config"),
     ({"model": OPENAI, "temperature": "warm"}, "invalid_config"),
     ({"model": OPENAI, "modalities": "audio"}, "invalid_config"),
+    ("model=openai/gpt-realtime-2", "invalid_config"),
+    ([{"model": OPENAI}], "invalid_config"),
 ]
 
 
 @pytest.mark.parametrize(
     ("config", "code"), START_ERRORS, ids=[f"{c}-{i}" for i, (_, c) in enumerate(START_ERRORS)]
 )
-def test_a_refused_start_can_be_retried(client: TestClient, api_key: str, config: Event, code: str) -> None:
+def test_a_refused_start_can_be_retried(client: TestClient, api_key: str, config: Any, code: str) -> None:
     with with_ticket(client, mint(client, api_key)) as ws:
         ws.send_json({"type": "session.start", "config": config})
         expect_error(ws, code)
@@ -340,7 +342,7 @@ def test_a_start_without_config_means_an_empty_config(client: TestClient, api_ke
 
 
 # model of the session, the accepted start config, a refused update, its code.
-UPDATE_ERRORS: list[tuple[Event, Event, str]] = [
+UPDATE_ERRORS: list[tuple[Event, Any, str]] = [
     (VALID, {"voice": "Puck"}, "unsupported_voice"),
     ({"model": XAI}, {"reasoning_effort": "low"}, "unsupported_reasoning_effort"),
     ({"model": XAI}, {"turn_detection": {"type": "semantic_vad"}}, "unsupported_turn_detection"),
@@ -352,6 +354,8 @@ UPDATE_ERRORS: list[tuple[Event, Event, str]] = [
     (VALID, {"colour": "blue"}, "invalid_config"),
     (VALID, {"temperature": 3}, "invalid_config"),
     (VALID, {"instructions": 42}, "invalid_config"),
+    (VALID, ["voice", "ash"], "invalid_config"),
+    (VALID, None, "invalid_config"),
     ({**VALID, "input_transcription": True}, {"input_transcription": False}, "field_not_updatable"),
     (VALID, {"input_transcription": True}, "field_not_updatable"),
     (
@@ -367,7 +371,7 @@ UPDATE_ERRORS: list[tuple[Event, Event, str]] = [
     ("config", "change", "code"), UPDATE_ERRORS, ids=[f"{c}-{i}" for i, (_, _, c) in enumerate(UPDATE_ERRORS)]
 )
 def test_a_refused_update_leaves_the_config(
-    client: TestClient, api_key: str, config: Event, change: Event, code: str
+    client: TestClient, api_key: str, config: Event, change: Any, code: str
 ) -> None:
     with with_ticket(client, mint(client, api_key)) as ws:
         started(ws, config)
@@ -613,6 +617,20 @@ def test_no_transcript_without_input_transcription(client: TestClient, api_key: 
         kinds = [event["type"] for event in until(ws)]
         assert kinds[:3] == ["speech.started", "speech.stopped", "response.started"]
         assert "transcript.committed" not in kinds
+
+
+def test_server_vad_takes_zero_as_a_setting(client: TestClient, api_key: str) -> None:
+    """`silence_duration_ms: 0` cuts the turn at the first quiet window, not after the default 500 ms."""
+    with with_ticket(client, mint(client, api_key)) as ws:
+        started(ws, {**VALID, "turn_detection": {"type": "server_vad", "silence_duration_ms": 0}})
+        append(ws, loud(24000, 200) + silence(24000, 100))
+        # Already cut by the detector, so this commit has nothing left to commit: an error.
+        ws.send_json({"type": "audio.commit"})
+        events = until(ws)
+        kinds = [event["type"] for event in events]
+        assert kinds[:2] == ["speech.started", "speech.stopped"]
+        errors = [event for event in events if event["type"] == "error"]
+        assert [error["error"]["code"] for error in errors] == ["invalid_event"]
 
 
 def test_audio_commit_ends_a_turn_without_vad(client: TestClient, api_key: str) -> None:

@@ -133,8 +133,11 @@ class LocalConnection:
         turn = self._config["turn_detection"]
         if turn.get("type") not in ("server_vad", "semantic_vad"):
             return
-        threshold = 0.05 * (turn.get("threshold") or DEFAULT_THRESHOLD)
-        silence_limit = turn.get("silence_duration_ms") or DEFAULT_SILENCE_MS
+        # 0 is a setting, not "unset": a threshold of 0 hears any sound, 0 ms cuts at the first quiet window.
+        threshold = 0.05 * (DEFAULT_THRESHOLD if turn.get("threshold") is None else turn["threshold"])
+        silence_limit = turn.get("silence_duration_ms")
+        if silence_limit is None:
+            silence_limit = DEFAULT_SILENCE_MS
         window = max(1, rate * WINDOW_MS // 1000)
         for start in range(0, len(samples), window):
             chunk = samples[start : start + window]
