@@ -645,6 +645,26 @@ def test_audio_commit_ends_a_turn_without_vad(client: TestClient, api_key: str) 
         _audio_deltas(events, 24000)
 
 
+def test_audio_clear_drops_the_appended_audio(client: TestClient, api_key: str) -> None:
+    with with_ticket(client, mint(client, api_key)) as ws:
+        started(ws, {**VALID, "turn_detection": {"type": "none"}})
+        append(ws, loud(24000, 300))
+        ws.send_json({"type": "audio.clear"})
+        ws.send_json({"type": "audio.commit"})
+        expect_error(ws, "invalid_event")
+        assert effective(ws) == {**VALID, "turn_detection": {"type": "none"}}
+
+
+def test_image_input_is_acknowledged(client: TestClient, api_key: str) -> None:
+    with with_ticket(client, mint(client, api_key)) as ws:
+        started(ws, {**VALID, "modalities": ["text"]})
+        ws.send_json(
+            {"type": "image.input", "image_url": "https://example.com/cat.png", "image_detail": "low"}
+        )
+        ws.send_json({"type": "response.create"})
+        assert text_of(until(ws)) == "I see 1 image."
+
+
 def test_tool_call_and_result(client: TestClient, api_key: str) -> None:
     tools = [{"name": "get_weather", "description": "Weather for a city"}]
     with with_ticket(client, mint(client, api_key, {"model": OPENAI, "tools": tools})) as ws:
