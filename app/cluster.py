@@ -53,6 +53,7 @@ class Proc:
     port: int
     log: str
     marker: str  # a word of its command line, so a reused pid is never signalled
+    argv: list[str] = field(default_factory=list)  # how it was started, to restart it by hand
 
 
 @dataclass
@@ -138,7 +139,7 @@ def _serve(state: State, name: str, env: Mapping[str, str]) -> Proc:
     argv = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"]
     offset = log.stat().st_size if log.exists() else 0  # logs append across runs: read only this one
     proc = _spawn(argv, log=log, env=env)
-    entry = Proc(name, proc.pid, 0, str(log), "app.serve")
+    entry = Proc(name, proc.pid, 0, str(log), "app.serve", argv)
     state.procs.append(entry)
     state.save()
     deadline = time.monotonic() + START_TIMEOUT
@@ -195,7 +196,7 @@ def start_redis(state: State, port: int) -> Proc:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise ClusterError(f"redis-server did not start; its log {log}:\n{_tail(log)}")
         time.sleep(0.05)
-    return Proc("redis", proc.pid, port, str(log), "redis-server")
+    return Proc("redis", proc.pid, port, str(log), "redis-server", argv)
 
 
 def nginx_config(directory: Path, *, port: int, minter: int, edges: Sequence[int]) -> str:
@@ -283,7 +284,7 @@ def start_nginx(state: State, *, port: int, minter: int, edges: Sequence[int]) -
     pid_file = directory / "nginx.pid"
     if result.returncode != 0 or not pid_file.exists():
         raise ClusterError(f"nginx did not start (exit {result.returncode}); log {log}:\n{_tail(log)}")
-    return Proc("nginx", int(pid_file.read_text().strip()), port, str(log), "nginx")
+    return Proc("nginx", int(pid_file.read_text().strip()), port, str(log), "nginx", argv)
 
 
 def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> State:

@@ -1,0 +1,388 @@
+"""The fleet behind nginx (`python -m app.cluster`): single use, rotation under load, failures, drain."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from app.cluster import alive
+
+pytestmark = pytest.mark.fleet
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "openai/gpt-realtime-2"
+
+
+def require(binary: str, package: str) -> None:
+    """Skip when a binary is missing, but fail in CI, where a skipped fleet test would hide a gap."""
+    if shutil.which(binary) or Path("/usr/sbin", binary).exists():
+        return
+    message = f"{binary} is not installed (apt-get install -y {package})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def kid_of(ticket: str) -> str:
+    header = ticket.split(".")[0]
+    kid: str = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
+    return kid
+
+
+@dataclass
+class Outcome:
+    """One attempt: mint through nginx, open the WebSocket through nginx, wait for session.started."""
+
+    ticket: str
+    code: str  # "ok", an error code, or the exception's name
+    edge: str | None
+    started: float
+    ended: float = 0.0
+    retry_after: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+
+@dataclass
+class Cluster:
+    run_dir: Path
+    keys_dir: Path
+    url: str
+    api_key: str
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + "/v3/realtime"
+
+    def state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.run_dir / "state.json").read_text())
+        return data
+
+    def proc(self, name: str) -> dict[str, Any]:
+        found: dict[str, Any] = next(p for p in self.state()["procs"] if p["name"] == name)
+        return found
+
+    def kill(self, name: str, sig: signal.Signals) -> None:
+        """Send `sig` to one cluster process and wait until it is gone."""
+        proc = self.proc(name)
+        os.kill(proc["pid"], sig)
+        wait_for(lambda: not alive(proc["pid"], proc["marker"]), what=f"{name} to exit")
+
+    def mint(self, client: httpx.Client | None = None) -> str:
+        post = client.post if client is not None else httpx.post
+        response = post(
+            self.url + "/v3/realtime-sessions",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            json={},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["ws_url"].startswith(self.ws_url + "?ticket=")
+        token: str = body["client_secret"]
+        return token
+
+    def open(self, ticket: str, *, url: str | None = None) -> ClientConnection:
+        return connect(url or self.ws_url, subprotocols=[f"opper-ticket.{ticket}"], open_timeout=10)  # type: ignore[list-item]
+
+    def redeem(self, ticket: str, *, url: str | None = None) -> Outcome:
+        """Open a session with `ticket`, start it, close it; never raises."""
+        outcome = Outcome(ticket, "ok", None, time.monotonic())
+        try:
+            with self.open(ticket, url=url) as ws:
+                assert ws.response is not None
+                outcome.edge = ws.response.headers.get("x-realtime-edge")
+                start_session(ws)
+        except InvalidStatus as exc:
+            body = json.loads(exc.response.body or b"{}")
+            outcome.code = body.get("error", {}).get("code", f"http_{exc.response.status_code}")
+            outcome.edge = exc.response.headers.get("x-realtime-edge")
+            outcome.retry_after = exc.response.headers.get("retry-after")
+        except (WebSocketException, OSError, TimeoutError, AssertionError) as exc:
+            outcome.code = type(exc).__name__
+        outcome.ended = time.monotonic()
+        return outcome
+
+    def attempt(self, client: httpx.Client) -> Outcome:
+        started = time.monotonic()
+        try:
+            ticket = self.mint(client)
+        except (httpx.HTTPError, AssertionError) as exc:
+            return Outcome("", f"mint:{type(exc).__name__}", None, started, time.monotonic())
+        outcome = self.redeem(ticket)
+        outcome.started = started
+        return outcome
+
+
+def start_session(ws: ClientConnection) -> dict[str, Any]:
+    ws.send(json.dumps({"type": "session.start", "config": {"model": MODEL}}))
+    while True:
+        event: dict[str, Any] = json.loads(ws.recv(timeout=10))
+        assert event["type"] != "error", event
+        if event["type"] == "session.started":
+            return event
+
+
+def polled_in_vain(log: Path) -> bool:
+    return "JWKS fetch from" in log.read_text()
+
+
+def cluster_env(keys_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update(PORT="0", REALTIME_KEYS_DIR=str(keys_dir))
+    return env
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    require("nginx", "nginx-light")
+    started: list[Cluster] = []
+
+    def make(*options: str) -> Cluster:
+        keys_dir = tmp_path / "keys"
+        run_dir = tmp_path / "run"
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cluster", "start", "--dir", str(run_dir), *options],
+            cwd=ROOT,
+            env=cluster_env(keys_dir),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("CLUSTER_"))
+        cluster = Cluster(run_dir, keys_dir, lines["CLUSTER_URL"], lines["CLUSTER_API_KEY"])
+        started.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in started:
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cluster", "stop", "--dir", str(cluster.run_dir)],
+            cwd=ROOT,
+            env=cluster_env(cluster.keys_dir),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not (cluster.run_dir / "state.json").exists()
+
+
+@dataclass
+class Load:
+    """A bounded load: `workers` threads, each at most `rate` handshakes per second, until stopped."""
+
+    cluster: Cluster
+    workers: int = 4
+    rate: float = 8.0
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _run(self) -> None:
+        with httpx.Client() as client:
+            while not self._stop.is_set():
+                outcome = self.cluster.attempt(client)
+                with self._lock:
+                    self.outcomes.append(outcome)
+                # Pacing, not waiting for a condition: it keeps the load bounded.
+                self._stop.wait(max(0.0, outcome.started + 1 / self.rate - time.monotonic()))
+
+    def __enter__(self) -> Load:
+        for _ in range(self.workers):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def snapshot(self) -> list[Outcome]:
+        with self._lock:
+            return list(self.outcomes)
+
+    def successes_after(self, moment: float) -> int:
+        return sum(1 for outcome in self.snapshot() if outcome.ok and outcome.started > moment)
+
+    def run_until(self, count: int, *, after: float = 0.0, timeout: float = 30.0) -> None:
+        wait_for(lambda: self.successes_after(after) >= count, timeout=timeout, what=f"{count} handshakes")
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    codes: dict[str, int] = {}
+    for outcome in outcomes:
+        codes[outcome.code] = codes.get(outcome.code, 0) + 1
+    return ", ".join(f"{code}={count}" for code, count in sorted(codes.items()))
+
+
+def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    edges: set[str | None] = set()
+    for _ in range(4):
+        ticket = cluster.mint()
+        first = cluster.redeem(ticket)
+        assert first.code == "ok"
+        replay = cluster.redeem(ticket)
+        assert replay.code == "ticket_replayed"
+        edges |= {first.edge, replay.edge}
+    assert edges == {"edge-1", "edge-2"}
+    # Minting and the JWKS go to the minter, which adds no edge header.
+    jwks = httpx.get(cluster.url + "/.well-known/jwks.json", timeout=5)
+    assert jwks.status_code == 200 and "x-realtime-edge" not in jwks.headers
+    access_log = (cluster.run_dir / "nginx-access.log").read_text()
+    assert "/v3/realtime" in access_log and "ticket=" not in access_log
+
+
+def test_rotation_under_load_fails_no_handshake(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    rotate = [sys.executable, "-m", "app.keys", "rotate", "--dir", str(cluster.keys_dir)]
+    with Load(cluster, workers=4, rate=8.0) as load:
+        load.run_until(20)
+        for _ in range(3):
+            subprocess.run(
+                rotate, cwd=ROOT, env=cluster_env(cluster.keys_dir), check=True, capture_output=True
+            )
+            # Edges poll the JWKS every 5 s: space rotations so each new `next` key is seen first.
+            time.sleep(7.5)
+    outcomes = load.snapshot()
+    print(f"\nrotation under load: {len(outcomes)} handshakes: {summary(outcomes)}")
+    assert [o for o in outcomes if not o.ok] == []
+    assert len({kid_of(o.ticket) for o in outcomes}) == 4  # the first key and three rotated in
+    assert {o.edge for o in outcomes} == {"edge-1", "edge-2"}
+
+
+def test_a_killed_edge_is_skipped_and_no_ticket_is_used_twice(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    with Load(cluster) as load:
+        load.run_until(20)
+        cluster.kill("edge-1", signal.SIGKILL)
+        killed_at = time.monotonic()
+        load.run_until(40, after=killed_at)
+    outcomes = load.snapshot()
+    after = [o for o in outcomes if o.started > killed_at]
+    print(f"\nedge killed: {len(outcomes)} handshakes: {summary(outcomes)}; after the kill: {summary(after)}")
+    assert after and all(o.ok and o.edge == "edge-2" for o in after), summary(after)
+    used = [o.ticket for o in outcomes if o.ok]
+    assert len(used) == len(set(used))
+    replays = [cluster.redeem(ticket).code for ticket in used]
+    assert set(replays) == {"ticket_replayed"}
+
+
+def test_a_redis_restart_fails_closed_then_recovers(make_cluster: Callable[..., Cluster]) -> None:
+    require("redis-server", "redis-server")
+    cluster = make_cluster("--own-redis")
+    redis_proc = cluster.proc("redis")
+    used_before = cluster.mint()
+    assert cluster.redeem(used_before).ok
+    with Load(cluster) as load:
+        load.run_until(10)
+        cluster.kill("redis", signal.SIGTERM)
+        down_at = time.monotonic()
+        during = cluster.redeem(cluster.mint())
+        assert (during.code, during.retry_after) == ("replay_store_unavailable", "1")
+        wait_for(
+            lambda: any(o.code == "replay_store_unavailable" for o in load.snapshot() if o.started > down_at)
+        )
+        restart_at = time.monotonic()
+        # Its own daemonize, so this test holds no child process; same port, same append-only file.
+        pid_file = cluster.run_dir / "redis-restarted.pid"
+        subprocess.run(
+            [
+                *redis_proc["argv"],
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(pid_file),
+                "--logfile",
+                redis_proc["log"],
+            ],
+            check=True,
+            timeout=30,
+        )
+        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="redis pid file")
+        state = cluster.state()
+        for proc in state["procs"]:
+            if proc["name"] == "redis":
+                proc["pid"] = int(pid_file.read_text())  # so `cluster stop` stops the new one
+        (cluster.run_dir / "state.json").write_text(json.dumps(state))
+        wait_for(lambda: cluster.redeem(cluster.mint()).ok, what="handshakes to succeed again")
+        up_at = time.monotonic()
+        load.run_until(20, after=up_at)
+    outcomes = load.snapshot()
+    print(f"\nredis restart: {len(outcomes)} handshakes: {summary(outcomes)}")
+    outage = [o for o in outcomes if o.started > down_at and o.ended < restart_at]
+    assert outage and {o.code for o in outage} == {"replay_store_unavailable"}
+    assert {o.code for o in outcomes if not o.ok} == {"replay_store_unavailable"}
+    assert all(o.ok for o in outcomes if o.started > up_at)
+    # The store persists (append-only file): a ticket used before the restart stays used.
+    assert cluster.redeem(used_before).code == "ticket_replayed"
+
+
+def test_edges_keep_verifying_when_the_minter_is_down(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster()
+    tickets = [cluster.mint() for _ in range(6)]
+    cluster.kill("minter", signal.SIGTERM)
+    assert httpx.post(cluster.url + "/v3/realtime-sessions", timeout=5).status_code == 502
+    for name in ("edge-1", "edge-2"):
+        log = Path(cluster.proc(name)["log"])
+        # Each edge has polled the dead minter at least once and kept its cached keys.
+        wait_for(partial(polled_in_vain, log), what=f"{name} to poll the minter")
+    outcomes = [cluster.redeem(ticket) for ticket in tickets]
+    assert [o.code for o in outcomes] == ["ok"] * len(tickets)
+    assert {o.edge for o in outcomes} == {"edge-1", "edge-2"}
+
+
+def test_a_draining_edge_says_server_shutdown_and_new_sessions_go_elsewhere(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster()
+    with cluster.open(cluster.mint()) as ws:
+        start_session(ws)
+        assert ws.response is not None
+        edge = ws.response.headers["x-realtime-edge"]
+        other = ({"edge-1", "edge-2"} - {edge}).pop()
+        proc = cluster.proc(edge)
+        os.kill(proc["pid"], signal.SIGTERM)
+        event = json.loads(ws.recv(timeout=15))
+        assert (event["type"], event["error"]["code"]) == ("session.terminating", "server_shutdown")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    wait_for(lambda: not alive(proc["pid"], proc["marker"]), what=f"{edge} to exit")
+    outcomes = [cluster.redeem(cluster.mint()) for _ in range(6)]
+    assert [(o.code, o.edge) for o in outcomes] == [("ok", other)] * 6
