@@ -2,7 +2,8 @@
 
 ReplayStore          the interface the edge uses
 MemoryReplayStore    memory://  bounded, refuses when full, rejects tickets older than the process
-RedisReplayStore     redis://   SET NX PXAT, short timeouts, fails closed, recovers by itself
+RedisReplayStore     redis://   SET NX PXAT, short timeouts, fails closed, recovers by itself;
+                                a node of a Redis Cluster is detected by its first MOVED answer
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 from cachetools import TLRUCache
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
@@ -110,6 +112,7 @@ class RedisReplayStore:
         self._leeway = leeway
         self._timeout = timeout
         self._clock = clock
+        self._url = url
         self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -122,6 +125,27 @@ class RedisReplayStore:
             # replaced before use. Redis Cluster / Enterprise maintenance events are not used here.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        self._cluster: RedisCluster | None = None
+
+    def _open_cluster(self) -> RedisCluster:
+        """The URL names one node of a Redis Cluster: route each key to the shard that owns it."""
+        if self._cluster is None:
+            self._cluster = RedisCluster.from_url(
+                self._url,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            )
+        return self._cluster
+
+    async def _set(self, key: str, until_ms: int) -> bool:
+        if self._cluster is None:
+            try:
+                return bool(await self._redis.set(key, b"1", nx=True, pxat=until_ms))
+            except MovedError:
+                pass  # another shard owns the key, so the command did not run: safe to send again
+        return bool(await self._open_cluster().set(key, b"1", nx=True, pxat=until_ms))
 
     def admits(self, issued_at: int) -> None:
         return None  # the store outlives any one edge process
@@ -139,7 +163,7 @@ class RedisReplayStore:
         until_ms = (expires_at + self._leeway) * 1000
         try:
             async with asyncio.timeout(self._timeout):
-                stored = await self._redis.set(self._prefix + jti, b"1", nx=True, pxat=until_ms)
+                stored = await self._set(self._prefix + jti, until_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
         if not stored:
@@ -148,12 +172,17 @@ class RedisReplayStore:
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.ping()
+                if self._cluster is None:
+                    await self._redis.ping()
+                else:  # every shard: one that is down refuses the tickets it owns
+                    await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+        if self._cluster is not None:
+            await self._cluster.aclose()
 
 
 def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:

@@ -9,9 +9,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 import redis
@@ -31,9 +32,15 @@ class RedisServer:
     """One `redis-server` process on a fixed port; `stop()` then `start()` brings it back on that port."""
 
     def __init__(
-        self, *, port: int | None = None, log_path: Path | None = None, start_timeout: float = 10.0
+        self,
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        start_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         if log_path is None:
             handle, name = tempfile.mkstemp(prefix=f"redis-{self.port}-", suffix=".log")
             os.close(handle)
@@ -81,6 +88,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.log_path.parent),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -124,6 +132,63 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def start_cluster(directory: Path, *, shards: int = 2, start_timeout: float = 20.0) -> list[RedisServer]:
+    """A Redis Cluster of `shards` primaries (no replicas), the slots split evenly; stop each to end it."""
+    nodes: list[RedisServer] = []
+    try:
+        bus_ports = [free_port() for _ in range(shards)]
+        for index in range(shards):
+            port = free_port()
+            nodes.append(
+                RedisServer(
+                    port=port,
+                    log_path=directory / f"redis-cluster-{index}.log",
+                    extra_args=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--cluster-port",  # else port + 10000, which may be taken or over 65535
+                        str(bus_ports[index]),
+                    ),
+                ).start()
+            )
+        clients = [node.client() for node in nodes]
+        try:
+            per_shard = 16384 // shards
+            for index, client in enumerate(clients):
+                last = 16383 if index == shards - 1 else (index + 1) * per_shard - 1
+                _command(client, "CLUSTER ADDSLOTS", *range(index * per_shard, last + 1))
+            for node, bus_port in zip(nodes[1:], bus_ports[1:], strict=True):
+                _command(clients[0], "CLUSTER MEET", "127.0.0.1", node.port, bus_port)
+            deadline = time.monotonic() + start_timeout
+            while not all(
+                _cluster_state(client) == "ok" and len(_command(client, "CLUSTER NODES")) == shards
+                for client in clients
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the cluster did not form within {start_timeout}s")
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def _command(client: redis.Redis, *args: object) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _cluster_state(client: redis.Redis) -> str:
+    info = _command(client, "CLUSTER INFO")
+    state = info.get("cluster_state") or info.get(b"cluster_state") or b""
+    return state.decode() if isinstance(state, bytes) else str(state)
 
 
 def require_redis_server() -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import signal
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +32,7 @@ from app.exceptions import (
 )
 from app.keys import ensure_keys
 from app.replay import MemoryReplayStore, RedisReplayStore
-from tests.redis_server import RedisServer, redis_server, require_redis_server
+from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 
 __all__ = ["redis_server"]  # the fixture, imported so pytest finds it
@@ -410,3 +413,56 @@ def test_edges_recover_from_a_redis_restart_they_did_not_see(fleet: Fleet) -> No
     for edge in (fleet.a, fleet.b):
         redeem(edge, fleet.mint(edge))
         assert readyz(edge) == 200
+
+
+@pytest.mark.redis
+def test_redis_cluster_routes_each_ticket_to_its_shard(tmp_path: Path) -> None:
+    """The URL names one node of a two-shard cluster; tickets owned by the other shard still work."""
+    require_redis_server()
+    nodes = start_cluster(tmp_path)
+    try:
+        expires_at = int(time.time()) + 60
+        jtis = [f"jti-{index}" for index in range(40)]
+
+        async def scenario() -> None:
+            store = redis_store(nodes[0])
+            try:
+                await store.ping()
+                for jti in jtis:
+                    await store.consume(jti, expires_at=expires_at)
+                for jti in jtis:
+                    with pytest.raises(TicketReplayedError):
+                        await store.consume(jti, expires_at=expires_at)
+                await store.ping()
+                # A shard that is down fails closed for the tickets it owns.
+                await asyncio.to_thread(nodes[1].stop)
+                outcomes = Counter[str]()
+                for index in range(40):
+                    try:
+                        await guarded(store.consume(f"down-{index}", expires_at=expires_at))
+                        outcomes["ok"] += 1
+                    except ReplayStoreUnavailableError:
+                        outcomes["unavailable"] += 1
+                assert outcomes["unavailable"] > 0, outcomes
+                with pytest.raises(ReplayStoreUnavailableError):
+                    await guarded(store.ping())
+            finally:
+                await store.aclose()
+
+        with warnings.catch_warnings():
+            # redis-py's cluster client drops the nodes it replaces on a failed node unclosed; the
+            # garbage collector closes their sockets. Collect them here, quietly, not in a later test.
+            warnings.simplefilter("ignore", ResourceWarning)
+            asyncio.run(scenario())
+            gc.collect()
+        held = []
+        for node in nodes[:1]:
+            with node.client() as client:
+                keys = [key.decode() for key in client.keys(PREFIX + "jti-*")]
+                held.extend(keys)
+                for key in keys:
+                    assert client.pexpiretime(key) == (expires_at + LEEWAY) * 1000
+        assert 0 < len(held) < len(jtis)  # both shards hold some of the tickets
+    finally:
+        for node in nodes:
+            node.stop()
