@@ -621,16 +621,15 @@ def test_no_transcript_without_input_transcription(client: TestClient, api_key: 
 
 def test_server_vad_takes_zero_as_a_setting(client: TestClient, api_key: str) -> None:
     """`silence_duration_ms: 0` cuts the turn at the first quiet window, not after the default 500 ms."""
+    turn = {"type": "server_vad", "silence_duration_ms": 0}
     with with_ticket(client, mint(client, api_key)) as ws:
-        started(ws, {**VALID, "turn_detection": {"type": "server_vad", "silence_duration_ms": 0}})
-        append(ws, loud(24000, 200) + silence(24000, 100))
-        # Already cut by the detector, so this commit has nothing left to commit: an error.
-        ws.send_json({"type": "audio.commit"})
+        started(ws, {**VALID, "turn_detection": turn, "input_transcription": True})
+        append(ws, loud(24000, 200) + silence(24000, 600))
         events = until(ws)
         kinds = [event["type"] for event in events]
-        assert kinds[:2] == ["speech.started", "speech.stopped"]
-        errors = [event for event in events if event["type"] == "error"]
-        assert [error["error"]["code"] for error in errors] == ["invalid_event"]
+        assert kinds[:3] == ["speech.started", "speech.stopped", "transcript.committed"]
+        # Cut in the first 100 ms chunk of silence; 500 ms of silence would have made it 0.7 s.
+        assert events[2]["transcript"] == "[0.3 s of audio]"
 
 
 def test_audio_commit_ends_a_turn_without_vad(client: TestClient, api_key: str) -> None:
@@ -715,11 +714,18 @@ def test_a_second_response_while_one_runs_is_an_error(
     pace = FakeClock()
     with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
         with with_ticket(client, mint(client, api_key)) as ws:
-            started(ws, VALID)
+            started(ws, {**VALID, "modalities": ["text"]})
             ws.send_json({"type": "text.input", "text": "hello"})
             ws.send_json({"type": "response.create"})
             assert receive(ws) == {"type": "response.started"}
             ws.send_json({"type": "response.create"})
-            advance(client, pace, 1)  # the refusal is queued behind the delta in flight
-            assert receive(ws) == {"type": "text.delta", "delta": "You "}
-            expect_error(ws, "invalid_event")
+            events = []
+            for _ in "You said: hello".split(" "):  # one pause before each word
+                advance(client, pace, 1)
+                events.append(receive(ws))
+            events += until(ws)
+            # The refusal comes between the deltas (queued behind the one in flight); the response goes on.
+            errors = [event["error"]["code"] for event in events if event["type"] == "error"]
+            assert errors == ["invalid_event"]
+            assert text_of(events) == "You said: hello"
+            assert events[-1] == {"type": "response.completed", "status": "completed"}
