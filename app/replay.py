@@ -60,8 +60,10 @@ class MemoryReplayStore:
     def __init__(self, *, maxsize: int, leeway: int, clock: Callable[[], float]) -> None:
         self._clock = clock
         self._leeway = leeway
+        # The value is exp + leeway. TLRUCache drops an item once `now >= ttu`, but the verifier still
+        # accepts the ticket at `now == exp + leeway`: hold the entry through that instant too.
         self._cache: TLRUCache[str, float] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _key, until, _now: until, timer=clock
+            maxsize=maxsize, ttu=lambda _key, until, _now: math.nextafter(until, math.inf), timer=clock
         )
         self.started = math.floor(clock())
 

@@ -65,11 +65,14 @@ def test_memory_entries_live_until_exp_plus_leeway_then_free(clock: FakeClock) -
     store = memory_store(clock)
     expires_at = int(clock()) + 60
     asyncio.run(store.consume("jti-1", expires_at=expires_at))
-    clock.advance(expires_at + LEEWAY - clock() - 0.001)
+    clock.advance(expires_at + LEEWAY - clock())
+    # now == exp + leeway: the verifier still accepts the ticket (it rejects `now > exp + leeway`),
+    # so the store must still hold it.
+    assert clock() == expires_at + LEEWAY
     with pytest.raises(TicketReplayedError):
         asyncio.run(store.consume("jti-1", expires_at=expires_at))
     assert len(store) == 1
-    clock.advance(0.001)  # now == exp + leeway: the entry is gone and its memory freed
+    clock.advance(0.001)  # just past exp + leeway: the entry is gone and its memory freed
     assert len(store) == 0
     # Accepted again; in practice the verifier refuses the ticket as expired long before this point.
     asyncio.run(store.consume("jti-1", expires_at=expires_at))
@@ -90,7 +93,10 @@ def test_memory_full_of_live_entries_refuses_and_never_evicts(clock: FakeClock) 
         with pytest.raises(TicketReplayedError):
             asyncio.run(store.consume(held, expires_at=now + 100))
     assert len(store) == 2
-    clock.advance(10 + LEEWAY)  # "short" expires and frees its slot; "long" stays
+    clock.advance(10 + LEEWAY)
+    with pytest.raises(ReplayStoreFullError):  # "short" is held through exp + leeway itself
+        asyncio.run(store.consume("new", expires_at=now + 60))
+    clock.advance(0.001)  # then it expires and frees its slot; "long" stays
     asyncio.run(store.consume("new", expires_at=now + 60))
     with pytest.raises(TicketReplayedError):
         asyncio.run(store.consume("long", expires_at=now + 100))
