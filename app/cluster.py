@@ -223,7 +223,10 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
+    # Bodies and responses stay in memory: nginx's workers (often `nobody`) may not reach the run dir.
     client_max_body_size 128k;
+    client_body_buffer_size 128k;
+    proxy_max_temp_file_size 0;
 
     map $http_upgrade $connection_upgrade {{
         default upgrade;

@@ -264,6 +264,14 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     # Minting and the JWKS go to the minter, which adds no edge header.
     jwks = httpx.get(cluster.url + "/.well-known/jwks.json", timeout=5)
     assert jwks.status_code == 200 and "x-realtime-edge" not in jwks.headers
+    # A large body passes nginx without a temp file (its workers cannot enter pytest's 0700 tmp dir).
+    large = httpx.post(
+        cluster.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {cluster.api_key}"},
+        json={"config": {"instructions": "x" * 40_000}},
+        timeout=10,
+    )
+    assert large.status_code == 200, large.text
     access_log = (cluster.run_dir / "nginx-access.log").read_text()
     assert "/v3/realtime" in access_log and "ticket=" not in access_log
 
