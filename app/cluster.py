@@ -267,7 +267,10 @@ http {{
 def _ensure_nginx() -> str:
     if not Path(NGINX).exists():
         print("nginx is missing: installing nginx-light", file=sys.stderr)
-        subprocess.run(["apt-get", "install", "-y", "nginx-light"], check=True)  # noqa: S603, S607
+        install = ["apt-get", "install", "-y", "nginx-light"]
+        if subprocess.run(install, check=False).returncode != 0:  # noqa: S603
+            subprocess.run(["apt-get", "update"], check=True)  # noqa: S603, S607
+            subprocess.run(install, check=True)  # noqa: S603
     return NGINX
 
 
@@ -281,12 +284,18 @@ def start_nginx(state: State, *, port: int, minter: int, edges: Sequence[int]) -
     state.nginx_conf = str(conf)
     log = directory / "nginx.log"
     argv = [binary, "-p", str(directory), "-e", str(directory / "nginx-error.log"), "-c", str(conf)]
-    with log.open("ab") as out:
-        # `daemon on`: this returns once the master has forked away and written its pid file.
-        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)  # noqa: S603
     pid_file = directory / "nginx.pid"
-    if result.returncode != 0 or not pid_file.exists():
+    pid_file.unlink(missing_ok=True)  # a stale one (nginx killed) would name the wrong process
+    with log.open("ab") as out:
+        # `daemon on`: this returns once the master has forked away; the master writes the pid file.
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)  # noqa: S603
+    if result.returncode != 0:
         raise ClusterError(f"nginx did not start (exit {result.returncode}); log {log}:\n{_tail(log)}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        if time.monotonic() > deadline:
+            raise ClusterError(f"nginx wrote no pid file {pid_file}; log {log}:\n{_tail(log)}")
+        time.sleep(0.02)
     return Proc("nginx", int(pid_file.read_text().strip()), port, str(log), "nginx", argv)
 
 
