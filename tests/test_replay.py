@@ -395,6 +395,7 @@ def test_edges_fail_closed_while_redis_is_down_and_recover_without_restart(fleet
             assert (status, code) == (503, "replay_store_unavailable")
             assert int(headers["retry-after"]) >= 1
             assert readyz(edge) == 503
+            assert httpx.get(edge.url + "/healthz", timeout=10).status_code == 200  # alive, not ready
             body = httpx.get(edge.url + "/readyz", timeout=10).json()
             assert body["status"] == "unavailable" and "replay store" in body["reasons"][0]
             metrics = httpx.get(edge.url + "/metrics", timeout=10).text
