@@ -473,3 +473,13 @@ def test_redis_cluster_routes_each_ticket_to_its_shard(tmp_path: Path) -> None:
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_missing_redis_server_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tests.redis_server.shutil.which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        require_redis_server()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception):
+        require_redis_server()
