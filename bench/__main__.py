@@ -15,7 +15,7 @@ from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("verify", "mint", "redemption", "relay", "scale")
+NAMES = ("mint", "redemption", "verify", "relay", "scale")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -252,7 +252,8 @@ def case_mint(plan: Plan) -> CaseResult:
             "",
             None,
             f"raw Ed25519 sign: {us(sign):.1f} µs; server CPU per request "
-            f"{mint['server_cpu_us']:.0f} vs {base['server_cpu_us']:.0f} µs",
+            f"{mint['server_cpu_us']:.0f} vs {base['server_cpu_us']:.0f} µs, client CPU "
+            f"{mint['client_cpu_us']:.0f} vs {base['client_cpu_us']:.0f} µs",
         ),
         Row("1. Mint", "added cost / raw sign", ratio, "×", "≤ 2", ratio <= 2),
     ]
@@ -348,7 +349,8 @@ def case_redemption(plan: Plan) -> CaseResult:
             "",
             None,
             f"raw Ed25519 verify: {us(raw):.1f} µs; server CPU per handshake "
-            f"{mem['server_cpu_us']:.0f} vs {base['server_cpu_us']:.0f} µs",
+            f"{mem['server_cpu_us']:.0f} vs {base['server_cpu_us']:.0f} µs, client CPU "
+            f"{mem['client_cpu_us']:.0f} vs {base['client_cpu_us']:.0f} µs",
         ),
         Row("2. Redemption", "added cost / raw verify", ratio, "×", "≤ 2.5", ratio <= 2.5),
         Row(
@@ -483,7 +485,8 @@ def case_relay(plan: Plan) -> CaseResult:
             "",
             None,
             f"direct: {direct['rate']:.0f}/s; {plan.sessions} sessions; server CPU per round trip "
-            f"{relay['server_cpu_us']:.0f} (edge + upstream) vs {direct['server_cpu_us']:.0f} µs",
+            f"{relay['server_cpu_us']:.0f} (edge + upstream) vs {direct['server_cpu_us']:.0f} µs, "
+            f"client CPU {relay['client_cpu_us']:.0f} vs {direct['client_cpu_us']:.0f} µs",
         ),
         Row("4. Relay", "relay / direct throughput", throughput, "×", "≥ 0.8", throughput >= 0.8),
         Row(
