@@ -80,7 +80,7 @@ class LocalConnection:
         self._outbox: deque[dict[str, Any]] = deque()
         self._wakeup = anyio.Event()
         self._turn = Turn()
-        self._response: AsyncIterator[dict[str, Any]] | None = None
+        self._response: AsyncIterator[dict[str, Any] | None] | None = None
         self._cancelled = False
         self._calls: dict[str, str] = {}
         self._call_count = 0
@@ -203,26 +203,48 @@ class LocalConnection:
             parts.append(f"I see {turn.images} image{'s' if turn.images > 1 else ''}.")
         return " ".join(parts) or "Hello from the local model."
 
-    async def _pause(self) -> None:
-        """The pause before the next delta (on the clock, when given); `response.cancel` cuts it short."""
+    def _deadline(self) -> float:
+        """When the next delta is due: `pace` from now, on the clock when one is given."""
+        return (anyio.current_time() if self._clock is None else self._clock.now()) + self._pace
+
+    async def _wait(self, deadline: float) -> bool:
+        """Wait for `deadline` or `response.cancel` (True), unless events arrive to go out first (False).
+
+        So a `speech.started` (the user talking over the model) or an `error` is not held back behind
+        the delta in flight.
+        """
+        if self._outbox:
+            return False
+        due = True
         cancel = self._cancel
         async with anyio.create_task_group() as group:
 
             async def paced() -> None:
                 if self._clock is None:
-                    await anyio.sleep(self._pace)
+                    await anyio.sleep_until(deadline)
                 else:
-                    await self._clock.sleep_until(self._clock.now() + self._pace)
+                    await self._clock.sleep_until(deadline)
                 group.cancel_scope.cancel()
 
             async def cancelled() -> None:
                 await cancel.wait()
                 group.cancel_scope.cancel()
 
+            async def nudged() -> None:
+                nonlocal due
+                while not self._outbox:
+                    self._wakeup = anyio.Event()
+                    await self._wakeup.wait()
+                due = False
+                group.cancel_scope.cancel()
+
             group.start_soon(paced)
             group.start_soon(cancelled)
+            group.start_soon(nudged)
+        return due
 
-    async def _respond(self, turn: Turn) -> AsyncIterator[dict[str, Any]]:
+    async def _respond(self, turn: Turn) -> AsyncIterator[dict[str, Any] | None]:
+        """The events of one response; None means "let queued events out, then call again"."""
         yield {"type": "response.started"}
         tool = next((name for name in map(self._tool_named, turn.texts) if name), None)
         if tool is not None and not turn.tool_results:
@@ -243,7 +265,9 @@ class LocalConnection:
         if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
             words = self._reply_text(turn).split(" ")
             for index, word in enumerate(words):
-                await self._pause()
+                deadline = self._deadline()
+                while not await self._wait(deadline):
+                    yield None
                 if self._cancelled:
                     yield {"type": "response.completed", "status": "cancelled"}
                     return
@@ -252,7 +276,9 @@ class LocalConnection:
             rate = self._session.model.output_sample_rate
             chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
             for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
-                await self._pause()
+                deadline = self._deadline()
+                while not await self._wait(deadline):
+                    yield None
                 if self._cancelled:
                     yield {"type": "response.completed", "status": "cancelled"}
                     return
@@ -265,10 +291,13 @@ class LocalConnection:
                 return self._outbox.popleft()
             if self._response is not None:
                 try:
-                    return await anext(self._response)
+                    event = await anext(self._response)
                 except StopAsyncIteration:
                     self._response = None
                     continue
+                if event is not None:
+                    return event
+                continue  # None: queued events go out first, then the response goes on
             self._wakeup = anyio.Event()
             await self._wakeup.wait()
 
