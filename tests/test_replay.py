@@ -264,26 +264,29 @@ def test_redis_that_hangs_times_out_and_fails_closed(redis_server: RedisServer) 
 # --- real service processes -----------------------------------------------------------------------
 
 
+def mint(edge: ServiceProcess, api_key: str) -> str:
+    response = httpx.post(
+        edge.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    ticket: str = response.json()["client_secret"]
+    return ticket
+
+
 @dataclass
 class Fleet:
-    """Two edges on one keys dir and one private Redis, plus a memory:// edge on the same keys."""
+    """Two edges on one keys dir and one private Redis."""
 
     redis: RedisServer
     a: ServiceProcess
     b: ServiceProcess
-    memory: ServiceProcess
     api_key: str
 
     def mint(self, edge: ServiceProcess) -> str:
-        response = httpx.post(
-            edge.url + "/v3/realtime-sessions",
-            headers={"Authorization": f"Bearer {self.api_key}"},
-            json={},
-            timeout=10,
-        )
-        assert response.status_code == 200, response.text
-        ticket: str = response.json()["client_secret"]
-        return ticket
+        return mint(edge, self.api_key)
 
 
 def claims(ticket: str) -> dict[str, Any]:
@@ -322,12 +325,24 @@ def store_errors(edge: ServiceProcess) -> float:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    require_redis_server()
-    tmp = tmp_path_factory.mktemp("fleet")
-    keys_dir = tmp / "keys"
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """One keys directory and one runtime API key, shared by every edge of this module."""
+    keys_dir = tmp_path_factory.mktemp("keyring") / "keys"
     ensure_keys(keys_dir, now=int(time.time()) - 60)
     api_key, _ = create_key(keys_dir / "api_keys.json", project=PROJECT, kind="runtime", now=int(time.time()))
+    return keys_dir, api_key
+
+
+def assert_clean_log(edge: ServiceProcess) -> None:
+    log = edge.log()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, keyring: tuple[Path, str]) -> Iterator[Fleet]:
+    require_redis_server()
+    tmp = tmp_path_factory.mktemp("fleet")
+    keys_dir, api_key = keyring
     with RedisServer(log_path=tmp / "redis.log") as redis_srv:
         shared = {
             "REALTIME_KEYS_DIR": str(keys_dir),
@@ -339,12 +354,21 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         with (
             ServiceProcess(env={**shared, "REALTIME_EDGE_NAME": "a"}, log_path=tmp / "a.log") as a,
             ServiceProcess(env={**shared, "REALTIME_EDGE_NAME": "b"}, log_path=tmp / "b.log") as b,
-            ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys_dir)}, log_path=tmp / "memory.log") as memory,
         ):
-            yield Fleet(redis_srv, a, b, memory, api_key)
-            for edge in (a, b, memory):
-                log = edge.log()
-                assert "Traceback" not in log and " ERROR " not in log, log
+            yield Fleet(redis_srv, a, b, api_key)
+            assert_clean_log(a)
+            assert_clean_log(b)
+
+
+@pytest.fixture(scope="module")
+def memory_edge(
+    tmp_path_factory: pytest.TempPathFactory, keyring: tuple[Path, str]
+) -> Iterator[ServiceProcess]:
+    """One edge with the default memory:// store (needs no Redis)."""
+    log_path = tmp_path_factory.mktemp("memory") / "memory.log"
+    with ServiceProcess(env={"REALTIME_KEYS_DIR": str(keyring[0])}, log_path=log_path) as edge:
+        yield edge
+        assert_clean_log(edge)
 
 
 @pytest.mark.redis
@@ -387,9 +411,11 @@ def test_concurrent_redemptions_across_two_edges_upgrade_exactly_once(fleet: Fle
     assert counts == {"upgraded": 1, "401 ticket_replayed": RACERS - 1}
 
 
-def test_concurrent_redemptions_on_one_memory_edge_upgrade_exactly_once(fleet: Fleet) -> None:
-    ticket = fleet.mint(fleet.memory)
-    counts = asyncio.run(race([fleet.memory.ws_url] * RACERS, ticket))
+def test_concurrent_redemptions_on_one_memory_edge_upgrade_exactly_once(
+    memory_edge: ServiceProcess, keyring: tuple[Path, str]
+) -> None:
+    ticket = mint(memory_edge, keyring[1])
+    counts = asyncio.run(race([memory_edge.ws_url] * RACERS, ticket))
     assert counts == {"upgraded": 1, "401 ticket_replayed": RACERS - 1}
 
 
