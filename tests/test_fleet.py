@@ -155,7 +155,8 @@ def polled_in_vain(log: Path) -> bool:
 
 def cluster_env(keys_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
-    env.update(PORT="0", REALTIME_KEYS_DIR=str(keys_dir))
+    # A generous store timeout: a loaded test machine must not turn a slow SET into a failed handshake.
+    env.update(PORT="0", REALTIME_KEYS_DIR=str(keys_dir), REALTIME_REPLAY_TIMEOUT_SECONDS="2")
     return env
 
 
