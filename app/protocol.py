@@ -221,7 +221,9 @@ class Session:
         self._closing = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                await self._send({"type": "session.terminating", "error": {"code": code, "message": message}})
+                async with self._send_lock:
+                    event = {"type": "session.terminating", "error": {"code": code, "message": message}}
+                    await self._transport.send(event)
             finally:
                 await self._transport.close(close_code or CLOSE_CODES.get(code, NORMAL), code)
         logger.info("session %s ended: %s", self.id, code)
@@ -242,7 +244,13 @@ class Session:
             self._scope.cancel()
 
     async def _send(self, event: dict[str, Any]) -> None:
+        """Send one event, unless the session is ending: nothing follows `session.terminating` or a close.
+
+        A pump may be waiting for the lock while `terminate` closes the socket; sending then would fail.
+        """
         async with self._send_lock:
+            if self._closing:
+                return
             await self._transport.send(event)
 
     # The loop ----------------------------------------------------------------------------

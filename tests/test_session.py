@@ -117,10 +117,9 @@ def update(ws: WebSocketTestSession, config: Event) -> Event:
 
 
 def close_code(ws: WebSocketTestSession) -> int:
-    """The close code, once the server closes (events still in flight are skipped)."""
+    """The close code: the very next frame must be the close."""
     with pytest.raises(WebSocketDisconnect) as info:
-        while True:
-            ws.receive_json()
+        ws.receive_json()
     return info.value.code
 
 
@@ -563,6 +562,25 @@ def test_server_shutdown(app: Starlette, client: TestClient, api_key: str) -> No
         client.portal.call(partial(services.sessions.drain, timeout=5))
         assert terminated(ws, "server_shutdown") == 1012
     assert services.sessions.active == 0
+
+
+def test_server_shutdown_during_a_response(settings: Settings, clock: FakeClock, api_key: str) -> None:
+    """Nothing goes out after `session.terminating`, even with deltas streaming as fast as they can.
+
+    (A delta waiting to be sent while the session closed used to crash the session.)
+    """
+    for _ in range(10):
+        with serve(settings, clock, upstream=LocalUpstream(pace=0)) as (client, services):
+            with with_ticket(client, mint(client, api_key)) as ws:
+                started(ws, VALID)
+                ws.send_json({"type": "text.input", "text": "word " * 2000})
+                ws.send_json({"type": "response.create"})
+                assert receive(ws) == {"type": "response.started"}
+                assert receive(ws)["type"] == "text.delta"
+                assert client.portal is not None
+                client.portal.call(partial(services.sessions.drain, timeout=5))
+                assert terminated(ws, "server_shutdown") == 1012
+            assert services.sessions.active == 0
 
 
 class FailingConnection:
