@@ -553,12 +553,14 @@ def test_a_frame_over_the_limit_closes_1009(
         assert close_code(ws) == 1009
 
 
-def test_server_shutdown(app: Starlette, client: TestClient, api_key: str) -> None:
+@pytest.mark.parametrize("before_start", [False, True])
+def test_server_shutdown(app: Starlette, client: TestClient, api_key: str, before_start: bool) -> None:
     services: Services = app.state.services
     assert client.portal is not None
     with with_ticket(client, mint(client, api_key)) as ws:
-        started(ws, VALID)
-        assert services.sessions.active == 1
+        if not before_start:
+            started(ws, VALID)
+        wait_for(lambda: services.sessions.active == 1)
         client.portal.call(partial(services.sessions.drain, timeout=5))
         assert terminated(ws, "server_shutdown") == 1012
     assert services.sessions.active == 0
