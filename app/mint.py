@@ -81,8 +81,13 @@ def ws_url(services: Services, request: Request, ticket: str) -> str:
         return ""
     base = settings.public_ws_url
     if base is None:
-        scheme = "wss" if request.url.scheme == "https" else "ws"
-        base = f"{scheme}://{request.url.netloc}/v3/realtime"
+        # From the scope and the Host header directly: building `request.url` costs more than the rest.
+        scheme = "wss" if request.scope.get("scheme") == "https" else "ws"
+        host = request.headers.get("host")
+        if host is None:
+            server_host, server_port = request.scope.get("server") or ("localhost", 80)
+            host = f"{server_host}:{server_port}"
+        base = f"{scheme}://{host}/v3/realtime"
     return f"{base}{'&' if '?' in base else '?'}ticket={ticket}"
 
 

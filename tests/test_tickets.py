@@ -331,3 +331,45 @@ def test_verify_never_returns_falsy_on_failure(keyset: KeySet) -> None:
     with pytest.raises(UnknownKeyError) as caught:
         check(token, other)
     assert caught.value.kid == signer_of(keyset).kid
+
+
+def test_tickets_are_standard_jws_that_pyjwt_reads(keyset: KeySet) -> None:
+    """Interop: a general JOSE library verifies our tickets, and we verify its EdDSA tokens."""
+    import jwt
+
+    signer = signer_of(keyset)
+    issued = issue(
+        signer,
+        project="proj_1",
+        config={"model": "openai/gpt-realtime-2"},
+        locked=("voice",),
+        ttl=60,
+        now=NOW,
+        issuer=ISS,
+        audience=AUD,
+        max_bytes=6144,
+    )
+    public = signer.private_key.public_key()  # type: ignore[union-attr]
+    decoded = jwt.decode(
+        issued.token,
+        public,
+        algorithms=["EdDSA"],
+        audience=AUD,
+        issuer=ISS,
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert decoded["sub"] == "proj_1" and decoded["cfg"] == {"model": "openai/gpt-realtime-2"}
+    assert jwt.get_unverified_header(issued.token) == {
+        "alg": "EdDSA",
+        "kid": signer.kid,
+        "typ": "opper-ticket+jwt",
+    }
+
+    theirs = jwt.encode(
+        claims(),
+        signer.private_key,
+        algorithm="EdDSA",
+        headers={"kid": signer.kid, "typ": "opper-ticket+jwt"},
+    )
+    ticket = verify(theirs, keyset, issuer=ISS, audience=AUD, leeway=5, max_bytes=6144, now=NOW)
+    assert ticket.project == "proj_1"
