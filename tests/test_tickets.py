@@ -349,7 +349,8 @@ def test_tickets_are_standard_jws_that_pyjwt_reads(keyset: KeySet) -> None:
         audience=AUD,
         max_bytes=6144,
     )
-    public = signer.private_key.public_key()  # type: ignore[union-attr]
+    assert signer.private_key is not None
+    public = signer.private_key.public_key()
     decoded = jwt.decode(
         issued.token,
         public,
