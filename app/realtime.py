@@ -63,16 +63,13 @@ def read_credentials(websocket: WebSocket) -> Credentials:
         AmbiguousTicketError: two different tickets (subprotocols, query values, or both).
         MissingCredentialsError: neither a ticket nor an `Authorization` header.
     """
-    offered = tuple(
-        item.strip()
-        for header in websocket.headers.getlist("sec-websocket-protocol")
-        for item in header.split(",")
-        if item.strip()
-    )
+    # The server has already split `Sec-WebSocket-Protocol` into the ASGI scope's list.
+    offered = tuple(websocket.scope.get("subprotocols") or ())
     # The prefix is matched case-sensitively and the ticket is never lower-cased (SPEC section 5).
     from_protocol = {item[len(TICKET_PROTOCOL) :] for item in offered if item.startswith(TICKET_PROTOCOL)}
-    from_query = set(websocket.query_params.getlist("ticket"))
-    tickets = from_protocol | from_query
+    tickets = set(from_protocol)
+    if b"ticket" in websocket.scope.get("query_string", b""):
+        tickets = from_protocol | set(websocket.query_params.getlist("ticket"))
     if len(tickets) > 1:
         raise AmbiguousTicketError("the request carries more than one ticket: send exactly one")
     authorization = websocket.headers.get("authorization")
