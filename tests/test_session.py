@@ -673,6 +673,21 @@ def test_server_vad_cuts_a_turn_on_silence(client: TestClient, api_key: str, mod
         _audio_deltas(events, 24000)
 
 
+def test_turn_detection_without_a_type_is_server_vad(client: TestClient, api_key: str) -> None:
+    with with_ticket(client, mint(client, api_key)) as ws:
+        started(ws, {**VALID, "turn_detection": {"silence_duration_ms": 200}, "input_transcription": True})
+        append(ws, loud(24000, 200) + silence(24000, 300))
+        ws.send_json({"type": "audio.commit"})  # without detection, this commit would end the turn
+        events = until(ws, "transcript.committed")
+        assert [event["type"] for event in events] == [
+            "speech.started",
+            "speech.stopped",
+            "transcript.committed",
+        ]
+        # Cut by the detector after 200 ms of quiet (0.4 s in all), not by the commit (0.5 s).
+        assert events[-1]["transcript"] == "[0.4 s of audio]"
+
+
 def test_no_transcript_without_input_transcription(client: TestClient, api_key: str) -> None:
     with with_ticket(client, mint(client, api_key)) as ws:
         started(ws, VALID)

@@ -131,7 +131,7 @@ class LocalConnection:
         samples = pcm16(audio)
         self._turn.audio_ms += len(samples) * 1000 / rate
         turn = self._config["turn_detection"]
-        if turn.get("type") not in ("server_vad", "semantic_vad"):
+        if (turn.get("type") or "server_vad") not in ("server_vad", "semantic_vad"):  # no type: the default
             return
         # 0 is a setting, not "unset": a threshold of 0 hears any sound, 0 ms cuts at the first quiet window.
         threshold = 0.05 * (DEFAULT_THRESHOLD if turn.get("threshold") is None else turn["threshold"])
