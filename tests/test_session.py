@@ -706,8 +706,8 @@ def test_server_vad_takes_zero_as_a_setting(client: TestClient, api_key: str) ->
         events = until(ws)
         kinds = [event["type"] for event in events]
         assert kinds[:3] == ["speech.started", "speech.stopped", "transcript.committed"]
-        # Cut in the first 100 ms chunk of silence; 500 ms of silence would have made it 0.7 s.
-        assert events[2]["transcript"] == "[0.3 s of audio]"
+        # Cut at the first 20 ms window of silence; 500 ms of silence would have made it 0.7 s.
+        assert events[2]["transcript"] == "[0.2 s of audio]"
 
 
 def test_audio_commit_ends_a_turn_without_vad(client: TestClient, api_key: str) -> None:

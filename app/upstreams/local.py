@@ -129,9 +129,9 @@ class LocalConnection:
     def _hear(self, audio: bytes) -> None:
         rate = self._session.model.input_sample_rate
         samples = pcm16(audio)
-        self._turn.audio_ms += len(samples) * 1000 / rate
         turn = self._config["turn_detection"]
         if (turn.get("type") or "server_vad") not in ("server_vad", "semantic_vad"):  # no type: the default
+            self._turn.audio_ms += len(samples) * 1000 / rate
             return
         # 0 is a setting, not "unset": a threshold of 0 hears any sound, 0 ms cuts at the first quiet window.
         threshold = 0.05 * (DEFAULT_THRESHOLD if turn.get("threshold") is None else turn["threshold"])
@@ -141,6 +141,7 @@ class LocalConnection:
         window = max(1, rate * WINDOW_MS // 1000)
         for start in range(0, len(samples), window):
             chunk = samples[start : start + window]
+            self._turn.audio_ms += len(chunk) * 1000 / rate  # window by window: a cut splits the chunk
             energy = math.sqrt(sum(sample * sample for sample in chunk) / len(chunk)) / 32768
             if energy > threshold:
                 self._silence_ms = 0.0
