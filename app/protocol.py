@@ -7,6 +7,7 @@ session cancels the group; `terminate` is the one way a session is ended by the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Literal, Protocol
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from app.clock import Clock
+from app.clock import Clock, Timer
 from app.config import Settings
 from app.exceptions import (
     AlreadyStartedError,
@@ -180,6 +181,14 @@ def error_event(exc: RealtimeError) -> dict[str, Any]:
     return {"type": "error", "error": {"code": exc.code, "message": exc.message}}
 
 
+class _NoTimer:
+    def cancel(self) -> None:
+        return None
+
+
+_NO_TIMER = _NoTimer()
+
+
 class Session:
     """One accepted connection, from the first frame to the close."""
 
@@ -202,7 +211,9 @@ class Session:
         self._registry = registry
         self._upstream = upstream
         self._clock = clock
-        self._send_lock = anyio.Lock()
+        self._send_lock = asyncio.Lock()  # uncontended, it never yields (anyio's Lock always does)
+        self._timer: Timer = _NO_TIMER
+        self._closer: asyncio.Task[None] | None = None
         self._scope: anyio.CancelScope | None = None
         self._opened_at = clock.now()
         self._last_frame = self._opened_at
@@ -256,10 +267,12 @@ class Session:
     # The loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as group:
-            self._scope = group.cancel_scope
-            group.start_soon(self._watchdog)
-            try:
+        # One cancel scope for the whole session, one task group for the two directions (the client
+        # side runs in this task), and the limits on a timer rather than a task: a handshake's cost.
+        self._arm()
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
                 info = await self._await_start()
                 if info is None:
                     return
@@ -268,42 +281,49 @@ class Session:
                         await self._send(describe(self.id, self.config, info.model, self._binding))
                         self._started = True
                         async with anyio.create_task_group() as pumps:
-                            pumps.start_soon(self._pump_client, connection)
                             pumps.start_soon(self._pump_upstream, connection)
+                            await self._pump_client(connection)
+                            pumps.cancel_scope.cancel()
                 except UpstreamError as exc:
                     await self.terminate("upstream_error", exc.message)
-            finally:
-                group.cancel_scope.cancel()
+        finally:
+            self._timer.cancel()
 
-    async def _watchdog(self) -> None:
+    def _arm(self) -> None:
+        """Set the timer for the nearest of the start deadline, idle timeout and maximum duration."""
         settings = self._settings
-        while True:
-            deadlines = {
-                "idle_timeout": self._last_frame + settings.idle_timeout_seconds,
-                "max_duration": self._opened_at + settings.max_duration_seconds,
-            }
-            if not self._started:
-                deadlines["start_timeout"] = self._opened_at + settings.start_timeout_seconds
-            reason, deadline = min(deadlines.items(), key=lambda item: item[1])
-            if self._clock.now() < deadline:
-                await self._clock.sleep_until(deadline)
-                continue
-            messages = {
-                "start_timeout": "no valid session.start within "
-                f"{settings.start_timeout_seconds:g} s of connecting",
-                "idle_timeout": f"no frame from the client for {settings.idle_timeout_seconds:g} s",
-                "max_duration": "the session reached its maximum length of "
-                f"{settings.max_duration_seconds:g} s",
-            }
-            await self.terminate(reason, messages[reason])
+        deadline = min(
+            self._last_frame + settings.idle_timeout_seconds,
+            self._opened_at + settings.max_duration_seconds,
+        )
+        if not self._started:
+            deadline = min(deadline, self._opened_at + settings.start_timeout_seconds)
+        self._timer = self._clock.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """A limit may have passed (the idle deadline moves with each frame): end the session, or re-arm."""
+        if self._closing:
             return
+        settings, now = self._settings, self._clock.now()
+        if not self._started and now >= self._opened_at + settings.start_timeout_seconds:
+            reason = "start_timeout", f"no valid session.start within {settings.start_timeout_seconds:g} s"
+        elif now >= self._opened_at + settings.max_duration_seconds:
+            reason = (
+                "max_duration",
+                f"the session reached its maximum length of {settings.max_duration_seconds:g} s",
+            )
+        elif now >= self._last_frame + settings.idle_timeout_seconds:
+            reason = "idle_timeout", f"no frame from the client for {settings.idle_timeout_seconds:g} s"
+        else:
+            self._arm()
+            return
+        self._closer = asyncio.get_running_loop().create_task(self.terminate(*reason))
 
     async def _frame(self) -> str | bytes | None:
         """The next client frame; None once the client has gone or sent a frame over the limit."""
         frame = await self._transport.receive()
         if frame is None:
-            self._cancel()
-            return None
+            return None  # the client went: the caller returns and the session unwinds
         self._last_frame = self._clock.now()
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8"))
         if size > self._settings.max_frame_bytes:

@@ -86,6 +86,7 @@ class LocalConnection:
         self._call_count = 0
         self._speaking = False
         self._silence_ms = 0.0
+        self._quiet_ms = 0.0
 
     # Client events -----------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class LocalConnection:
             self._commit(explicit=True)
         elif kind == "audio.clear":
             self._turn.audio_ms = 0.0
+            self._quiet_ms = 0.0
             self._speaking = False
             self._silence_ms = 0.0
         elif kind == "response.create":
@@ -141,8 +143,13 @@ class LocalConnection:
         window = max(1, rate * WINDOW_MS // 1000)
         for start in range(0, len(samples), window):
             chunk = samples[start : start + window]
-            self._turn.audio_ms += len(chunk) * 1000 / rate  # window by window: a cut splits the chunk
             energy = math.sqrt(sum(sample * sample for sample in chunk) / len(chunk)) / 32768
+            # Window by window, so a cut splits the chunk; quiet before any speech is not part of a
+            # turn the detector cuts (it still counts when the client commits by hand).
+            if self._speaking or energy > threshold:
+                self._turn.audio_ms += len(chunk) * 1000 / rate
+            else:
+                self._quiet_ms += len(chunk) * 1000 / rate
             if energy > threshold:
                 self._silence_ms = 0.0
                 if not self._speaking:
@@ -154,6 +161,9 @@ class LocalConnection:
                     self._commit(explicit=False)
 
     def _commit(self, *, explicit: bool) -> None:
+        if explicit and not self._turn.audio_ms:
+            self._turn.audio_ms = self._quiet_ms
+        self._quiet_ms = 0.0
         if not self._turn.audio_ms:
             if explicit:
                 self._error("audio.commit with no audio appended since the last turn")
