@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 NORMAL, POLICY, TOO_BIG, SERVER_ERROR, RESTART = 1000, 1008, 1009, 1011, 1012
+TERMINATING = '"session.terminating"'
 CLOSE_CODES = {"start_timeout": POLICY, "upstream_error": SERVER_ERROR, "server_shutdown": RESTART}
 
 
@@ -56,7 +57,9 @@ class Transport(Protocol):
         """The next frame, or None once the client has gone."""
         ...
 
-    async def send(self, event: dict[str, Any]) -> None: ...
+    async def send(self, event: dict[str, Any] | str) -> None:
+        """Send one event (a `str` is already encoded JSON)."""
+        ...
 
     async def close(self, code: int, reason: str = "") -> None: ...
 
@@ -254,7 +257,7 @@ class Session:
         if self._scope is not None:
             self._scope.cancel()
 
-    async def _send(self, event: dict[str, Any]) -> None:
+    async def _send(self, event: dict[str, Any] | str) -> None:
         """Send one event, unless the session is ending: nothing follows `session.terminating` or a close.
 
         A pump may be waiting for the lock while `terminate` closes the socket; sending then would fail.
@@ -421,9 +424,17 @@ class Session:
                 else:
                     await self.terminate("upstream_error", "the upstream ended the session without a reason")
                 return
-            if event.get("type") == "session.terminating":
-                self._upstream_ended = str((event.get("error") or {}).get("code") or "upstream_error")
+            if isinstance(event, str):
+                # A relayed frame goes out as received; only an ending is looked into.
+                if TERMINATING in event:
+                    self._note_ending(json.loads(event))
+            elif event.get("type") == "session.terminating":
+                self._note_ending(event)
             await self._send(event)
+
+    def _note_ending(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "session.terminating":
+            self._upstream_ended = str((event.get("error") or {}).get("code") or "upstream_error")
 
 
 class Sessions:

@@ -146,8 +146,9 @@ class WebSocketTransport:
             return str(text)
         return bytes(message.get("bytes") or b"")
 
-    async def send(self, event: dict[str, Any]) -> None:
-        await self._websocket.send_text(json.dumps(event, separators=(",", ":")))
+    async def send(self, event: dict[str, Any] | str) -> None:
+        text = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+        await self._websocket.send_text(text)
 
     async def close(self, code: int, reason: str = "") -> None:
         try:

@@ -28,8 +28,10 @@ class UpstreamConnection(Protocol):
         """
         ...
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> dict[str, Any] | str | None:
         """The next server event, or None when the upstream has ended the session cleanly.
+
+        A `str` is the event already encoded as a JSON object (a relay's frame), sent on unchanged.
 
         Raises:
             UpstreamError: the upstream failed.

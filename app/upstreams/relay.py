@@ -8,7 +8,6 @@ side slows the other instead of filling memory. Every wait has a timeout; failur
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -33,17 +32,17 @@ class RelayConnection:
         self._timeout = timeout
 
     async def send(self, event: dict[str, Any]) -> None:
+        # No timer per frame: a send waits only when the write buffer is over its high-water mark,
+        # and an upstream that stops reading fails websockets' keepalive (ping_timeout) and closes.
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._websocket.send(json.dumps(event, separators=(",", ":")))
-        except TimeoutError:
-            raise UpstreamError(f"the upstream did not take an event within {self._timeout:g} s") from None
+            await self._websocket.send(json.dumps(event, separators=(",", ":")))
         except ConnectionClosed as exc:
             raise UpstreamError(
                 f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})"
             ) from None
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive(self) -> str | None:
+        """The upstream's next frame as received: relayed unchanged, not decoded and re-encoded."""
         try:
             frame = await self._websocket.recv()
         except ConnectionClosedOK:
@@ -52,6 +51,15 @@ class RelayConnection:
             raise UpstreamError(
                 f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})"
             ) from None
+        if not isinstance(frame, str) or not frame.startswith("{"):
+            raise UpstreamError("the upstream sent a frame that is not a JSON object")
+        return frame
+
+    async def receive_event(self) -> dict[str, Any] | None:
+        """The upstream's next frame, decoded (while the session starts)."""
+        frame = await self.receive()
+        if frame is None:
+            return None
         try:
             event = json.loads(frame)
         except ValueError:
@@ -96,7 +104,7 @@ class RelayUpstream:
         await connection.send({"type": "session.start", "config": session.config})
         with anyio.move_on_after(self._timeout) as scope:
             while True:
-                event = await connection.receive()
+                event = await connection.receive_event()
                 if event is None:
                     raise UpstreamError("the upstream closed before the session started")
                 if event.get("type") == "session.started":
