@@ -26,8 +26,7 @@ _AFTER_DENIAL = "ASGI callable returned without completing handshake."
 
 def redact(text: str) -> str:
     # Most lines carry no credential at all: one cheap look before any pattern runs.
-    lowered = text.lower()
-    if "ticket" not in lowered and "bearer" not in lowered:
+    if "ticket=" not in text and "opper-ticket." not in text and "bearer" not in text.lower():
         return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
@@ -38,12 +37,15 @@ class RedactSecrets(logging.Filter):
     """Rewrites a record's message with secrets removed; drops only uvicorn's line after a denial."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "redacted", False):
+            return True  # already seen by this filter on a logger or another handler
         message = record.getMessage()
         if message == _AFTER_DENIAL and DENIED.get():
             return False
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        record.redacted = True
         return True
 
 
@@ -62,6 +64,18 @@ def install() -> None:
         for target in (logger, *logger.handlers):
             if _FILTER not in target.filters:
                 target.addFilter(_FILTER)
+
+
+def lighten() -> None:
+    """Skip what our format never prints: the caller's frame, thread and process names.
+
+    These are the switches the logging documentation lists under "Optimization"; each record then
+    costs a few microseconds less, which is measurable on a handshake. Called by `python -m app.serve`.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def config(level: str = "INFO") -> dict[str, object]:

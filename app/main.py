@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 async def _on_realtime_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RealtimeError)  # noqa: S101 - registered for this class only
     if request.url.path == "/v3/realtime-sessions":
-        request.app.state.services.metrics.mint_errors.labels(exc.code).inc()
+        request.app.state.services.metrics.mint_error(exc.code).inc()
     return error_response(exc)
 
 

@@ -34,6 +34,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._redemptions: dict[str, Counter] = {}
+        self._mint_errors: dict[str, Counter] = {}
         self.tickets_minted = Counter(
             "realtime_tickets_minted",
             "Tickets minted",
@@ -67,6 +69,19 @@ class Metrics:
             "Replay store calls that failed (the redemption was refused: fail closed)",
             registry=self.registry,
         )
+
+    def redemption(self, code: str) -> Counter:
+        """The redemption counter of `code` (children cached: `labels()` costs more than `inc()`)."""
+        child = self._redemptions.get(code)
+        if child is None:
+            child = self._redemptions[code] = self.redemptions.labels(code)
+        return child
+
+    def mint_error(self, code: str) -> Counter:
+        child = self._mint_errors.get(code)
+        if child is None:
+            child = self._mint_errors[code] = self.mint_errors.labels(code)
+        return child
 
     def watch_keys(self, keys: Callable[[], KeySet]) -> None:
         """Export the key set's states; `keys` is called at each scrape."""

@@ -210,7 +210,7 @@ async def realtime(websocket: WebSocket) -> None:
 
 
 def _log(services: Services, code: str, ticket: Ticket | None, started: float, level: int) -> None:
-    services.metrics.redemptions.labels(code).inc()
+    services.metrics.redemption(code).inc()
     logger.log(
         level,
         "redemption %s kid=%s project=%s latency_ms=%.2f",

@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeySetError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
+    logs.lighten()
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -27,6 +27,7 @@ ALGORITHM = "EdDSA"  # fixed next to the key type, never read from the token (RF
 TYPE = "opper-ticket+jwt"
 MAX_LIFETIME = 300
 MAX_CONFIG_BYTES = 64 * 1024  # hard bound when inflating `cfz`
+COMPRESS_FROM = 1024  # bound configs shorter than this (JSON bytes) are never worth deflating
 HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "exp")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -104,13 +105,14 @@ def issue(
     }
     if config:
         raw = _json(config)
-        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
-        packed = b64url_encode(deflater.compress(raw) + deflater.flush())
-        # Both end up base64url-encoded inside the payload; keep `cfz` only when it is clearly shorter.
-        if len(packed) + 8 < len(raw):
-            claims["cfz"] = packed
-        else:
-            claims["cfg"] = config
+        claims["cfg"] = config
+        # Deflate costs about two signatures (its state is set up anew each call), so it is tried
+        # only where size matters; `cfz` is kept only when it is clearly shorter.
+        if len(raw) >= COMPRESS_FROM:
+            packed = b64url_encode(zlib.compress(raw, 6, -15))
+            if len(packed) + 8 < len(raw):
+                del claims["cfg"]
+                claims["cfz"] = packed
     if locked:
         claims["lck"] = list(locked)
     signing_input = f"{_header_segment(signer.kid)}.{b64url_encode(_json(claims))}"

@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     template: dict[str, Any] = {"client_secret": "", "expires_at": "", "ws_url": ""}
     if args.response_file is not None:
         template = json.loads(args.response_file.read_text())
+    logs.lighten()  # the same logging settings as `python -m app.serve`
     config = uvicorn.Config(
         build(template),
         host=args.host,
