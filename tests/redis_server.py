@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from tests.servers import terminate
 
 REDIS_SERVER = "redis-server"
 
@@ -113,14 +114,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """SIGTERM, and wait until the process has exited (its port is then closed)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        terminate(self.process, timeout=10)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -17,6 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
 
 
+def terminate(process: subprocess.Popen[bytes] | None, *, timeout: float) -> None:
+    """SIGTERM, wait up to `timeout`, then SIGKILL: the process has exited when this returns."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 class ServiceProcess:
     """One uvicorn process of the service. Use as a context manager; `url` and `ws_url` once started."""
 
@@ -89,14 +101,7 @@ class ServiceProcess:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        terminate(self.process, timeout=20)
 
     def __enter__(self) -> ServiceProcess:
         return self if self.process is not None else self.start()

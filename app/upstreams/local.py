@@ -271,29 +271,28 @@ class LocalConnection:
             }
             yield {"type": "response.completed", "status": "completed"}
             return
+        deltas: list[dict[str, Any]] = []
         modalities = self._config["modalities"]
         # `/config` is a diagnostic: answered in text even when the session has no text modality.
         if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
             words = self._reply_text(turn).split(" ")
-            for index, word in enumerate(words):
-                deadline = self._deadline()
-                while not await self._wait(deadline):
-                    yield None
-                if self._cancelled:
-                    yield {"type": "response.completed", "status": "cancelled"}
-                    return
-                yield {"type": "text.delta", "delta": word if index == len(words) - 1 else word + " "}
+            last = len(words) - 1
+            deltas += [
+                {"type": "text.delta", "delta": word if index == last else word + " "}
+                for index, word in enumerate(words)
+            ]
         if "audio" in modalities:
             rate = self._session.model.output_sample_rate
             chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
-            for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
-                deadline = self._deadline()
-                while not await self._wait(deadline):
-                    yield None
-                if self._cancelled:
-                    yield {"type": "response.completed", "status": "cancelled"}
-                    return
-                yield {"type": "audio.delta", "audio": chunk}
+            deltas += [{"type": "audio.delta", "audio": chunk}] * (REPLY_AUDIO_MS // AUDIO_CHUNK_MS)
+        for delta in deltas:
+            deadline = self._deadline()
+            while not await self._wait(deadline):
+                yield None
+            if self._cancelled:
+                yield {"type": "response.completed", "status": "cancelled"}
+                return
+            yield delta
         yield {"type": "response.completed", "status": "completed"}
 
     async def receive(self) -> dict[str, Any] | None:
