@@ -148,7 +148,11 @@ class WebSocketTransport:
 
     async def send(self, event: dict[str, Any] | str) -> None:
         text = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
-        await self._websocket.send_text(text)
+        try:
+            await self._websocket.send_text(text)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            # The client vanished mid-send: nothing to tell it; receive() reports it gone next.
+            logger.debug("send to a closed WebSocket dropped")
 
     async def close(self, code: int, reason: str = "") -> None:
         try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,6 +299,31 @@ def test_unreachable_redis_fails_closed(tmp_path: Path) -> None:
         metrics = httpx.get(service.url + "/metrics", timeout=5).text
         assert 'realtime_redemptions_total{code="replay_store_unavailable"} 1.0' in metrics
         assert "realtime_replay_store_errors_total 1.0" in metrics
+
+
+def active_sessions(edge: Edge) -> float:
+    metrics = httpx.get(edge.service.url + "/metrics", timeout=5).text
+    match = re.search(r"^realtime_active_sessions ([0-9.]+)$", metrics, re.M)
+    assert match is not None
+    return float(match.group(1))
+
+
+def test_clients_vanishing_mid_response_leave_no_errors_and_no_sessions(edge: Edge) -> None:
+    for _ in range(5):
+        with open_ws(edge, ticket=edge.mint()) as ws:
+            ws.send(json.dumps({"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "session.started"
+            ws.send(
+                json.dumps({"type": "text.input", "text": "a question long enough to stream for a while"})
+            )
+            ws.send(json.dumps({"type": "response.create"}))
+            assert json.loads(ws.recv(timeout=10))["type"] == "response.started"
+            ws.socket.shutdown(socket.SHUT_RDWR)  # gone without a close frame, deltas on their way
+        deadline = time.monotonic() + 10
+        while active_sessions(edge) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert active_sessions(edge) == 0  # the session ended; its cap slot is free again
+    # No ERROR line or traceback from the vanished clients: checked by the log test below.
 
 
 def test_logs_hold_no_secrets_and_no_error_lines(edge: Edge) -> None:
