@@ -58,15 +58,21 @@ class JwksKeySource:
         await self.refresh()
         if self._poll and self._min_interval > 0:
             self._poller = asyncio.create_task(self._poll_forever())
+            self._poller.add_done_callback(self._poller_ended)
 
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self._min_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                # A poller that died would freeze the key set until a restart: log and keep polling.
-                logger.exception("JWKS poll of %s failed unexpectedly", self.url)
+            await self.refresh()  # fetch failures are handled there: the cached set is kept
+
+    def _poller_ended(self, task: asyncio.Task[None]) -> None:
+        """Only a bug ends the poller early: say so loudly, since keys then change only on unknown kids."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "JWKS poller of %s stopped; keys refresh only on unknown kids now",
+                self.url,
+                exc_info=task.exception(),
+            )
 
     async def refresh(self) -> KeySet:
         """Fetch the set now unless one was fetched less than `min_interval` ago.
