@@ -29,6 +29,13 @@ class _KeyStates(Collector):
         yield family
 
 
+def _child(counter: Counter, cache: dict[str, Counter], code: str) -> Counter:
+    child = cache.get(code)
+    if child is None:
+        child = cache[code] = counter.labels(code)
+    return child
+
+
 class Metrics:
     """Every metric the service exports."""
 
@@ -72,16 +79,10 @@ class Metrics:
 
     def redemption(self, code: str) -> Counter:
         """The redemption counter of `code` (children cached: `labels()` costs more than `inc()`)."""
-        child = self._redemptions.get(code)
-        if child is None:
-            child = self._redemptions[code] = self.redemptions.labels(code)
-        return child
+        return _child(self.redemptions, self._redemptions, code)
 
     def mint_error(self, code: str) -> Counter:
-        child = self._mint_errors.get(code)
-        if child is None:
-            child = self._mint_errors[code] = self.mint_errors.labels(code)
-        return child
+        return _child(self.mint_errors, self._mint_errors, code)
 
     def watch_keys(self, keys: Callable[[], KeySet]) -> None:
         """Export the key set's states; `keys` is called at each scrape."""

@@ -228,29 +228,27 @@ class Session:
 
     # The one way out -------------------------------------------------------------------
 
-    async def terminate(self, code: str, message: str, close_code: int | None = None) -> None:
+    async def terminate(self, code: str, message: str) -> None:
         """Tell the client why with `session.terminating`, close, and end the session's tasks."""
+        event = {"type": "session.terminating", "error": {"code": code, "message": message}}
+        await self._end(CLOSE_CODES.get(code, NORMAL), code, event)
+
+    async def _close(self, close_code: int, reason: str) -> None:
+        """Close without a `session.terminating` (frame too large, not started, upstream said why)."""
+        await self._end(close_code, reason, None)
+
+    async def _end(self, close_code: int, reason: str, last: dict[str, Any] | None) -> None:
         if self._closing:
             return
         self._closing = True
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
-                async with self._send_lock:
-                    event = {"type": "session.terminating", "error": {"code": code, "message": message}}
-                    await self._transport.send(event)
+                if last is not None:
+                    async with self._send_lock:
+                        await self._transport.send(last)
             finally:
-                await self._transport.close(close_code or CLOSE_CODES.get(code, NORMAL), code)
-        logger.info("session %s ended: %s", self.id, code)
-        self._cancel()
-
-    async def _close(self, close_code: int, reason: str) -> None:
-        """Close without a `session.terminating` (frame too large, not started, upstream said why)."""
-        if self._closing:
-            return
-        self._closing = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            await self._transport.close(close_code, reason)
-        logger.info("session %s closed: %s", self.id, reason)
+                await self._transport.close(close_code, reason)
+        logger.info("session %s ended: %s", self.id, reason)
         self._cancel()
 
     def _cancel(self) -> None:
@@ -413,16 +411,10 @@ class Session:
             try:
                 event = await connection.receive()
             except UpstreamError as exc:
-                if self._upstream_ended:
-                    await self._close(CLOSE_CODES.get(self._upstream_ended, NORMAL), self._upstream_ended)
-                else:
-                    await self.terminate("upstream_error", exc.message)
+                await self._upstream_gone(exc.message)
                 return
             if event is None:
-                if self._upstream_ended:
-                    await self._close(CLOSE_CODES.get(self._upstream_ended, NORMAL), self._upstream_ended)
-                else:
-                    await self.terminate("upstream_error", "the upstream ended the session without a reason")
+                await self._upstream_gone("the upstream ended the session without a reason")
                 return
             if isinstance(event, str):
                 # A relayed frame goes out as received; only an ending is looked into.
@@ -431,6 +423,13 @@ class Session:
             elif event.get("type") == "session.terminating":
                 self._note_ending(event)
             await self._send(event)
+
+    async def _upstream_gone(self, message: str) -> None:
+        """The upstream connection ended: close as it announced, or as an upstream failure."""
+        if self._upstream_ended:
+            await self._close(CLOSE_CODES.get(self._upstream_ended, NORMAL), self._upstream_ended)
+        else:
+            await self.terminate("upstream_error", message)
 
     def _note_ending(self, event: dict[str, Any]) -> None:
         if event.get("type") == "session.terminating":
