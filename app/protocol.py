@@ -28,6 +28,7 @@ from app.exceptions import (
     RealtimeError,
     SessionNotStartedError,
     SessionUpdateUnsupportedError,
+    TooManySessionsError,
     UpstreamError,
 )
 from app.session import (
@@ -443,15 +444,23 @@ class Sessions:
         self._open: set[Session] = set()
         self._held: Counter[str] = Counter()
 
-    def count(self, project: str) -> int:
-        return self._held[project]
-
     @property
     def active(self) -> int:
         return len(self._open)
 
-    def hold(self, project: str) -> None:
-        """Count a session for `project` from the moment it passes the cap check."""
+    def hold(self, project: str, *, cap: int) -> None:
+        """Count a session for `project` now, unless it already has `cap` (0: no cap).
+
+        Checking and counting in one step means concurrent handshakes cannot all pass the cap while
+        one awaits the replay store.
+
+        Raises:
+            TooManySessionsError: the project is at its cap in this process.
+        """
+        if cap and self._held[project] >= cap:
+            raise TooManySessionsError(
+                f"project {project!r} has {cap} open sessions, the most allowed; close one first"
+            )
         self._held[project] += 1
 
     def release(self, project: str) -> None:

@@ -23,7 +23,6 @@ from app.exceptions import (
     OriginNotAllowedError,
     RealtimeError,
     ReplayStoreUnavailableError,
-    TooManySessionsError,
     UnknownKeyError,
 )
 from app.protocol import run_session
@@ -119,15 +118,6 @@ def check_origin(services: Services, websocket: WebSocket) -> None:
         raise OriginNotAllowedError(f"origin {origin!r} is not allowed to open sessions")
 
 
-def check_capacity(services: Services, project: str) -> None:
-    """Step 4: the per-project cap on concurrent sessions of this process, when set."""
-    cap = services.settings.max_sessions_per_project
-    if cap and services.sessions.count(project) >= cap:
-        raise TooManySessionsError(
-            f"project {project!r} has {cap} open sessions, the most allowed; close one first"
-        )
-
-
 class WebSocketTransport:
     """The session loop's view of a Starlette WebSocket."""
 
@@ -177,9 +167,8 @@ async def realtime(websocket: WebSocket) -> None:
             project = str(services.api_keys.check(credentials.api_key).project)
             binding = None
         check_origin(services, websocket)
-        check_capacity(services, project)
-        # Held from here, so concurrent handshakes cannot all pass the cap while one awaits the store.
-        services.sessions.hold(project)
+        # Step 4: the per-project cap, counted per process; the slot is held until the session ends.
+        services.sessions.hold(project, cap=services.settings.max_sessions_per_project)
         held = True
         if ticket is not None:
             try:
