@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from app.exceptions import InvalidRequestError, TicketsDisabledError
+from app.exceptions import InvalidRequestError
+from app.mint import DEFAULT_TTL, issue_ticket, require_signer
 from app.responses import NO_STORE
 from app.services import Services
 from app.session import prepare_binding
-from app.tickets import issue, rfc3339
+from app.tickets import rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +39,11 @@ async def static(request: Request) -> Response:
     name = request.path_params["name"]
     suffix = name[name.rfind(".") :] if "." in name else ""
     if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
-        return JSONResponse({"error": {"code": "not_found", "message": "no such file"}}, status_code=404)
+        raise HTTPException(404, "no such file")
     try:
         text = _static(name)
     except FileNotFoundError:
-        return JSONResponse({"error": {"code": "not_found", "message": "no such file"}}, status_code=404)
+        raise HTTPException(404, "no such file") from None
     return Response(text, media_type=STATIC_TYPES[suffix], headers={"Cache-Control": "no-cache"})
 
 
@@ -51,31 +53,14 @@ async def dev_ticket(request: Request) -> JSONResponse:
     Answers 404 unless `REALTIME_DEV=true` (which `make run` sets): a public deployment never has it.
     """
     services: Services = request.app.state.services
-    settings = services.settings
-    if not settings.dev:
-        return JSONResponse(
-            {"error": {"code": "not_found", "message": "the dev mint route is off (REALTIME_DEV=false)"}},
-            status_code=404,
-        )
+    if not services.settings.dev:
+        raise HTTPException(404, "the dev mint route is off (REALTIME_DEV=false)")
     model = request.query_params.get("model", DEV_MODEL)
     if len(model) > 200:
         raise InvalidRequestError("model name too long")
-    signer = services.keys.current().signer
-    if signer is None or not settings.tickets_enabled:
-        raise TicketsDisabledError("this node does not mint tickets")
+    signer = require_signer(services)
     binding = prepare_binding({"model": model}, [], services.registry)
-    ticket = issue(
-        signer,
-        project=DEV_PROJECT,
-        config=binding.config,
-        locked=binding.locked,
-        ttl=60,
-        now=services.clock.now(),
-        issuer=settings.issuer,
-        audience=settings.audience,
-        max_bytes=settings.ticket_max_bytes,
-    )
-    services.metrics.tickets_minted.inc()
+    ticket = issue_ticket(services, signer, project=DEV_PROJECT, binding=binding, ttl=DEFAULT_TTL)
     logger.info("minted dev ticket kid=%s project=%s model=%s", ticket.kid, DEV_PROJECT, model)
     return JSONResponse(
         {"client_secret": ticket.token, "expires_at": rfc3339(ticket.expires_at), "model": model},

@@ -16,10 +16,11 @@ from app.exceptions import (
     RequestTooLargeError,
     TicketsDisabledError,
 )
+from app.keys import SigningKey
 from app.responses import NO_STORE
 from app.services import Services
-from app.session import prepare_binding
-from app.tickets import issue, rfc3339
+from app.session import Binding, prepare_binding
+from app.tickets import IssuedTicket, issue, rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -91,23 +92,24 @@ def ws_url(services: Services, request: Request, ticket: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}ticket={ticket}"
 
 
-async def mint(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
-    settings = services.settings
-    # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
-    signer = services.keys.current().signer
-    if not settings.tickets_enabled:
+def require_signer(services: Services) -> SigningKey:
+    """The key this node signs with; `503 tickets_disabled` when tickets are off or it has none."""
+    if not services.settings.tickets_enabled:
         raise TicketsDisabledError("realtime tickets are switched off on this deployment")
+    signer = services.keys.current().signer
     if signer is None:
         raise TicketsDisabledError("this node has no signing key (a verify-only edge)")
-    api_key = services.api_keys.check(bearer_token(request.headers.get("authorization")))
-    body = parse_body(await read_body(request, limit=MAX_BODY_BYTES))
-    ttl = ttl_seconds(body)
-    binding = prepare_binding(body.get("config"), body.get("locked_fields"), services.registry)
-    assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
+    return signer
+
+
+def issue_ticket(
+    services: Services, signer: SigningKey, *, project: str, binding: Binding, ttl: int
+) -> IssuedTicket:
+    """Sign a ticket with this deployment's issuer, audience and size budget, and count it."""
+    settings = services.settings
     ticket = issue(
         signer,
-        project=api_key.project,
+        project=project,
         config=binding.config,
         locked=binding.locked,
         ttl=ttl,
@@ -117,6 +119,19 @@ async def mint(request: Request) -> JSONResponse:
         max_bytes=settings.ticket_max_bytes,
     )
     services.metrics.tickets_minted.inc()
+    return ticket
+
+
+async def mint(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
+    signer = require_signer(services)
+    api_key = services.api_keys.check(bearer_token(request.headers.get("authorization")))
+    body = parse_body(await read_body(request, limit=MAX_BODY_BYTES))
+    ttl = ttl_seconds(body)
+    binding = prepare_binding(body.get("config"), body.get("locked_fields"), services.registry)
+    assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
+    ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
     logger.info(
         "minted ticket kid=%s project=%s key=%s ttl=%d bound=%s locked=%s",
         ticket.kid,
