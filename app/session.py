@@ -198,10 +198,6 @@ class ModelRegistry:
             models.append(ModelInfo(**fields))
         return cls(models)
 
-    @property
-    def models(self) -> list[ModelInfo]:
-        return list(self._models.values())
-
     def get(self, model_id: str) -> ModelInfo:
         """Raises UnknownModelError naming `model_id` when it is not a realtime model here."""
         try:
