@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,20 +65,28 @@ def service(tmp_path: Path, name: str, **env: str) -> tuple[ServiceProcess, str]
     return process, key
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
-    tmp_path = tmp_path_factory.mktemp("relay")
+@contextmanager
+def relay_pair(tmp_path: Path, *, upstream_url: str | None = None) -> Iterator[Pair]:
+    """An upstream instance (local model) and an edge relaying to it, or to `upstream_url` instead."""
     upstream, upstream_key = service(tmp_path, "upstream")
-    with upstream:
+    with contextlib.ExitStack() as stack:
+        if upstream_url is None:
+            stack.enter_context(upstream)
         edge, edge_key = service(
             tmp_path,
             "edge",
             REALTIME_UPSTREAM="relay",
-            REALTIME_UPSTREAM_URL=upstream.ws_url,
+            REALTIME_UPSTREAM_URL=upstream_url or upstream.ws_url,
             REALTIME_UPSTREAM_API_KEY=upstream_key,
         )
         with edge:
             yield Pair(edge, upstream, edge_key)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    with relay_pair(tmp_path_factory.mktemp("relay")) as started:
+        yield started
 
 
 def receive_until(ws: ClientConnection, last: str) -> list[dict[str, Any]]:
@@ -154,46 +164,32 @@ def test_a_full_conversation_through_the_relay(pair: Pair) -> None:
     assert ticket not in upstream_log and ticket not in pair.edge.log()
 
 
+@contextmanager
+def open_started(pair: Pair) -> Iterator[ClientConnection]:
+    """A session through the edge, after its `session.start` was sent."""
+    ticket = pair.mint({"model": "openai/gpt-realtime-2"})
+    with connect(pair.edge.ws_url, subprotocols=[f"opper-ticket.{ticket}"], open_timeout=10) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"type": "session.start", "config": {}}))
+        yield ws
+
+
+def assert_terminated(ws: ClientConnection, code: str, close_code: int) -> None:
+    event = json.loads(ws.recv(timeout=20))
+    assert event["type"] == "session.terminating"
+    assert event["error"]["code"] == code
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == close_code
+
+
 def test_upstream_down_ends_the_session_with_1011(tmp_path: Path) -> None:
-    upstream, upstream_key = service(tmp_path, "gone")
-    edge, edge_key = service(
-        tmp_path,
-        "lonely",
-        REALTIME_UPSTREAM="relay",
-        REALTIME_UPSTREAM_URL="ws://127.0.0.1:9/v3/realtime",
-        REALTIME_UPSTREAM_API_KEY=upstream_key,
-    )
-    with edge:
-        ticket = Pair(edge, upstream, edge_key).mint({"model": "openai/gpt-realtime-2"})
-        with connect(edge.ws_url, subprotocols=[f"opper-ticket.{ticket}"], open_timeout=10) as ws:  # type: ignore[list-item]
-            ws.send(json.dumps({"type": "session.start", "config": {}}))
-            event = json.loads(ws.recv(timeout=10))
-            assert event["type"] == "session.terminating"
-            assert event["error"]["code"] == "upstream_error"
-            with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=10)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+    with relay_pair(tmp_path, upstream_url="ws://127.0.0.1:9/v3/realtime") as pair:
+        with open_started(pair) as ws:
+            assert_terminated(ws, "upstream_error", 1011)
 
 
 def test_upstream_shutdown_reaches_the_browser(tmp_path: Path) -> None:
-    upstream, upstream_key = service(tmp_path, "leaving")
-    with upstream:
-        edge, edge_key = service(
-            tmp_path,
-            "staying",
-            REALTIME_UPSTREAM="relay",
-            REALTIME_UPSTREAM_URL=upstream.ws_url,
-            REALTIME_UPSTREAM_API_KEY=upstream_key,
-        )
-        with edge:
-            ticket = Pair(edge, upstream, edge_key).mint({"model": "openai/gpt-realtime-2"})
-            with connect(edge.ws_url, subprotocols=[f"opper-ticket.{ticket}"], open_timeout=10) as ws:  # type: ignore[list-item]
-                ws.send(json.dumps({"type": "session.start", "config": {}}))
-                assert json.loads(ws.recv(timeout=10))["type"] == "session.started"
-                upstream.stop()
-                event = json.loads(ws.recv(timeout=20))
-                assert event["type"] == "session.terminating"
-                assert event["error"]["code"] == "server_shutdown"
-                with pytest.raises(ConnectionClosed) as closed:
-                    ws.recv(timeout=10)
-            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    with relay_pair(tmp_path) as pair, open_started(pair) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "session.started"
+        pair.upstream.stop()
+        assert_terminated(ws, "server_shutdown", 1012)
