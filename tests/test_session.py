@@ -761,6 +761,16 @@ def test_tool_call_and_result(client: TestClient, api_key: str) -> None:
         assert "sunny, 21 C" in text_of(answer)
 
 
+def step_through_answer(client: TestClient, pace: FakeClock, ws: WebSocketTestSession, text: str) -> None:
+    """Move the model's clock one pause per word: the deltas spell `text`, then the response completes."""
+    deltas = []
+    for _ in text.split(" "):
+        advance(client, pace, 1)
+        deltas.append(receive(ws))
+    assert text_of(deltas) == text
+    assert receive(ws) == {"type": "response.completed", "status": "completed"}
+
+
 def test_response_cancel_stops_the_response(settings: Settings, clock: FakeClock, api_key: str) -> None:
     pace = FakeClock()
     with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
@@ -778,12 +788,7 @@ def test_response_cancel_stops_the_response(settings: Settings, clock: FakeClock
             ws.send_json({"type": "text.input", "text": "again"})
             ws.send_json({"type": "response.create"})
             assert receive(ws) == {"type": "response.started"}
-            deltas = []
-            for _ in "You said: again".split(" "):  # one pause before each word
-                advance(client, pace, 1)
-                deltas.append(receive(ws))
-            assert text_of(deltas) == "You said: again"
-            assert receive(ws) == {"type": "response.completed", "status": "completed"}
+            step_through_answer(client, pace, ws, "You said: again")
 
 
 def test_a_second_response_while_one_runs_is_an_error(
@@ -799,12 +804,7 @@ def test_a_second_response_while_one_runs_is_an_error(
             ws.send_json({"type": "response.create"})
             # The refusal is not held back behind the delta in flight: the clock has not moved.
             expect_error(ws, "invalid_event")
-            events = []
-            for _ in "You said: hello".split(" "):  # one pause before each word
-                advance(client, pace, 1)
-                events.append(receive(ws))
-            assert text_of(events) == "You said: hello"
-            assert receive(ws) == {"type": "response.completed", "status": "completed"}
+            step_through_answer(client, pace, ws, "You said: hello")
 
 
 def test_speech_over_a_response_is_heard_at_once(settings: Settings, clock: FakeClock, api_key: str) -> None:
