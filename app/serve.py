@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from app import logs
 from app.config import Settings
@@ -40,6 +41,21 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def uvicorn_config(app: ASGIApp, *, host: str, port: int, log_level: str, ws_max_size: int) -> uvicorn.Config:
+    """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
+    logs.lighten()
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=logs.config(log_level.upper()),
+        log_level=log_level,
+        proxy_headers=True,
+        timeout_graceful_shutdown=DRAIN_SECONDS + 5,
+        ws_max_size=ws_max_size,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -57,16 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeySetError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
-    logs.lighten()
     app = create_app(settings)
-    config = uvicorn.Config(
+    config = uvicorn_config(
         app,
         host=args.host,
         port=args.port,
-        log_config=logs.config(args.log_level.upper()),
         log_level=args.log_level,
-        proxy_headers=True,
-        timeout_graceful_shutdown=DRAIN_SECONDS + 5,
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
     )
     server = DrainingServer(config, app=app)

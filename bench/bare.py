@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app import logs
-from app.serve import DRAIN_SECONDS
+from app.serve import uvicorn_config
 
 
 def build(template: dict[str, Any]) -> Starlette:
@@ -63,16 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     template: dict[str, Any] = {"client_secret": "", "expires_at": "", "ws_url": ""}
     if args.response_file is not None:
         template = json.loads(args.response_file.read_text())
-    logs.lighten()  # the same logging settings as `python -m app.serve`
-    config = uvicorn.Config(
-        build(template),
-        host=args.host,
-        port=args.port,
-        log_config=logs.config(args.log_level.upper()),
-        log_level=args.log_level,
-        proxy_headers=True,
-        timeout_graceful_shutdown=DRAIN_SECONDS + 5,
-        ws_max_size=1 << 21,
+    config = uvicorn_config(
+        build(template), host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 21
     )
     server = uvicorn.Server(config)
     server.run()
