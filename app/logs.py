@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import sys
+import time
+import traceback
 from contextvars import ContextVar
+from typing import TextIO
 
 # `ticket=<value>` in a path or query string, as uvicorn prints it in access lines and in
 # `"WebSocket /v3/realtime?ticket=..."`; also any bearer token or ticket subprotocol that a
@@ -42,9 +47,8 @@ class RedactSecrets(logging.Filter):
         message = record.getMessage()
         if message == _AFTER_DENIAL and DENIED.get():
             return False
-        cleaned = redact(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
+        # The formatter then reads the finished message instead of formatting it a second time.
+        record.msg, record.args = redact(message), None
         record.redacted = True
         return True
 
@@ -78,6 +82,80 @@ def lighten() -> None:
     logging.logMultiprocessing = False
 
 
+class Format(logging.Formatter):
+    """`%(asctime)s` as `2026-05-13 15:32:00,123`, the date part formatted once per second, not per line."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+
+class LineWriter(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the lines logged in one pass of the event loop with one write.
+
+    Under load a handshake logs several lines; writing and flushing each costs more than formatting
+    it. A line logged on the event loop's thread is queued and the queue is written at the end of
+    the loop's current pass (`call_soon`), so lines leave within the same pass, in order. Lines at
+    WARNING and above, lines from other threads and lines logged with no loop running are written at
+    once (with anything queued before them); closing the handler (as `logging.shutdown` does at
+    exit) flushes the queue.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._queued: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:  # noqa: BLE001 - logging's contract: report it, never raise into the caller
+            self.handleError(record)
+            return
+        self._queued.append(line)
+        if record.levelno < logging.WARNING:
+            try:
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and self._flush_on is loop:
+                return  # a flush is already due at the end of this pass
+            if loop is not None and self._flush_on is None:
+                self._flush_on = loop
+                loop.call_soon(self.flush)
+                return
+        # At WARNING and above, off the loop, or on a second loop (another thread's, or a new one
+        # after the first stopped with a flush still due): write now, with everything queued.
+        self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if not self._queued:
+                return
+            text, self._queued = "".join(self._queued), []
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:  # noqa: BLE001 - as StreamHandler does: report a failing stream, go on
+                if logging.raiseExceptions:
+                    traceback.print_exc(file=sys.stderr)
+        finally:
+            self.release()
+
+
 def config(level: str = "INFO") -> dict[str, object]:
     """A `logging.config.dictConfig` for `python -m app.serve`: uvicorn's lines, secrets removed."""
     return {
@@ -85,11 +163,11 @@ def config(level: str = "INFO") -> dict[str, object]:
         "disable_existing_loggers": False,
         "filters": {"redact": {"()": RedactSecrets}},
         "formatters": {
-            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "plain": {"()": Format, "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
         },
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
+                "()": LineWriter,
                 "formatter": "plain",
                 "filters": ["redact"],
                 "stream": "ext://sys.stderr",
