@@ -1,8 +1,12 @@
 """The session loop after `accept()` (SPEC section 6): start, overlay, limits, the two directions.
 
-One task group per session: a watchdog (start deadline, idle timeout, maximum duration, on the
-injected clock), the client-to-upstream pump and the upstream-to-client pump. Whichever ends the
-session cancels the group; `terminate` is the one way a session is ended by the server.
+A session is the connection's own task, which pumps client frames to the upstream, plus one task
+that pumps upstream events to the client; the limits (start deadline, idle timeout, maximum
+duration, on the injected clock) are a timer. Whatever ends the session (`terminate` or a close)
+cancels the tasks it is not running in; `terminate` is the one way the server ends a session.
+
+Plain asyncio tasks rather than an anyio task group: a task group and its cancel scopes cost more
+than the rest of a session start put together (see the README's performance section).
 """
 
 from __future__ import annotations
@@ -218,7 +222,10 @@ class Session:
         self._send_lock = asyncio.Lock()  # uncontended, it never yields (anyio's Lock always does)
         self._timer: Timer = _NO_TIMER
         self._closer: asyncio.Task[None] | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._task: asyncio.Task[Any] | None = None  # the connection's task, while `run` runs
+        self._pump: asyncio.Task[None] | None = None  # upstream to client, once started
+        self._ender: asyncio.Task[Any] | None = None  # the task that is closing the session
+        self._cancelled_run = False  # `_cancel` cancelled `_task`: run() absorbs that CancelledError
         self._opened_at = clock.now()
         self._last_frame = self._opened_at
         self._started = False
@@ -242,19 +249,39 @@ class Session:
         if self._closing:
             return
         self._closing = True
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                if last is not None:
-                    async with self._send_lock:
-                        await self._transport.send(last)
-            finally:
-                await self._transport.close(close_code, reason)
+        self._ender = asyncio.current_task()
+        try:
+            async with asyncio.timeout(5):
+                try:
+                    if last is not None:
+                        async with self._send_lock:
+                            await self._transport.send(last)
+                finally:
+                    await self._transport.close(close_code, reason)
+        except TimeoutError:
+            logger.warning("session %s: the close took over 5 s; ending it anyway", self.id)
         logger.info("session %s ended: %s", self.id, reason)
         self._cancel()
 
     def _cancel(self) -> None:
-        if self._scope is not None:
-            self._scope.cancel()
+        """Stop the session's tasks, except the one calling (it returns on its own: `_closing` is set)."""
+        current = asyncio.current_task()
+        if self._pump is not None and self._pump is not current:
+            self._pump.cancel()
+        if self._task is not None and self._task is not current and not self._cancelled_run:
+            self._cancelled_run = True
+            self._task.cancel()
+
+    def _pump_done(self, pump: asyncio.Task[None]) -> None:
+        """A pump that failed with a bug (not an UpstreamError) ends the session as an upstream error."""
+        if pump.cancelled() or pump.exception() is None:
+            return
+        logger.error("session %s: the upstream pump failed", self.id, exc_info=pump.exception())
+        self._terminate_soon("upstream_error", "the connection to the model failed")
+
+    def _terminate_soon(self, code: str, message: str) -> None:
+        """`terminate` from a callback, in a task of its own (kept, so it is not collected)."""
+        self._closer = asyncio.get_running_loop().create_task(self.terminate(code, message))
 
     async def _send(self, event: dict[str, Any] | str) -> None:
         """Send one event, unless the session is ending: nothing follows `session.terminating` or a close.
@@ -269,27 +296,40 @@ class Session:
     # The loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        # One cancel scope for the whole session, one task group for the two directions (the client
-        # side runs in this task), and the limits on a timer rather than a task: a handshake's cost.
+        """Run the session in the calling task until the client goes or the session is ended."""
+        task = self._task = asyncio.current_task()
         self._arm()
         try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                info = await self._await_start()
-                if info is None:
-                    return
-                try:
-                    async with self._upstream.connect(info) as connection:
-                        await self._send(describe(self.id, self.config, info.model, self._binding))
-                        self._started = True
-                        async with anyio.create_task_group() as pumps:
-                            pumps.start_soon(self._pump_upstream, connection)
-                            await self._pump_client(connection)
-                            pumps.cancel_scope.cancel()
-                except UpstreamError as exc:
-                    await self.terminate("upstream_error", exc.message)
+            info = await self._await_start()
+            if info is None:
+                return
+            try:
+                async with self._upstream.connect(info) as connection:
+                    await self._send(describe(self.id, self.config, info.model, self._binding))
+                    self._started = True
+                    await self._pump_both(connection)
+            except UpstreamError as exc:
+                await self.terminate("upstream_error", exc.message)
+        except asyncio.CancelledError:
+            # Absorb the cancellation `_cancel` asked for, and only that one (a server shutdown
+            # cancelling this task as well still propagates).
+            if not self._cancelled_run or task is None or task.uncancel() > 0:
+                raise
         finally:
+            # No cancellation is asked for once this task leaves run(): it is uvicorn's again.
+            self._task = None
             self._timer.cancel()
+
+    async def _pump_both(self, connection: UpstreamConnection) -> None:
+        """Client to upstream in this task, upstream to client in another, until either side ends."""
+        pump = self._pump = asyncio.get_running_loop().create_task(self._pump_upstream(connection))
+        pump.add_done_callback(self._pump_done)
+        try:
+            await self._pump_client(connection)
+        finally:
+            if pump is not self._ender:
+                pump.cancel()  # unless it is closing the session: then its close is let finish
+            await asyncio.wait((pump,))
 
     def _arm(self) -> None:
         """Set the timer for the nearest of the start deadline, idle timeout and maximum duration."""
@@ -319,7 +359,7 @@ class Session:
         else:
             self._arm()
             return
-        self._closer = asyncio.get_running_loop().create_task(self.terminate(*reason))
+        self._terminate_soon(*reason)
 
     async def _frame(self) -> str | bytes | None:
         """The next client frame; None once the client has gone or sent a frame over the limit."""
@@ -335,7 +375,7 @@ class Session:
 
     async def _await_start(self) -> SessionInfo | None:
         """Frames until a valid `session.start`; a failed one may be retried until the deadline."""
-        while True:
+        while not self._closing:
             frame = await self._frame()
             if frame is None:
                 return None
@@ -354,6 +394,7 @@ class Session:
                 continue
             self.config, self.model = config, model
             return SessionInfo(self.id, self.project, config, model)
+        return None
 
     def _configure(self, changes: Any, *, update: bool) -> tuple[dict[str, Any], ModelInfo]:
         """The effective config after `changes` (6.3), or a ConfigError with the config unchanged."""
@@ -372,7 +413,7 @@ class Session:
         return effective, model
 
     async def _pump_client(self, connection: UpstreamConnection) -> None:
-        while True:
+        while not self._closing:
             frame = await self._frame()
             if frame is None:
                 return
@@ -408,7 +449,7 @@ class Session:
             await self.terminate("upstream_error", exc.message)
 
     async def _pump_upstream(self, connection: UpstreamConnection) -> None:
-        while True:
+        while not self._closing:
             try:
                 event = await connection.receive()
             except UpstreamError as exc:

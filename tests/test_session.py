@@ -621,6 +621,36 @@ def test_an_upstream_failure_mid_session_closes_1011(
             assert terminated(ws, "upstream_error") == 1011
 
 
+class BuggyConnection(FailingConnection):
+    """An upstream whose receive fails with a plain bug (not an UpstreamError) after a text input."""
+
+    async def receive(self) -> Event | None:
+        await self._broken.wait()
+        raise RuntimeError("a bug in the upstream adapter")
+
+
+class BuggyUpstream:
+    @asynccontextmanager
+    async def connect(self, session: SessionInfo) -> AsyncIterator[BuggyConnection]:
+        yield BuggyConnection()
+
+
+def test_a_failing_upstream_pump_ends_the_session_as_an_upstream_error(
+    settings: Settings, clock: FakeClock, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the upstream-to-client direction neither hangs the session nor leaks it."""
+    with serve(settings, clock, upstream=BuggyUpstream()) as (client, services):
+        with with_ticket(client, mint(client, api_key)) as ws:
+            started(ws, VALID)
+            ws.send_json({"type": "text.input", "text": "hello"})
+            assert terminated(ws, "upstream_error") == 1011
+        wait_for(lambda: services.sessions.active == 0)
+    failures = [record for record in caplog.records if "upstream pump failed" in record.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].levelname == "ERROR"
+    assert failures[0].exc_info is not None and "a bug" in str(failures[0].exc_info[1])
+
+
 def test_an_upstream_that_cannot_connect_closes_1011(
     settings: Settings, clock: FakeClock, api_key: str
 ) -> None:

@@ -9,6 +9,7 @@ its `tool.result` is answered in text. `/config` as text answers with the effect
 from __future__ import annotations
 
 import array
+import asyncio
 import base64
 import contextlib
 import json
@@ -75,10 +76,10 @@ class LocalConnection:
         self._session = session
         self._pace = pace
         self._clock = clock
-        self._cancel = anyio.Event()
+        self._cancel = asyncio.Event()
         self._config = effective_defaults(session.config, session.model)
         self._outbox: deque[dict[str, Any]] = deque()
-        self._wakeup = anyio.Event()
+        self._wakeup = asyncio.Event()
         self._turn = Turn()
         self._response: AsyncIterator[dict[str, Any] | None] | None = None
         self._cancelled = False
@@ -190,7 +191,7 @@ class LocalConnection:
             return
         turn, self._turn = self._turn, Turn()
         self._cancelled = False
-        self._cancel = anyio.Event()
+        self._cancel = asyncio.Event()
         self._response = self._respond(turn)
 
     def _tool_named(self, text: str) -> str | None:
@@ -244,7 +245,7 @@ class LocalConnection:
             async def nudged() -> None:
                 nonlocal due
                 while not self._outbox:
-                    self._wakeup = anyio.Event()
+                    self._wakeup = asyncio.Event()
                     await self._wakeup.wait()
                 due = False
                 group.cancel_scope.cancel()
@@ -308,7 +309,7 @@ class LocalConnection:
                 if event is not None:
                     return event
                 continue  # None: queued events go out first, then the response goes on
-            self._wakeup = anyio.Event()
+            self._wakeup = asyncio.Event()
             await self._wakeup.wait()
 
     async def aclose(self) -> None:
