@@ -190,17 +190,7 @@ def verify(
     parts = token.split(".")
     if len(parts) != 3:
         raise InvalidTicketError("the ticket is not a compact JWS")
-    header = _json_object(_b64url_decode(parts[0], "header"), "header")
-    extra = sorted(set(header) - HEADER_MEMBERS)
-    if extra:
-        raise InvalidTicketError(f"the ticket header has members that are not allowed: {extra}")
-    if header.get("alg") != ALGORITHM:
-        raise InvalidTicketError(f"the ticket must be signed with {ALGORITHM}")
-    if header.get("typ") != TYPE:
-        raise InvalidTicketError(f"the ticket's `typ` must be {TYPE}")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise InvalidTicketError("the ticket header has no string `kid`")
+    kid = _header_kid(parts[0])
     key = keys.get(kid)
     if key is None:
         raise UnknownKeyError(kid)
@@ -211,6 +201,27 @@ def verify(
         raise InvalidTicketError("the ticket's signature does not verify") from None
     claims = _json_object(_b64url_decode(parts[1], "payload"), "payload")
     return _check_claims(claims, kid, issuer=issuer, audience=audience, leeway=leeway, now=now)
+
+
+@functools.lru_cache(maxsize=64)
+def _header_kid(segment: str) -> str:
+    """The `kid` of an encoded header that passes every header rule.
+
+    Every ticket one key signs has the same header bytes, so a key's header is checked once and
+    remembered; a header that fails raises, and failures are not remembered.
+    """
+    header = _json_object(_b64url_decode(segment, "header"), "header")
+    extra = sorted(set(header) - HEADER_MEMBERS)
+    if extra:
+        raise InvalidTicketError(f"the ticket header has members that are not allowed: {extra}")
+    if header.get("alg") != ALGORITHM:
+        raise InvalidTicketError(f"the ticket must be signed with {ALGORITHM}")
+    if header.get("typ") != TYPE:
+        raise InvalidTicketError(f"the ticket's `typ` must be {TYPE}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidTicketError("the ticket header has no string `kid`")
+    return kid
 
 
 def _check_claims(
