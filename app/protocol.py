@@ -5,8 +5,8 @@ that pumps upstream events to the client; the limits (start deadline, idle timeo
 duration, on the injected clock) are a timer. Whatever ends the session (`terminate` or a close)
 cancels the tasks it is not running in; `terminate` is the one way the server ends a session.
 
-Plain asyncio tasks rather than an anyio task group: a task group and its cancel scopes cost more
-than the rest of a session start put together (see the README's performance section).
+Plain asyncio tasks rather than an anyio task group: under load the task group and its cancel
+scopes were the largest single cost of a handshake after the signature check (README, Performance).
 """
 
 from __future__ import annotations
