@@ -1,0 +1,131 @@
+"""Client events of the session protocol (SPEC 6.1): one typed model per event, and `parse_event`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from app.exceptions import InvalidEventError, RealtimeError
+
+# Client events (SPEC 6.1). Extra members are ignored (clients add ids); missing ones are errors.
+_EVENT = ConfigDict(extra="ignore", strict=True)
+
+
+# `config` is checked by the config schema, so a config that is not an object is `invalid_config`
+# (a failed start the client may retry), not a malformed event.
+class SessionStart(BaseModel):
+    model_config = _EVENT
+    type: Literal["session.start"]
+    config: Any = None
+
+
+class SessionUpdate(BaseModel):
+    model_config = _EVENT
+    type: Literal["session.update"]
+    config: Any
+
+
+class AudioAppend(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.append"]
+    audio: str
+
+    @field_validator("audio")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise ValueError("audio must be base64 PCM16") from None
+        return value
+
+
+class AudioCommit(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.commit"]
+
+
+class AudioClear(BaseModel):
+    model_config = _EVENT
+    type: Literal["audio.clear"]
+
+
+class TextInput(BaseModel):
+    model_config = _EVENT
+    type: Literal["text.input"]
+    text: Annotated[str, Field(min_length=1)]
+
+
+class ResponseCreate(BaseModel):
+    model_config = _EVENT
+    type: Literal["response.create"]
+
+
+class ResponseCancel(BaseModel):
+    model_config = _EVENT
+    type: Literal["response.cancel"]
+
+
+class ToolResult(BaseModel):
+    model_config = _EVENT
+    type: Literal["tool.result"]
+    tool_call_id: Annotated[str, Field(min_length=1)]
+    tool_result: str
+
+
+class ImageInput(BaseModel):
+    model_config = _EVENT
+    type: Literal["image.input"]
+    image_url: Annotated[str, Field(min_length=1)]
+    image_detail: Literal["auto", "low", "high"] | None = None
+
+
+ClientEvent = Annotated[
+    SessionStart
+    | SessionUpdate
+    | AudioAppend
+    | AudioCommit
+    | AudioClear
+    | TextInput
+    | ResponseCreate
+    | ResponseCancel
+    | ToolResult
+    | ImageInput,
+    Field(discriminator="type"),
+]
+CLIENT_EVENTS: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
+
+
+def parse_event(frame: str | bytes) -> ClientEvent:
+    """One client frame as a typed event.
+
+    Raises:
+        InvalidEventError: binary, not JSON, not an object, no or unknown `type`, a missing or
+            mistyped member; the message says which.
+    """
+    if isinstance(frame, bytes):
+        raise InvalidEventError("binary frames are not part of the protocol: send JSON text frames")
+    try:
+        raw = json.loads(frame)
+    except ValueError:
+        raise InvalidEventError("the frame is not JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidEventError("the frame is not a JSON object")
+    if "type" not in raw:
+        raise InvalidEventError("the event has no `type`")
+    try:
+        return CLIENT_EVENTS.validate_python(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            raise InvalidEventError(f"unknown event type {raw.get('type')!r}") from None
+        where = ".".join(str(part) for part in error["loc"][1:])
+        raise InvalidEventError(f"{raw['type']}: {where}: {error['msg']}") from None
+
+
+def error_event(exc: RealtimeError) -> dict[str, Any]:
+    return {"type": "error", "error": {"code": exc.code, "message": exc.message}}
