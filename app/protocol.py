@@ -197,6 +197,11 @@ class Session:
             # No cancellation is asked for once this task leaves run(): it is uvicorn's again.
             self._task = None
             self._timer.cancel()
+            # Drop the references that make cycles (session -> pump task -> its CancelledError's
+            # traceback -> the pump's frame -> session; session -> timer -> session), so a finished
+            # session, its connection and uvicorn's protocol objects are freed at once by reference
+            # counting instead of waiting for the garbage collector.
+            self._timer, self._pump, self._ender = _NO_TIMER, None, None
 
     async def _pump_both(self, connection: UpstreamConnection) -> None:
         """Client to upstream in this task, upstream to client in another, until either side ends."""
