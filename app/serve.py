@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import socket
 import sys
@@ -19,6 +20,7 @@ from app.keys import KeySet
 from app.main import create_app
 
 DRAIN_SECONDS = 10
+YOUNG_GC_THRESHOLD = 10_000  # net new container objects between young collections (CPython: 700)
 
 
 class DrainingServer(uvicorn.Server):
@@ -56,6 +58,21 @@ def uvicorn_config(app: ASGIApp, *, host: str, port: int, log_level: str, ws_max
     )
 
 
+def tune_gc() -> None:
+    """Garbage collector settings for a long-running server; called once, just before it serves.
+
+    What start-up allocated (modules, schemas, the app) is collected once and then frozen: later
+    collections never scan it again. The young generation is collected every 10,000 net new
+    container objects instead of 700: a handshake allocates a few hundred, nearly all freed by
+    reference counting, and frequent young collections only scanned handshakes still in flight.
+    The benchmark's bare baseline runs with the same settings.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
@@ -82,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
     )
     server = DrainingServer(config, app=app)
+    tune_gc()
     server.run()
     return 0 if server.started else 1
 

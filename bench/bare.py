@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.serve import uvicorn_config
+from app.serve import tune_gc, uvicorn_config
 
 
 def build(template: dict[str, Any]) -> Starlette:
@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         build(template), host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 21
     )
     server = uvicorn.Server(config)
+    tune_gc()  # the same process settings as the service
     server.run()
     return 0 if server.started else 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
 from pathlib import Path
@@ -12,6 +13,7 @@ from starlette.testclient import TestClient
 from app.clock import FakeClock
 from app.config import Settings
 from app.main import create_app
+from app.serve import YOUNG_GC_THRESHOLD, tune_gc
 
 METRICS = (
     "realtime_tickets_minted_total",
@@ -120,3 +122,14 @@ def test_dev_ticket_route_mints_for_the_demo(keys_dir: Path, clock: FakeClock, m
             started = ws.receive_json()
         assert started["type"] == "session.started" and started["model"] == model
         assert client.post("/dev/ticket?model=nope/nope").json()["error"]["code"] == "unknown_model"
+
+
+def test_the_server_process_freezes_start_up_objects_and_collects_young_ones_less_often() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 10_000  # modules, schemas and the app, never scanned again
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
