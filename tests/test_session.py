@@ -8,6 +8,7 @@ import base64
 import gc
 import json
 import math
+import re
 import sys
 import time
 import weakref
@@ -498,7 +499,9 @@ def test_session_started_reports_the_models_rates(
 ) -> None:
     with with_ticket(client, mint(client, api_key)) as ws:
         event = started(ws, {"model": model})
-        assert event["session_id"].startswith("sess_")
+        assert re.fullmatch(r"sess_[0-9a-f]{24}", event["session_id"])
+    with with_ticket(client, mint(client, api_key)) as ws:
+        assert started(ws, {"model": model})["session_id"] != event["session_id"]
         assert (event["input_sample_rate"], event["output_sample_rate"]) == rates
         assert event["audio_format"] == "pcm16"
 
