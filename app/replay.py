@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from cachetools import TLRUCache
@@ -98,6 +98,10 @@ class MemoryReplayStore:
         return None
 
 
+MAX_CONNECTIONS = 64  # per edge process (per node of a Redis Cluster)
+CLIENT_NAME = "realtime-replay"
+
+
 class RedisReplayStore:
     """A fleet's store: one key per ticket id, `SET NX PXAT`; any error or timeout fails closed."""
 
@@ -115,29 +119,36 @@ class RedisReplayStore:
         self._timeout = timeout
         self._clock = clock
         self._url = url
-        self._redis = aioredis.Redis.from_url(
+        # A burst of handshakes waits (within the timeout) for one of MAX_CONNECTIONS connections
+        # instead of opening one each; `CLIENT LIST` names them.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             health_check_interval=0,
+            **self._connection_options(),
+        )
+        self._redis = aioredis.Redis.from_pool(pool)
+        self._cluster: RedisCluster | None = None
+
+    def _connection_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": CLIENT_NAME,
             # redis-py skips its check for pooled connections the server has closed while
             # maintenance notifications are on (the "auto" default): after a Redis restart each
             # stale connection would then fail one consume with 503. Off, a stale connection is
             # replaced before use. Redis Cluster / Enterprise maintenance events are not used here.
-            maint_notifications_config=MaintNotificationsConfig(enabled=False),
-        )
-        self._cluster: RedisCluster | None = None
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+        }
 
     def _open_cluster(self) -> RedisCluster:
         """The URL names one node of a Redis Cluster: route each key to the shard that owns it."""
         if self._cluster is None:
             self._cluster = RedisCluster.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),
-                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+                self._url, max_connections=MAX_CONNECTIONS, **self._connection_options()
             )
         return self._cluster
 

@@ -31,7 +31,7 @@ from app.exceptions import (
     TicketReplayedError,
 )
 from app.keys import ensure_keys
-from app.replay import MemoryReplayStore, RedisReplayStore
+from app.replay import CLIENT_NAME, MAX_CONNECTIONS, MemoryReplayStore, RedisReplayStore
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 
@@ -163,6 +163,29 @@ def test_redis_consumes_once_with_pxat_expiry(redis_server: RedisServer) -> None
         pttl = client.pttl(PREFIX + "jti-1")
         assert 0 < pttl <= (expires_at + LEEWAY) * 1000 - int(time.time() * 1000) + 1000
         assert client.dbsize() == 1
+
+
+@pytest.mark.redis
+def test_redis_connections_are_capped_and_named(redis_server: RedisServer) -> None:
+    """A burst of concurrent redemptions shares at most MAX_CONNECTIONS connections, and all succeed."""
+    expires_at = int(time.time()) + 60
+    burst = MAX_CONNECTIONS * 3
+
+    async def scenario() -> int:
+        store = redis_store(redis_server)
+        try:
+            await guarded(
+                asyncio.gather(*(store.consume(f"burst-{n}", expires_at=expires_at) for n in range(burst)))
+            )
+            with redis_server.client() as client:
+                return sum(1 for entry in client.client_list() if entry.get("name") == CLIENT_NAME)
+        finally:
+            await store.aclose()
+
+    connections = asyncio.run(scenario())
+    assert 1 <= connections <= MAX_CONNECTIONS
+    with redis_server.client() as client:
+        assert client.dbsize() == burst
 
 
 @pytest.mark.redis
