@@ -87,14 +87,14 @@ class Format(logging.Formatter):
 
     def __init__(self, fmt: str) -> None:
         super().__init__(fmt)
-        self._second = -1
-        self._stamp = ""
+        self._stamp = (-1, "")  # (second, its text): one attribute, so threads never see half of it
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         second = int(record.created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-        return f"{self._stamp},{int(record.msecs):03d}"
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{stamp[1]},{int(record.msecs):03d}"
 
 
 class LineWriter(logging.StreamHandler[TextIO]):
