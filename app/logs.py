@@ -8,6 +8,7 @@ import re
 import sys
 import time
 import traceback
+import weakref
 from contextvars import ContextVar
 from typing import TextIO
 
@@ -105,13 +106,21 @@ class LineWriter(logging.StreamHandler[TextIO]):
     the loop's current pass (`call_soon`), so lines leave within the same pass, in order. Lines at
     WARNING and above, lines from other threads and lines logged with no loop running are written at
     once (with anything queued before them); closing the handler (as `logging.shutdown` does at
-    exit) flushes the queue.
+    exit) flushes the queue. Once the server shuts down (`write_through`), every line is written at
+    once: uvicorn ends the process with the signal it caught, and no exit handler runs after it.
     """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._queued: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+        self._write_through = False
+        _WRITERS.add(self)
+
+    def write_through(self) -> None:
+        """Write what is queued, and every later line at once."""
+        self._write_through = True
+        self.flush()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -120,7 +129,7 @@ class LineWriter(logging.StreamHandler[TextIO]):
             self.handleError(record)
             return
         self._queued.append(line)
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING and not self._write_through:
             try:
                 loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:
@@ -131,8 +140,8 @@ class LineWriter(logging.StreamHandler[TextIO]):
                 self._flush_on = loop
                 loop.call_soon(self.flush)
                 return
-        # At WARNING and above, off the loop, or on a second loop (another thread's, or a new one
-        # after the first stopped with a flush still due): write now, with everything queued.
+        # At WARNING and above, off the loop, on a second loop (another thread's, or a new one after
+        # the first stopped with a flush still due), or shutting down: write now, with the queue.
         self.flush()
 
     def close(self) -> None:
@@ -154,6 +163,19 @@ class LineWriter(logging.StreamHandler[TextIO]):
                     traceback.print_exc(file=sys.stderr)
         finally:
             self.release()
+
+
+_WRITERS: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+
+
+def write_through() -> None:
+    """Every LineWriter writes what it has queued, and from now on each line at once.
+
+    Called when the server starts shutting down: after its last lines uvicorn raises the signal it
+    caught again, which ends the process without running exit handlers, so nothing may wait.
+    """
+    for writer in list(_WRITERS):
+        writer.write_through()
 
 
 def config(level: str = "INFO") -> dict[str, object]:

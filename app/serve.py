@@ -35,6 +35,7 @@ class DrainingServer(uvicorn.Server):
         self.app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        logs.write_through()  # uvicorn's last lines must not wait for a loop pass that never comes
         for server in self.servers:
             server.close()
         services = getattr(self.app.state, "services", None)

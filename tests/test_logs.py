@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
+import signal
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from app.logs import Format, LineWriter
+from app.keys import ensure_keys
+from app.logs import Format, LineWriter, write_through
+from tests.servers import ServiceProcess
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -126,3 +132,35 @@ def test_the_cached_timestamp_matches_the_standard_format(created: float) -> Non
     record.created, record.msecs = created, (created - int(created)) * 1000
     ours.format(logging.LogRecord("app.x", logging.INFO, __file__, 1, "warm", None, None))
     assert ours.format(record) == standard.format(record)
+
+
+def test_write_through_writes_the_queue_and_every_later_line_at_once(
+    logger: logging.Logger, stream: Recorder
+) -> None:
+    async def main() -> list[str]:
+        logger.info("queued")
+        write_through()
+        logger.info("after")
+        return list(stream.writes)
+
+    assert asyncio.run(main()) == ["INFO queued\n", "INFO after\n"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_server_process_logs_its_last_lines(tmp_path: Path, sig: signal.Signals) -> None:
+    """uvicorn ends the process by raising the caught signal again: nothing queued may be lost."""
+    keys_dir = tmp_path / "keys"
+    ensure_keys(keys_dir, now=int(time.time()) - 60)
+    service = ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys_dir)}, log_path=tmp_path / "serve.log")
+    with service:
+        assert service.process is not None
+        pid = service.process.pid
+        service.signal(sig)
+        service.wait(timeout=30)
+    # Log records only: after SIGINT, asyncio's runner also prints a KeyboardInterrupt traceback.
+    records = [line for line in service.log().splitlines() if re.match(r"\d{4}-\d\d-\d\d ", line)]
+    assert [line.split(": ", 1)[1] for line in records[-3:]] == [
+        "Waiting for application shutdown.",
+        "Application shutdown complete.",
+        f"Finished server process [{pid}]",
+    ]
