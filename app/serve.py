@@ -101,7 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     server = DrainingServer(config, app=app)
     tune_gc()
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # After a clean shutdown uvicorn raises the SIGINT it caught again, and asyncio's runner
+        # turns it into KeyboardInterrupt: exit as a shell does after Ctrl-C, without a traceback.
+        return 130
     return 0 if server.started else 1
 
 
