@@ -583,9 +583,7 @@ def test_server_shutdown_during_a_response(settings: Settings, clock: FakeClock,
         with serve(settings, clock, upstream=LocalUpstream(pace=0)) as (client, services):
             with with_ticket(client, mint(client, api_key)) as ws:
                 started(ws, VALID)
-                ws.send_json({"type": "text.input", "text": "word " * 2000})
-                ws.send_json({"type": "response.create"})
-                assert receive(ws) == {"type": "response.started"}
+                ask(ws, "word " * 2000)
                 assert receive(ws)["type"] == "text.delta"
                 assert client.portal is not None
                 client.portal.call(partial(services.sessions.drain, timeout=5))
@@ -849,6 +847,25 @@ def test_tool_call_and_result(client: TestClient, api_key: str) -> None:
         assert "sunny, 21 C" in text_of(answer)
 
 
+@contextmanager
+def paced_text_session(
+    settings: Settings, clock: FakeClock, api_key: str
+) -> Iterator[tuple[TestClient, FakeClock, WebSocketTestSession]]:
+    """A started text session on a local model whose deltas wait for its own clock (`pace`)."""
+    pace = FakeClock()
+    with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
+        with with_ticket(client, mint(client, api_key)) as ws:
+            started(ws, {**VALID, "modalities": ["text"]})
+            yield client, pace, ws
+
+
+def ask(ws: WebSocketTestSession, text: str) -> None:
+    """Send `text` and ask for a response; the next event must be `response.started`."""
+    ws.send_json({"type": "text.input", "text": text})
+    ws.send_json({"type": "response.create"})
+    assert receive(ws) == {"type": "response.started"}
+
+
 def step_through_answer(client: TestClient, pace: FakeClock, ws: WebSocketTestSession, text: str) -> None:
     """Move the model's clock one pause per word: the deltas spell `text`, then the response completes."""
     deltas = []
@@ -860,52 +877,35 @@ def step_through_answer(client: TestClient, pace: FakeClock, ws: WebSocketTestSe
 
 
 def test_response_cancel_stops_the_response(settings: Settings, clock: FakeClock, api_key: str) -> None:
-    pace = FakeClock()
-    with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
-        with with_ticket(client, mint(client, api_key)) as ws:
-            started(ws, {**VALID, "modalities": ["text"]})
-            ws.send_json({"type": "text.input", "text": "one two three four five six"})
-            ws.send_json({"type": "response.create"})
-            assert receive(ws) == {"type": "response.started"}
-            advance(client, pace, 1)
-            assert receive(ws) == {"type": "text.delta", "delta": "You "}
-            waiting(pace)
-            ws.send_json({"type": "response.cancel"})
-            assert receive(ws) == {"type": "response.completed", "status": "cancelled"}
-            # The next response runs in full.
-            ws.send_json({"type": "text.input", "text": "again"})
-            ws.send_json({"type": "response.create"})
-            assert receive(ws) == {"type": "response.started"}
-            step_through_answer(client, pace, ws, "You said: again")
+    with paced_text_session(settings, clock, api_key) as (client, pace, ws):
+        ask(ws, "one two three four five six")
+        advance(client, pace, 1)
+        assert receive(ws) == {"type": "text.delta", "delta": "You "}
+        waiting(pace)
+        ws.send_json({"type": "response.cancel"})
+        assert receive(ws) == {"type": "response.completed", "status": "cancelled"}
+        # The next response runs in full.
+        ask(ws, "again")
+        step_through_answer(client, pace, ws, "You said: again")
 
 
 def test_a_second_response_while_one_runs_is_an_error(
     settings: Settings, clock: FakeClock, api_key: str
 ) -> None:
-    pace = FakeClock()
-    with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
-        with with_ticket(client, mint(client, api_key)) as ws:
-            started(ws, {**VALID, "modalities": ["text"]})
-            ws.send_json({"type": "text.input", "text": "hello"})
-            ws.send_json({"type": "response.create"})
-            assert receive(ws) == {"type": "response.started"}
-            ws.send_json({"type": "response.create"})
-            # The refusal is not held back behind the delta in flight: the clock has not moved.
-            expect_error(ws, "invalid_event")
-            step_through_answer(client, pace, ws, "You said: hello")
+    with paced_text_session(settings, clock, api_key) as (client, pace, ws):
+        ask(ws, "hello")
+        ws.send_json({"type": "response.create"})
+        # The refusal is not held back behind the delta in flight: the clock has not moved.
+        expect_error(ws, "invalid_event")
+        step_through_answer(client, pace, ws, "You said: hello")
 
 
 def test_speech_over_a_response_is_heard_at_once(settings: Settings, clock: FakeClock, api_key: str) -> None:
-    pace = FakeClock()
-    with serve(settings, clock, upstream=LocalUpstream(pace=1.0, clock=pace)) as (client, _):
-        with with_ticket(client, mint(client, api_key)) as ws:
-            started(ws, {**VALID, "modalities": ["text"]})
-            ws.send_json({"type": "text.input", "text": "tell me a story"})
-            ws.send_json({"type": "response.create"})
-            assert receive(ws) == {"type": "response.started"}
-            advance(client, pace, 1)
-            assert receive(ws) == {"type": "text.delta", "delta": "You "}
-            append(ws, loud(24000, 100))
-            assert receive(ws) == {"type": "speech.started"}
-            ws.send_json({"type": "response.cancel"})
-            assert receive(ws) == {"type": "response.completed", "status": "cancelled"}
+    with paced_text_session(settings, clock, api_key) as (client, pace, ws):
+        ask(ws, "tell me a story")
+        advance(client, pace, 1)
+        assert receive(ws) == {"type": "text.delta", "delta": "You "}
+        append(ws, loud(24000, 100))
+        assert receive(ws) == {"type": "speech.started"}
+        ws.send_json({"type": "response.cancel"})
+        assert receive(ws) == {"type": "response.completed", "status": "cancelled"}
