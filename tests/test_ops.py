@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gc
 import re
-import socket
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
 from app.clock import FakeClock
+from app.cluster import free_port
 from app.config import Settings
 from app.main import create_app
 from app.serve import YOUNG_GC_THRESHOLD, tune_gc
@@ -30,12 +30,6 @@ def metric(text: str, name: str, labels: str = "") -> float:
     pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
     match = re.search(pattern, text, re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_healthz(client: TestClient) -> None:
