@@ -410,27 +410,3 @@ class Sessions:
             await session.run()
         finally:
             self._open.discard(session)
-
-
-async def run_session(
-    transport: Transport,
-    *,
-    project: str,
-    binding: Binding | None,
-    settings: Settings,
-    registry: ModelRegistry,
-    upstream: Upstream,
-    clock: Clock,
-    sessions: Sessions,
-) -> None:
-    """Run one accepted session to its end. The caller has already `hold`-ed the project's slot."""
-    session = Session(
-        transport,
-        project=project,
-        binding=binding,
-        settings=settings,
-        registry=registry,
-        upstream=upstream,
-        clock=clock,
-    )
-    await sessions.run(session)

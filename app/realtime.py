@@ -25,7 +25,7 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
-from app.protocol import run_session
+from app.protocol import Session
 from app.responses import error_response
 from app.services import Services
 from app.session import Binding
@@ -187,7 +187,7 @@ async def realtime(websocket: WebSocket) -> None:
     services.metrics.active_sessions.inc()
     try:
         await websocket.accept(subprotocol=credentials.subprotocol())
-        await run_session(
+        session = Session(
             WebSocketTransport(websocket),
             project=project,
             binding=binding,
@@ -195,8 +195,8 @@ async def realtime(websocket: WebSocket) -> None:
             registry=services.registry,
             upstream=services.upstream,
             clock=services.clock,
-            sessions=services.sessions,
         )
+        await services.sessions.run(session)  # the project's slot was `hold`-ed above
     finally:
         services.metrics.active_sessions.dec()
         services.sessions.release(project)
