@@ -127,5 +127,10 @@ def parse_event(frame: str | bytes) -> ClientEvent:
         raise InvalidEventError(f"{raw['type']}: {where}: {error['msg']}") from None
 
 
+# The wire form of an event: compact JSON. Built once: `json.dumps` with options builds a new
+# encoder on every call, which costs more than encoding a small event.
+encode_event = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def error_event(exc: RealtimeError) -> dict[str, Any]:
     return {"type": "error", "error": {"code": exc.code, "message": exc.message}}

@@ -47,12 +47,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# Built once: `json.loads` with options builds a new decoder on every call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """The JSON object of a mint request; empty means `{}`, `null` values mean absent."""
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = _DECODER.decode(raw.decode(json.detect_encoding(raw)))
     except (ValueError, UnicodeDecodeError):
         raise InvalidJSONError("the request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -7,7 +7,6 @@ the JSON error body, never an upgrade. A ticket is consumed only when every earl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app import logs
 from app.apikeys import bearer_token
+from app.events import encode_event
 from app.exceptions import (
     AmbiguousTicketError,
     MissingCredentialsError,
@@ -137,7 +137,7 @@ class WebSocketTransport:
         return bytes(message.get("bytes") or b"")
 
     async def send(self, event: dict[str, Any] | str) -> None:
-        text = event if isinstance(event, str) else json.dumps(event, separators=(",", ":"))
+        text = event if isinstance(event, str) else encode_event(event)
         try:
             await self._websocket.send_text(text)
         except (WebSocketDisconnect, OSError, RuntimeError):

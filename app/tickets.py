@@ -58,15 +58,24 @@ class IssuedTicket:
 
 def rfc3339(seconds: float) -> str:
     """`2026-05-13T15:32:00Z`: UTC, whole seconds."""
-    return datetime.fromtimestamp(int(seconds), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339(int(seconds))
+
+
+@functools.lru_cache(maxsize=512)  # a mint answers `iat + ttl`: one second's mints share a few values
+def _rfc3339(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+# Built once: `json.dumps` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=64)
@@ -104,18 +113,20 @@ def issue(
         "exp": iat + ttl,
     }
     if config:
-        raw = _json(config)
         claims["cfg"] = config
-        # Deflate costs about two signatures (its state is set up anew each call), so it is tried
-        # only where size matters; `cfz` is kept only when it is clearly shorter.
-        if len(raw) >= COMPRESS_FROM:
-            packed = b64url_encode(zlib.compress(raw, 6, -15))
-            if len(packed) + 8 < len(raw):
-                del claims["cfg"]
-                claims["cfz"] = packed
     if locked:
         claims["lck"] = list(locked)
-    signing_input = f"{_header_segment(signer.kid)}.{b64url_encode(_json(claims))}"
+    payload = _json(claims)
+    # Deflate costs about two signatures (its state is set up anew each call), so it is tried only
+    # where size matters; `cfz` is kept only when it is clearly shorter than the config.
+    if config and len(payload) >= COMPRESS_FROM:
+        raw = _json(config)
+        packed = b64url_encode(zlib.compress(raw, 6, -15)) if len(raw) >= COMPRESS_FROM else ""
+        if packed and len(packed) + 8 < len(raw):
+            del claims["cfg"]
+            claims["cfz"] = packed
+            payload = _json(claims)
+    signing_input = f"{_header_segment(signer.kid)}.{b64url_encode(payload)}"
     signature = signer.private_key.sign(signing_input.encode("ascii"))
     token = f"{signing_input}.{b64url_encode(signature)}"
     if len(token) > max_bytes:
@@ -143,9 +154,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates)
+        value = _DECODER.decode(data.decode("utf-8"))
     except ValueError:
         raise InvalidTicketError(f"the ticket's {what} is not a JSON object") from None
     if not isinstance(value, dict):

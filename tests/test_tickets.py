@@ -56,6 +56,17 @@ def claims(**changes: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
+def _claims_json() -> str:
+    return json.dumps(claims(), separators=(",", ":"))
+
+
+def _signed_payload(key: SigningKey, payload: bytes) -> str:
+    """A correctly signed ticket whose payload bytes are exactly `payload` (JWT claims are UTF-8)."""
+    assert key.private_key is not None
+    signing_input = f"{enc({'alg': 'EdDSA', 'kid': key.kid, 'typ': 'opper-ticket+jwt'})}.{b64(payload)}"
+    return f"{signing_input}.{b64(key.private_key.sign(signing_input.encode()))}"
+
+
 def forge(
     key: SigningKey,
     *,
@@ -300,6 +311,18 @@ CASES: list[tuple[str, Forger, type[TicketError], str]] = [
         "invalid_ticket",
     ),
     ("lck-not-list", lambda k: forge(k, body=claims(lck="voice")), InvalidTicketError, "invalid_ticket"),
+    (
+        "payload-utf16",
+        lambda k: _signed_payload(k, _claims_json().encode("utf-16")),
+        InvalidTicketError,
+        "invalid_ticket",
+    ),
+    (
+        "payload-utf8-bom",
+        lambda k: _signed_payload(k, b"\xef\xbb\xbf" + _claims_json().encode()),
+        InvalidTicketError,
+        "invalid_ticket",
+    ),
 ]
 
 

@@ -18,6 +18,7 @@ import anyio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
+from app.events import encode_event
 from app.exceptions import UpstreamError
 from app.upstreams.base import SessionInfo
 
@@ -35,7 +36,7 @@ class RelayConnection:
         # No timer per frame: a send waits only when the write buffer is over its high-water mark,
         # and an upstream that stops reading fails websockets' keepalive (ping_timeout) and closes.
         try:
-            await self._websocket.send(json.dumps(event, separators=(",", ":")))
+            await self._websocket.send(encode_event(event))
         except ConnectionClosed as exc:
             raise UpstreamError(
                 f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})"
