@@ -28,7 +28,7 @@ import redis
 from app.apikeys import create_key
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
-from app.keys import ensure_keys
+from app.rotation import ensure_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = "/usr/sbin/nginx"

@@ -1,4 +1,6 @@
-"""Signing key set: load, sign with the active key, look up by kid, rotate and retire; `python -m app.keys`.
+"""Signing key set: load, sign with the active key, look up by kid; `python -m app.keys`.
+
+Writing (make keys, rotate, retire) is in `app.rotation`, hot reload in `app.keysource`.
 
 On disk (`keys/` or `REALTIME_KEYS_DIR`):
 
@@ -12,22 +14,20 @@ On disk (`keys/` or `REALTIME_KEYS_DIR`):
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from app.exceptions import KeySetError
-from app.files import Stamp, atomic_write, stamp
 
 State = Literal["next", "active", "retiring"]
 STATES: tuple[State, ...] = ("next", "active", "retiring")
@@ -195,175 +195,6 @@ def _read_private(pem: Path, key: SigningKey) -> Ed25519PrivateKey:
     return private
 
 
-# Writing ------------------------------------------------------------------------------------
-
-
-def _new_key(state: State, now: int, directory: Path) -> SigningKey:
-    private = Ed25519PrivateKey.generate()
-    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    x = b64url(raw)
-    key = SigningKey(thumbprint(x), state, private.public_key(), x, now, now, private)
-    pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    atomic_write(directory / f"{key.kid}.pem", pem, mode=0o600)
-    return key
-
-
-def _write_manifest(directory: Path, keys: Iterable[SigningKey]) -> None:
-    body = {"keys": [key.manifest_entry() for key in keys]}
-    atomic_write(directory / MANIFEST, (json.dumps(body, indent=2) + "\n").encode("utf-8"))
-
-
-def _load_or_empty(directory: Path) -> KeySet:
-    return KeySet.load(directory) if (directory / MANIFEST).exists() else KeySet.empty()
-
-
-def ensure_keys(directory: Path, *, now: int) -> tuple[KeySet, bool]:
-    """`make keys`: make an `active` and a `next` key where missing. Returns (set, changed)."""
-    keys = list(_load_or_empty(directory).keys)
-    changed = False
-    if not any(key.state == "active" for key in keys):
-        keys.append(_new_key("active", now, directory))
-        changed = True
-    if not any(key.state == "next" for key in keys):
-        keys.append(_new_key("next", now, directory))
-        changed = True
-    if changed:
-        _write_manifest(directory, keys)
-    return KeySet(tuple(keys)), changed
-
-
-def rotate(directory: Path, *, now: int) -> KeySet:
-    """`make rotate`: next -> active, active -> retiring, and a new next.
-
-    The new key's file is written first and the manifest last, in one rename: a crash before the
-    rename leaves the old set whole (plus an unused key file), after it the new set.
-    """
-    current = _load_or_empty(directory)
-    if not current.in_state("next") or not current.in_state("active"):
-        raise KeySetError(f"{directory} has no active and next key to rotate: run `make keys`")
-    promoted = current.in_state("next")[0]
-    if promoted.private_key is None:
-        raise KeySetError(f"the next key {promoted.kid} has no private key file")
-    fresh = _new_key("next", now, directory)
-    keys: list[SigningKey] = []
-    for key in current.keys:
-        if key.kid == promoted.kid:
-            keys.append(replace(key, state="active", state_since=now))
-        elif key.state == "active":
-            keys.append(replace(key, state="retiring", state_since=now))
-        else:
-            keys.append(key)
-    keys.append(fresh)
-    _write_manifest(directory, keys)
-    return KeySet(tuple(keys))
-
-
-def retire_after(*, leeway: int, grace: int) -> int:
-    """Seconds a key must have stopped signing before `make retire` deletes it."""
-    return MAX_TICKET_SECONDS + leeway + grace
-
-
-def retire(directory: Path, *, now: int, min_age: int, force: bool = False) -> list[SigningKey]:
-    """`make retire`: drop `retiring` keys that stopped signing `min_age` seconds ago (all: `force`).
-
-    The manifest is rewritten first, then the private key files are removed.
-    """
-    current = KeySet.load(directory)
-    gone = [key for key in current.in_state("retiring") if force or now - key.state_since >= min_age]
-    if gone:
-        _write_manifest(directory, [key for key in current.keys if key not in gone])
-        for key in gone:
-            with contextlib.suppress(FileNotFoundError):
-                (directory / f"{key.kid}.pem").unlink()
-    return gone
-
-
-# Hot reload ---------------------------------------------------------------------------------
-
-
-class KeySource(Protocol):
-    """Where a process gets its key set: a keys directory, or a minter's JWKS URL."""
-
-    def current(self) -> KeySet:
-        """The set to use now (cheap; may look for changes now and then)."""
-        ...
-
-    async def refresh(self) -> KeySet:
-        """Look for a newer set now, rate-limited: called on an unknown kid."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class DirectoryKeySource:
-    """The key set of a keys directory, reloaded when `jwks.json` changes.
-
-    `current()` looks at the manifest's stat at most every `check_interval` seconds, so a
-    `make rotate` reaches a running server within that time, and `refresh()` (on an unknown kid)
-    looks at once, at most once per `check_interval`.
-    """
-
-    def __init__(
-        self,
-        directory: Path,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        check_interval: float = 0.5,
-    ) -> None:
-        self.directory = directory
-        self._clock = clock
-        self._interval = check_interval
-        self._keys = KeySet.empty()
-        self._stamp: Stamp | None = None
-        self._checked = float("-inf")
-        self._refreshed = float("-inf")
-        self.reloads = 0
-
-    def _stat(self) -> Stamp | None:
-        return stamp(self.directory / MANIFEST)
-
-    def load(self) -> KeySet:
-        """Load now (start-up); raises KeySetError when the set is missing or broken."""
-        current = self._stat()
-        self._keys = KeySet.load(self.directory)
-        self._stamp = current
-        self._checked = self._clock()
-        self.reloads += 1
-        return self._keys
-
-    def _reload_if_changed(self) -> None:
-        self._checked = self._clock()
-        current = self._stat()
-        if current is None or current == self._stamp:
-            return
-        try:
-            self.load()
-        except KeySetError:
-            # A half-edited set by hand: keep serving with the last good one.
-            self._stamp = current
-
-    def current(self) -> KeySet:
-        elapsed = self._clock() - self._checked
-        if elapsed >= self._interval or elapsed < 0:  # < 0: the wall clock stepped back
-            self._reload_if_changed()
-        return self._keys
-
-    async def refresh(self) -> KeySet:
-        """Look for a newer set now (unknown kid), rate-limited."""
-        now = self._clock()
-        if not 0 <= now - self._refreshed < self._interval:
-            self._refreshed = now
-            self._reload_if_changed()
-        return self._keys
-
-    async def aclose(self) -> None:
-        return None
-
-
 # Command line -------------------------------------------------------------------------------
 
 
@@ -382,6 +213,7 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
 
     from app.config import Settings
     from app.exceptions import SettingsError
+    from app.rotation import ensure_keys, retire, retire_after, rotate  # it imports this module
 
     parser = argparse.ArgumentParser(prog="python -m app.keys", description=__doc__)
     parser.add_argument("command", choices=["init", "rotate", "retire", "status", "jwks"])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from app.apikeys import ApiKeyStore
 from app.clock import Clock
 from app.config import Settings
-from app.keys import DirectoryKeySource, KeySource
+from app.keysource import DirectoryKeySource, KeySource
 from app.metrics import Metrics
 from app.protocol import Sessions
 from app.replay import ReplayStore, open_replay_store

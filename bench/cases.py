@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from app.apikeys import create_key
-from app.keys import KeySet, SigningKey, ensure_keys
+from app.keys import KeySet, SigningKey
+from app.rotation import ensure_keys
 from app.tickets import issue, verify
 from bench.procs import ROOT, Server, rss_bytes
 from bench.wire import post_request

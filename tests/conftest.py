@@ -12,7 +12,8 @@ from starlette.testclient import TestClient
 from app.apikeys import create_key
 from app.clock import FakeClock
 from app.config import Settings
-from app.keys import KeySet, ensure_keys
+from app.keys import KeySet
+from app.rotation import ensure_keys
 
 START = 1_800_000_000.0
 PROJECT = "proj_test"

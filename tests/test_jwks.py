@@ -21,7 +21,8 @@ from starlette.routing import Route
 
 from app.clock import FakeClock
 from app.jwks import JwksKeySource
-from app.keys import KeySet, rotate
+from app.keys import KeySet
+from app.rotation import rotate
 
 INTERVAL = 5.0
 

@@ -14,7 +14,9 @@ import pytest
 from app import keys as keys_module
 from app.exceptions import KeySetError, UnknownKeyError
 from app.files import atomic_write
-from app.keys import DirectoryKeySource, KeySet, ensure_keys, retire, retire_after, rotate
+from app.keys import KeySet
+from app.keysource import DirectoryKeySource
+from app.rotation import ensure_keys, retire, retire_after, rotate
 from app.tickets import issue, verify
 
 NOW = 1_800_000_000
@@ -123,10 +125,10 @@ def test_crash_mid_rotation_leaves_the_old_set_usable(
             raise OSError("disk full (simulated)")
         real_write(path, data, mode=mode)
 
-    monkeypatch.setattr("app.keys.atomic_write", failing_write)
+    monkeypatch.setattr("app.rotation.atomic_write", failing_write)
     with pytest.raises(OSError, match="simulated"):
         rotate(tmp_path, now=NOW + 10)
-    monkeypatch.setattr("app.keys.atomic_write", real_write)
+    monkeypatch.setattr("app.rotation.atomic_write", real_write)
 
     after = KeySet.load(tmp_path)
     assert [k.kid for k in after.keys] == [k.kid for k in before.keys]
@@ -145,7 +147,7 @@ def test_crash_mid_retire_keeps_a_loadable_set(tmp_path: Path, monkeypatch: pyte
     def failing_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise OSError("simulated")
 
-    monkeypatch.setattr("app.keys.atomic_write", failing_write)
+    monkeypatch.setattr("app.rotation.atomic_write", failing_write)
     with pytest.raises(OSError):
         retire(tmp_path, now=NOW + 2, min_age=0, force=True)
     assert states(KeySet.load(tmp_path)) == {"next": 1, "active": 1, "retiring": 1}

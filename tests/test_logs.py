@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.keys import ensure_keys
 from app.logs import Format, LineWriter, write_through
+from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

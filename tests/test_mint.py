@@ -279,7 +279,7 @@ def test_ws_url_settings(
 def test_next_ticket_uses_the_rotated_key(
     client: TestClient, api_key: str, keys_dir: Path, clock: FakeClock
 ) -> None:
-    from app.keys import rotate
+    from app.rotation import rotate
 
     first = claims_of(client.post(URL, headers=auth(api_key)).json()["client_secret"])
     header_before = client.post(URL, headers=auth(api_key)).json()["client_secret"].split(".")[0]

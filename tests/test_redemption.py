@@ -18,7 +18,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from app.apikeys import create_key
-from app.keys import KeySet, ensure_keys
+from app.keys import KeySet
+from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 ORIGIN_OK = "https://app.example"

@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from app.apikeys import create_key
-from app.keys import ensure_keys
+from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 BOUND = {

@@ -30,8 +30,8 @@ from app.exceptions import (
     TicketNotRedeemableError,
     TicketReplayedError,
 )
-from app.keys import ensure_keys
 from app.replay import CLIENT_NAME, MAX_CONNECTIONS, MemoryReplayStore, RedisReplayStore
+from app.rotation import ensure_keys
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 

@@ -1,0 +1,94 @@
+"""Where a process gets its key set: the `KeySource` protocol, and a keys directory reloaded on change.
+
+A verify-only edge uses `app.jwks.JwksKeySource` instead, which implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from app.exceptions import KeySetError
+from app.files import Stamp, stamp
+from app.keys import MANIFEST, KeySet
+
+
+class KeySource(Protocol):
+    """Where a process gets its key set: a keys directory, or a minter's JWKS URL."""
+
+    def current(self) -> KeySet:
+        """The set to use now (cheap; may look for changes now and then)."""
+        ...
+
+    async def refresh(self) -> KeySet:
+        """Look for a newer set now, rate-limited: called on an unknown kid."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class DirectoryKeySource:
+    """The key set of a keys directory, reloaded when `jwks.json` changes.
+
+    `current()` looks at the manifest's stat at most every `check_interval` seconds, so a
+    `make rotate` reaches a running server within that time, and `refresh()` (on an unknown kid)
+    looks at once, at most once per `check_interval`.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = 0.5,
+    ) -> None:
+        self.directory = directory
+        self._clock = clock
+        self._interval = check_interval
+        self._keys = KeySet.empty()
+        self._stamp: Stamp | None = None
+        self._checked = float("-inf")
+        self._refreshed = float("-inf")
+        self.reloads = 0
+
+    def _stat(self) -> Stamp | None:
+        return stamp(self.directory / MANIFEST)
+
+    def load(self) -> KeySet:
+        """Load now (start-up); raises KeySetError when the set is missing or broken."""
+        current = self._stat()
+        self._keys = KeySet.load(self.directory)
+        self._stamp = current
+        self._checked = self._clock()
+        self.reloads += 1
+        return self._keys
+
+    def _reload_if_changed(self) -> None:
+        self._checked = self._clock()
+        current = self._stat()
+        if current is None or current == self._stamp:
+            return
+        try:
+            self.load()
+        except KeySetError:
+            # A half-edited set by hand: keep serving with the last good one.
+            self._stamp = current
+
+    def current(self) -> KeySet:
+        elapsed = self._clock() - self._checked
+        if elapsed >= self._interval or elapsed < 0:  # < 0: the wall clock stepped back
+            self._reload_if_changed()
+        return self._keys
+
+    async def refresh(self) -> KeySet:
+        """Look for a newer set now (unknown kid), rate-limited."""
+        now = self._clock()
+        if not 0 <= now - self._refreshed < self._interval:
+            self._refreshed = now
+            self._reload_if_changed()
+        return self._keys
+
+    async def aclose(self) -> None:
+        return None
