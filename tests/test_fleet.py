@@ -22,7 +22,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from app.cluster import alive
+from app.processes import alive
 
 pytestmark = pytest.mark.fleet
 

@@ -10,9 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.clock import FakeClock
-from app.cluster import free_port
 from app.config import Settings
 from app.main import create_app
+from app.processes import free_port
 from app.serve import YOUNG_GC_THRESHOLD, tune_gc
 
 METRICS = (
