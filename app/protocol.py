@@ -15,10 +15,7 @@ import asyncio
 import json
 import logging
 import random
-from collections import Counter
 from typing import Any, Protocol
-
-import anyio
 
 from app.clock import Clock, Timer
 from app.config import Settings
@@ -30,19 +27,11 @@ from app.exceptions import (
     RealtimeError,
     SessionNotStartedError,
     SessionUpdateUnsupportedError,
-    TooManySessionsError,
     UpstreamError,
 )
-from app.session import (
-    Binding,
-    ModelInfo,
-    ModelRegistry,
-    check_capabilities,
-    check_update,
-    describe,
-    overlay,
-    parse_config,
-)
+from app.limits import Limits
+from app.models import ModelInfo, ModelRegistry
+from app.session import Binding, describe, start_config, update_config
 from app.upstreams.base import SessionInfo, Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
@@ -106,9 +95,7 @@ class Session:
         self._pump: asyncio.Task[None] | None = None  # upstream to client, once started
         self._ender: asyncio.Task[Any] | None = None  # the task that is closing the session
         self._cancelled_run = False  # `_cancel` cancelled `_task`: run() absorbs that CancelledError
-        self._opened_at = clock.now()
-        self._last_frame = self._opened_at
-        self._started = False
+        self._limits = Limits(settings, opened_at=clock.now())
         self._closing = False
         self._upstream_ended: str | None = None
         self.config: dict[str, Any] = {}
@@ -186,7 +173,7 @@ class Session:
             try:
                 async with self._upstream.connect(info) as connection:
                     await self._send(describe(self.id, self.config, info.model, self._binding))
-                    self._started = True
+                    self._limits.started = True
                     await self._pump_both(connection)
             except UpstreamError as exc:
                 await self.terminate("upstream_error", exc.message)
@@ -217,41 +204,25 @@ class Session:
             await asyncio.wait((pump,))
 
     def _arm(self) -> None:
-        """Set the timer for the nearest of the start deadline, idle timeout and maximum duration."""
-        settings = self._settings
-        deadline = min(
-            self._last_frame + settings.idle_timeout_seconds,
-            self._opened_at + settings.max_duration_seconds,
-        )
-        if not self._started:
-            deadline = min(deadline, self._opened_at + settings.start_timeout_seconds)
-        self._timer = self._clock.call_at(deadline, self._on_timer)
+        """Set the timer for the nearest deadline of the session's limits."""
+        self._timer = self._clock.call_at(self._limits.deadline(), self._on_timer)
 
     def _on_timer(self) -> None:
         """A limit may have passed (the idle deadline moves with each frame): end the session, or re-arm."""
         if self._closing:
             return
-        settings, now = self._settings, self._clock.now()
-        if not self._started and now >= self._opened_at + settings.start_timeout_seconds:
-            reason = "start_timeout", f"no valid session.start within {settings.start_timeout_seconds:g} s"
-        elif now >= self._opened_at + settings.max_duration_seconds:
-            reason = (
-                "max_duration",
-                f"the session reached its maximum length of {settings.max_duration_seconds:g} s",
-            )
-        elif now >= self._last_frame + settings.idle_timeout_seconds:
-            reason = "idle_timeout", f"no frame from the client for {settings.idle_timeout_seconds:g} s"
-        else:
+        passed = self._limits.passed(self._clock.now())
+        if passed is None:
             self._arm()
-            return
-        self._terminate_soon(*reason)
+        else:
+            self._terminate_soon(*passed)
 
     async def _frame(self) -> str | bytes | None:
         """The next client frame; None once the client has gone or sent a frame over the limit."""
         frame = await self._transport.receive()
         if frame is None:
             return None  # the client went: the caller returns and the session unwinds
-        self._last_frame = self._clock.now()
+        self._limits.last_frame = self._clock.now()
         size = len(frame) if isinstance(frame, bytes) else len(frame.encode("utf-8"))
         if size > self._settings.max_frame_bytes:
             await self._close(TOO_BIG, "frame too large")
@@ -273,29 +244,15 @@ class Session:
                 await self._close(POLICY, "session not started")
                 return None
             try:
-                config, model = self._configure({} if event.config is None else event.config, update=False)
+                config, model = start_config(
+                    {} if event.config is None else event.config, self._binding, self._registry
+                )
             except ConfigError as exc:
                 await self._send(error_event(exc))
                 continue
             self.config, self.model = config, model
             return SessionInfo(self.id, self.project, config, model)
         return None
-
-    def _configure(self, changes: Any, *, update: bool) -> tuple[dict[str, Any], ModelInfo]:
-        """The effective config after `changes` (6.3), or a ConfigError with the config unchanged."""
-        parsed = parse_config(changes)
-        if update:
-            nulls = {name for name, value in changes.items() if value is None}
-            merged = {**self.config, **parsed}
-            candidate = {name: value for name, value in merged.items() if name not in nulls}
-        else:
-            candidate = parsed
-        effective = overlay(candidate, self._binding)
-        model = check_capabilities(effective, self._registry)
-        if update:
-            assert self.model is not None  # noqa: S101 - updates come after the start
-            check_update(self.config, effective, self.model)
-        return effective, model
 
     async def _pump_client(self, connection: UpstreamConnection) -> None:
         while not self._closing:
@@ -321,7 +278,9 @@ class Session:
                 f"{self.model.id} ignores session.update: set the config in session.start"
             )
         before = self.config
-        self.config, self.model = self._configure(event.config, update=True)
+        self.config, self.model = update_config(
+            self.config, self.model, event.config, self._binding, self._registry
+        )
         changes: dict[str, Any] = {name: None for name in before if name not in self.config}
         changes.update(self.config)
         await self._forward(connection, {"type": "session.update", "config": changes})
@@ -361,52 +320,3 @@ class Session:
     def _note_ending(self, event: dict[str, Any]) -> None:
         if event.get("type") == "session.terminating":
             self._upstream_ended = str((event.get("error") or {}).get("code") or "upstream_error")
-
-
-class Sessions:
-    """The open sessions of this process: counted per project, drained on shutdown."""
-
-    def __init__(self) -> None:
-        self._open: set[Session] = set()
-        self._held: Counter[str] = Counter()
-
-    @property
-    def active(self) -> int:
-        return len(self._open)
-
-    def hold(self, project: str, *, cap: int) -> None:
-        """Count a session for `project` now, unless it already has `cap` (0: no cap).
-
-        Checking and counting in one step means concurrent handshakes cannot all pass the cap while
-        one awaits the replay store.
-
-        Raises:
-            TooManySessionsError: the project is at its cap in this process.
-        """
-        if cap and self._held[project] >= cap:
-            raise TooManySessionsError(
-                f"project {project!r} has {cap} open sessions, the most allowed; close one first"
-            )
-        self._held[project] += 1
-
-    def release(self, project: str) -> None:
-        self._held[project] -= 1
-        if self._held[project] <= 0:
-            del self._held[project]
-
-    async def drain(self, *, timeout: float) -> None:
-        """Tell every open session `server_shutdown` (close 1012) and wait for them to end."""
-        for session in list(self._open):
-            await session.terminate(
-                "server_shutdown", "the server is shutting down; reconnect with a new ticket"
-            )
-        with anyio.move_on_after(timeout):
-            while self._open:
-                await anyio.sleep(0.01)
-
-    async def run(self, session: Session) -> None:
-        self._open.add(session)
-        try:
-            await session.run()
-        finally:
-            self._open.discard(session)

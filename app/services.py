@@ -10,9 +10,9 @@ from app.clock import Clock
 from app.config import Settings
 from app.keysource import DirectoryKeySource, KeySource
 from app.metrics import Metrics
-from app.protocol import Sessions
+from app.models import ModelRegistry
 from app.replay import ReplayStore, open_replay_store
-from app.session import ModelRegistry
+from app.sessions import Sessions
 from app.upstreams import make_upstream
 from app.upstreams.base import Upstream
 

@@ -1,19 +1,18 @@
-"""Session config: the schema (SPEC 6.2), the overlay of a ticket's binding (6.3), the model registry.
+"""Session config: the schema (SPEC 6.2), the overlay of a ticket's binding (6.3), checks against a model.
 
 Pure functions over plain JSON values; the mint and the WebSocket session both use them.
 
     parse_config(raw)            schema check, unknown fields and wrong types are `invalid_config`
     prepare_binding(cfg, locked) what a ticket binds: non-zero fields of `cfg`, plus locked names
     overlay(client, binding)     the effective config: bound fields win, locked-unbound forced to zero
-    check_capabilities(cfg, reg) the model can do what the config asks
+    check_capabilities(cfg, reg) the model can do what the config asks (in `app.models`)
     check_update(old, new, info) one-shot fields stay as they were after the start
+    start_config / update_config the effective config of a session.start / session.update
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,15 +21,9 @@ from app.exceptions import (
     FieldNotUpdatableError,
     InvalidConfigError,
     InvalidRequestError,
-    MissingModelError,
     UnknownLockedFieldError,
-    UnknownModelError,
-    UnsupportedModalitiesError,
-    UnsupportedReasoningEffortError,
-    UnsupportedTranslationError,
-    UnsupportedTurnDetectionError,
-    UnsupportedVoiceError,
 )
+from app.models import ModelInfo, ModelRegistry, check_capabilities
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
 Text = Annotated[str, Field(max_length=65_536)]
@@ -145,118 +138,6 @@ def overlay(client: dict[str, Any], binding: Binding | None) -> dict[str, Any]:
     return effective
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """One realtime model of the registry (`app/models.json`)."""
-
-    id: str
-    input_sample_rate: int
-    output_sample_rate: int
-    voices: tuple[str, ...]
-    default_voice: str
-    modalities: tuple[str, ...]
-    turn_detection: tuple[str, ...]
-    reasoning_effort: bool
-    translation: bool
-    session_update: bool
-    fixed_after_start: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "type": "realtime",
-            "input_sample_rate": self.input_sample_rate,
-            "output_sample_rate": self.output_sample_rate,
-            "audio_format": "pcm16",
-            "voices": list(self.voices),
-            "default_voice": self.default_voice,
-            "modalities": list(self.modalities),
-            "turn_detection": list(self.turn_detection),
-            "reasoning_effort": self.reasoning_effort,
-            "translation": self.translation,
-            "session_update": self.session_update,
-            "fixed_after_start": list(self.fixed_after_start),
-        }
-
-
-class ModelRegistry:
-    """The realtime models this service knows, loaded from a data file."""
-
-    def __init__(self, models: list[ModelInfo]) -> None:
-        self._models = {model.id: model for model in models}
-
-    @classmethod
-    def load(cls, text: str | None = None) -> ModelRegistry:
-        """The registry from `text` (JSON), or from the packaged `app/models.json`."""
-        if text is None:
-            text = resources.files("app").joinpath("models.json").read_text(encoding="utf-8")
-        models = []
-        for row in json.loads(text)["models"]:
-            fields: dict[str, Any] = {
-                key: tuple(value) if isinstance(value, list) else value for key, value in row.items()
-            }
-            models.append(ModelInfo(**fields))
-        return cls(models)
-
-    def get(self, model_id: str) -> ModelInfo:
-        """Raises UnknownModelError naming `model_id` when it is not a realtime model here."""
-        try:
-            return self._models[model_id]
-        except KeyError:
-            known = ", ".join(self._models)
-            raise UnknownModelError(
-                f"unknown realtime model {model_id!r} (known: {known})",
-                field="model",
-                details={"field": "model"},
-            ) from None
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [model.to_json() for model in self._models.values()]
-
-
-def check_capabilities(config: dict[str, Any], registry: ModelRegistry) -> ModelInfo:
-    """The model of `config`, once it is known to support everything `config` asks for.
-
-    Raises:
-        MissingModelError, UnknownModelError, UnsupportedVoiceError, UnsupportedReasoningEffortError,
-        UnsupportedTurnDetectionError, UnsupportedModalitiesError, UnsupportedTranslationError.
-    """
-    model_id = config.get("model")
-    if not model_id:
-        raise MissingModelError(
-            "config.model is required: name a realtime model (see GET /v3/models?type=realtime)",
-            field="model",
-        )
-    info = registry.get(model_id)
-    voice = config.get("voice")
-    if voice and voice not in info.voices:
-        raise UnsupportedVoiceError(
-            f"{info.id} has no voice {voice!r} (voices: {', '.join(info.voices)})", field="voice"
-        )
-    if config.get("reasoning_effort") and not info.reasoning_effort:
-        raise UnsupportedReasoningEffortError(
-            f"{info.id} does not take reasoning_effort", field="reasoning_effort"
-        )
-    turn_type = (config.get("turn_detection") or {}).get("type")
-    if turn_type and turn_type not in info.turn_detection:
-        raise UnsupportedTurnDetectionError(
-            f"{info.id} supports turn_detection {', '.join(info.turn_detection)}, not {turn_type!r}",
-            field="turn_detection",
-        )
-    unsupported = [item for item in config.get("modalities") or () if item not in info.modalities]
-    if unsupported:
-        raise UnsupportedModalitiesError(
-            f"{info.id} supports modalities {', '.join(info.modalities)}, not {', '.join(unsupported)}",
-            field="modalities",
-        )
-    if config.get("translation_target_language") and not info.translation:
-        raise UnsupportedTranslationError(
-            f"{info.id} does not translate: translation_target_language needs a translation model",
-            field="translation_target_language",
-        )
-    return info
-
-
 def check_update(before: dict[str, Any], after: dict[str, Any], info: ModelInfo) -> None:
     """A `session.update` may not change the model or the model's one-shot fields.
 
@@ -272,6 +153,39 @@ def check_update(before: dict[str, Any], after: dict[str, Any], info: ModelInfo)
                 field=name,
                 details={"field": name},
             )
+
+
+def start_config(
+    config: Any, binding: Binding | None, registry: ModelRegistry
+) -> tuple[dict[str, Any], ModelInfo]:
+    """A `session.start`'s effective config (6.3) and its model.
+
+    Raises:
+        ConfigError: the schema, or a model that cannot do the effective config.
+    """
+    effective = overlay(parse_config(config), binding)
+    return effective, check_capabilities(effective, registry)
+
+
+def update_config(
+    config: dict[str, Any],
+    model: ModelInfo,
+    changes: Any,
+    binding: Binding | None,
+    registry: ModelRegistry,
+) -> tuple[dict[str, Any], ModelInfo]:
+    """The effective config after a `session.update` (`null` removes a field), and its model.
+
+    Raises:
+        ConfigError: as `start_config`, or a change to the model or a one-shot field.
+    """
+    parsed = parse_config(changes)
+    nulls = {name for name, value in changes.items() if value is None}
+    merged = {name: value for name, value in {**config, **parsed}.items() if name not in nulls}
+    effective = overlay(merged, binding)
+    info = check_capabilities(effective, registry)
+    check_update(config, effective, model)
+    return effective, info
 
 
 def prepare_binding(config: Any, locked_fields: Any, registry: ModelRegistry) -> Binding:

@@ -27,9 +27,9 @@ from app.clock import FakeClock, SystemClock
 from app.config import Settings
 from app.exceptions import UpstreamError
 from app.main import create_app
+from app.models import ModelRegistry
 from app.protocol import Session
 from app.services import Services
-from app.session import ModelRegistry
 from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalUpstream
 

@@ -6,7 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from app.session import ModelInfo
+from app.models import ModelInfo
 
 
 @dataclass(frozen=True)
