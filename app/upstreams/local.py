@@ -8,52 +8,28 @@ its `tool.result` is answered in text. `/config` as text answers with the effect
 
 from __future__ import annotations
 
-import array
 import asyncio
 import base64
 import contextlib
 import json
-import math
-import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import anyio
 
 from app.clock import Clock
 from app.session import effective_defaults
+from app.upstreams.audio import duration_ms, tone, windows
 from app.upstreams.base import SessionInfo
 
-WINDOW_MS = 20
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SILENCE_MS = 500
 REPLY_AUDIO_MS = 600
 AUDIO_CHUNK_MS = 100
 CONFIG_COMMAND = "/config"
-
-
-@cache
-def tone(rate: int, milliseconds: int, frequency: float = 440.0, amplitude: float = 0.2) -> bytes:
-    """PCM16 little-endian mono sine tone: the local model's voice."""
-    count = rate * milliseconds // 1000
-    samples = array.array(
-        "h", (int(amplitude * 32767 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(count))
-    )
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples.tobytes()
-
-
-def pcm16(audio: bytes) -> array.array[int]:
-    samples = array.array("h")
-    samples.frombytes(audio[: len(audio) - len(audio) % 2])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples
 
 
 @dataclass
@@ -131,33 +107,29 @@ class LocalConnection:
 
     def _hear(self, audio: bytes) -> None:
         rate = self._session.model.input_sample_rate
-        samples = pcm16(audio)
         turn = self._config["turn_detection"]
         if (turn.get("type") or "server_vad") not in ("server_vad", "semantic_vad"):  # no type: the default
-            self._turn.audio_ms += len(samples) * 1000 / rate
+            self._turn.audio_ms += duration_ms(audio, rate)
             return
         # 0 is a setting, not "unset": a threshold of 0 hears any sound, 0 ms cuts at the first quiet window.
         threshold = 0.05 * (DEFAULT_THRESHOLD if turn.get("threshold") is None else turn["threshold"])
         silence_limit = turn.get("silence_duration_ms")
         if silence_limit is None:
             silence_limit = DEFAULT_SILENCE_MS
-        window = max(1, rate * WINDOW_MS // 1000)
-        for start in range(0, len(samples), window):
-            chunk = samples[start : start + window]
-            energy = math.sqrt(sum(sample * sample for sample in chunk) / len(chunk)) / 32768
+        for window_ms, energy in windows(audio, rate):
             # Window by window, so a cut splits the chunk; quiet before any speech is not part of a
             # turn the detector cuts (it still counts when the client commits by hand).
             if self._speaking or energy > threshold:
-                self._turn.audio_ms += len(chunk) * 1000 / rate
+                self._turn.audio_ms += window_ms
             else:
-                self._quiet_ms += len(chunk) * 1000 / rate
+                self._quiet_ms += window_ms
             if energy > threshold:
                 self._silence_ms = 0.0
                 if not self._speaking:
                     self._speaking = True
                     self._outbox.append({"type": "speech.started"})
             elif self._speaking:
-                self._silence_ms += len(chunk) * 1000 / rate
+                self._silence_ms += window_ms
                 if self._silence_ms >= silence_limit:
                     self._commit(explicit=False)
 
