@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import cases
+from bench import cases, common, sessions
 from bench.procs import raise_nofile
 from bench.report import table, write
 
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: open-file limit {limit} is below {count} sessions", file=sys.stderr)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        plan = cases.Plan(
+        plan = common.Plan(
             quick=args.quick,
             repetitions=1 if args.quick else 5,
             duration=1.0 if args.quick else 4.0,
@@ -39,14 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             sessions=8,
             workdir=Path(tmp),
         )
-        runners: dict[str, Callable[[], cases.CaseResult]] = {
+        runners: dict[str, Callable[[], common.CaseResult]] = {
             "verify": lambda: cases.case_verify(plan),
             "mint": lambda: cases.case_mint(plan),
             "redemption": lambda: cases.case_redemption(plan),
-            "relay": lambda: cases.case_relay(plan),
-            "scale": lambda: cases.case_scale(plan, count),
+            "relay": lambda: sessions.case_relay(plan),
+            "scale": lambda: sessions.case_scale(plan, count),
         }
-        results: list[cases.CaseResult] = []
+        results: list[common.CaseResult] = []
         errors: dict[str, str] = {}
         for name in args.only or NAMES:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)

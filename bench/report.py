@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.cases import CaseResult, Plan
+from bench.common import CaseResult, Plan
 
 
 def machine() -> dict[str, Any]:

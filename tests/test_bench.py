@@ -34,5 +34,9 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
         assert case["rows"], name
         for row in case["rows"]:
             assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), (name, row)
+    # The floors (the bare baselines plus only the signature, or only passing frames) ran too.
+    for name in ("mint", "redemption", "relay"):
+        floors = [row for row in results["cases"][name]["rows"] if row["what"].startswith("floor: ")]
+        assert len(floors) == 1 and floors[0]["value"] > 0, (name, floors)
     table = (tmp_path / "results.md").read_text()
     assert all(f"{number}. " in table for number in range(1, 6))
