@@ -51,6 +51,10 @@ class ReplayStore(Protocol):
         """Raise ReplayStoreUnavailableError when the store cannot answer now."""
         ...
 
+    async def setup_warnings(self) -> list[str]:
+        """What in the store's setup could let a used ticket be used again (logged at start-up)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -93,6 +97,9 @@ class MemoryReplayStore:
 
     async def ping(self) -> None:
         return None
+
+    async def setup_warnings(self) -> list[str]:
+        return []  # forgetting on restart is handled by `admits`
 
     async def aclose(self) -> None:
         return None
@@ -192,10 +199,48 @@ class RedisReplayStore:
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
 
+    async def setup_warnings(self) -> list[str]:
+        """Persistence and eviction settings that would let Redis forget a used ticket id.
+
+        Read with `CONFIG GET` once; a Redis that refuses it (managed services may) or does not
+        answer yet is not checked (`/readyz` reports one that does not answer).
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self._redis.config_get("appendonly", "save", "maxmemory-policy")
+        except (RedisError, OSError, TimeoutError):
+            return []
+        config = {_text(name): _text(value) for name, value in raw.items()}
+        warnings: list[str] = []
+        if config.get("appendonly") == "no":
+            if config.get("save"):
+                warnings.append(
+                    "Redis persists only snapshots (save, no appendonly): a restart forgets the tickets "
+                    "used since the last one, which can then be used again until they expire; run it "
+                    "with --appendonly yes --appendfsync always"
+                )
+            elif "save" in config:
+                warnings.append(
+                    "Redis keeps nothing on disk (no appendonly, no save): a restart forgets every "
+                    "used ticket, which can then be used again until it expires; run it with "
+                    "--appendonly yes --appendfsync always"
+                )
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            warnings.append(
+                f"Redis evicts keys when it is full (maxmemory-policy {policy}): an evicted ticket id "
+                "makes its ticket usable again; use noeviction"
+            )
+        return warnings
+
     async def aclose(self) -> None:
         await self._redis.aclose()
         if self._cluster is not None:
             await self._cluster.aclose()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from app.replay import ReplayStore, open_replay_store
 from app.sessions import Sessions
 from app.upstreams import make_upstream
 from app.upstreams.base import Upstream
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Services:
             keys = directory
         metrics = Metrics()
         metrics.watch_keys(keys.current)
+        replay = open_replay_store(settings, clock=clock.now)
+        for warning in await replay.setup_warnings():
+            logger.warning("replay store: %s", warning)
         return cls(
             settings=settings,
             clock=clock,
@@ -62,7 +68,7 @@ class Services:
             registry=ModelRegistry.load(),
             keys=keys,
             api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
-            replay=open_replay_store(settings, clock=clock.now),
+            replay=replay,
             sessions=Sessions(),
             upstream=upstream or make_upstream(settings),
         )

@@ -253,6 +253,57 @@ def test_redis_restart_without_persistence_forgets_used_tickets(redis_server: Re
     asyncio.run(scenario())
 
 
+SETUPS = [
+    ("no-persistence", (), ["keeps nothing on disk"]),
+    ("append-only", ("--appendonly", "yes"), []),
+    ("snapshots-only", ("--save", "3600 1"), ["only snapshots"]),
+    (
+        "evicting",
+        ("--appendonly", "yes", "--maxmemory-policy", "allkeys-lru"),
+        ["maxmemory-policy allkeys-lru"],
+    ),
+]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(("args", "expected"), [c[1:] for c in SETUPS], ids=[c[0] for c in SETUPS])
+def test_redis_setup_that_can_forget_a_used_ticket_is_reported(
+    tmp_path: Path, args: tuple[str, ...], expected: list[str]
+) -> None:
+    require_redis_server()
+
+    async def scenario(server: RedisServer) -> list[str]:
+        store = redis_store(server)
+        try:
+            return list(await guarded(store.setup_warnings()))
+        finally:
+            await store.aclose()
+
+    with RedisServer(log_path=tmp_path / "redis.log", extra_args=args) as server:
+        warnings = asyncio.run(scenario(server))
+    assert len(warnings) == len(expected), warnings
+    for warning, words in zip(warnings, expected, strict=True):
+        assert words in warning
+
+
+@pytest.mark.redis
+def test_redis_setup_is_not_checked_when_redis_does_not_answer(redis_server: RedisServer) -> None:
+    async def scenario() -> list[str]:
+        store = redis_store(redis_server, timeout=0.2)
+        try:
+            await asyncio.to_thread(redis_server.stop)
+            return list(await guarded(store.setup_warnings()))
+        finally:
+            await store.aclose()
+            await asyncio.to_thread(redis_server.start)
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_memory_store_has_no_setup_warnings(clock: FakeClock) -> None:
+    assert asyncio.run(memory_store(clock).setup_warnings()) == []
+
+
 @pytest.mark.redis
 def test_redis_that_hangs_times_out_and_fails_closed(redis_server: RedisServer) -> None:
     expires_at = int(time.time()) + 60
@@ -424,6 +475,13 @@ async def race(urls: list[str], ticket: str) -> Counter[str]:
 
     async with asyncio.timeout(60):
         return Counter(await asyncio.gather(*(one(url) for url in urls)))
+
+
+@pytest.mark.redis
+def test_edges_warn_at_start_up_when_redis_keeps_nothing_on_disk(fleet: Fleet) -> None:
+    for edge in (fleet.a, fleet.b):
+        lines = [line for line in edge.log().splitlines() if "replay store:" in line]
+        assert len(lines) == 1 and " WARNING " in lines[0] and "keeps nothing on disk" in lines[0], lines
 
 
 @pytest.mark.redis
