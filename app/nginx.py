@@ -76,6 +76,7 @@ http {{
 
 
 def ensure_installed() -> str:
+    """The nginx binary; Debian's `nginx-light` is installed first when it is missing."""
     if not Path(NGINX).exists():
         print("nginx is missing: installing nginx-light", file=sys.stderr)
         install = ["apt-get", "install", "-y", "nginx-light"]
