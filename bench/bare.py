@@ -32,9 +32,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.keys import KeySet
+from app.realtime import TICKET_PROTOCOL
 from app.serve import tune_gc, uvicorn_config
-
-TICKET_PROTOCOL = "opper-ticket."
 
 
 def _unpadded(segment: str) -> bytes:
