@@ -6,7 +6,7 @@ duration, on the injected clock) are a timer. Whatever ends the session (`termin
 cancels the tasks it is not running in; `terminate` is the one way the server ends a session.
 
 Plain asyncio tasks rather than an anyio task group: under load the task group and its cancel
-scopes were the largest single cost of a handshake after the signature check (README, Performance).
+scopes were the largest single cost of a handshake after the signature check (bench/PERFORMANCE.md).
 """
 
 from __future__ import annotations

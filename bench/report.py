@@ -1,4 +1,4 @@
-"""Results: `results.json` (every figure and run) and `results.md` (the table the README includes)."""
+"""Results: `results.json` (every figure and run) and `results.md` (the table in PERFORMANCE.md)."""
 
 from __future__ import annotations
 

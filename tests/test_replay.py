@@ -246,7 +246,7 @@ def test_redis_restart_without_persistence_forgets_used_tickets(redis_server: Re
             await store.consume("used", expires_at=expires_at)
             await asyncio.to_thread(redis_server.stop)
             await asyncio.to_thread(redis_server.start)
-            await store.consume("used", expires_at=expires_at)  # accepted again: see the README
+            await store.consume("used", expires_at=expires_at)  # accepted again: see docs/operations.md
         finally:
             await store.aclose()
 
