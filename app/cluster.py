@@ -27,6 +27,7 @@ from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
 from app.processes import STATE, ClusterError, Proc, State, alive, free_port, spawn, tail, terminate
 from app.rotation import ensure_keys
+from app.sealkeys import SEAL_FILE
 
 EDGES = ("edge-1", "edge-2")
 SHARED_REDIS = ("127.0.0.1", 6379)
@@ -158,6 +159,9 @@ def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> Sta
         state.save()
         base = {k: v for k, v in os.environ.items() if k not in {"REALTIME_JWKS_URL", "REALTIME_EDGE_NAME"}}
         base.update(REALTIME_KEYS_DIR=str(keys_dir), REALTIME_REPLAY_URL=state.redis_url)
+        # The edges verify with the minter's JWKS but open sealed tickets with the seal key file,
+        # read where `make rotate` writes it, so a rotation reaches them without a restart.
+        base.update(REALTIME_SEAL_KEYS_FILE=str(keys_dir / SEAL_FILE))
         minter = _serve(state, "minter", {**base, "REALTIME_DEV": "true"})
         jwks_url = f"http://127.0.0.1:{minter.port}/.well-known/jwks.json"
         edges = [

@@ -147,6 +147,8 @@ class Settings:
     jwks_timeout_seconds: float = _setting(2.0, _float(0.001), "JWKS_TIMEOUT_SECONDS")
     edge_name: str | None = _setting(None, _optional_text, "EDGE_NAME")
     dev: bool = _setting(False, _bool, "DEV")
+    sealed_tickets: bool = _setting(True, _bool, "SEALED_TICKETS")
+    seal_keys_file: Path | None = _setting(None, _optional_path, "SEAL_KEYS_FILE")
 
     def __post_init__(self) -> None:
         if self.upstream == "relay" and not self.upstream_url:
@@ -156,6 +158,11 @@ class Settings:
     def api_keys_path(self) -> Path:
         """Where the hashed API keys live: the setting, else `<keys dir>/api_keys.json`."""
         return self.api_keys_file or self.keys_dir / "api_keys.json"
+
+    @property
+    def seal_keys_path(self) -> Path:
+        """Where the seal keys live: the setting, else `<keys dir>/seal.json`."""
+        return self.seal_keys_file or self.keys_dir / "seal.json"
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:

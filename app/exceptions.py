@@ -162,9 +162,11 @@ class TicketExpiredError(TicketError):
 class UnknownKeyError(TicketError):
     code = "unknown_key"
 
-    def __init__(self, kid: str) -> None:
-        super().__init__("the ticket was signed by a key this server does not know")
+    def __init__(self, kid: str, *, sealed: bool = False) -> None:
+        verb = "sealed" if sealed else "signed"
+        super().__init__(f"the ticket was {verb} with a key this server does not know")
         self.kid = kid
+        self.sealed = sealed  # the seal key (outer JWE) rather than the signing key (inner JWS)
 
 
 class TicketReplayedError(TicketError):

@@ -13,7 +13,6 @@ On disk (`keys/` or `REALTIME_KEYS_DIR`):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from app.base64url import b64url, b64url_decode
 from app.exceptions import KeySetError
 
 State = Literal["next", "active", "retiring"]
@@ -34,10 +34,6 @@ STATES: tuple[State, ...] = ("next", "active", "retiring")
 MANIFEST = "jwks.json"
 #: A ticket lives at most this long (SPEC section 3), so a retiring key is needed this long at least.
 MAX_TICKET_SECONDS = 300
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def thumbprint(x: str) -> str:
@@ -80,8 +76,7 @@ class SigningKey:
 
 def _public_from_x(x: str, where: str) -> Ed25519PublicKey:
     try:
-        raw = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
-        return Ed25519PublicKey.from_public_bytes(raw)
+        return Ed25519PublicKey.from_public_bytes(b64url_decode(x))
     except ValueError as exc:
         raise KeySetError(f"{where}: not an Ed25519 public key ({exc})") from None
 
@@ -228,12 +223,12 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
             keyset, changed = ensure_keys(directory, now=stamp)
             verb = "created" if changed else "already present"
             print(f"keys {verb} in {directory}")
-            _print_status(keyset, stamp)
+            _print_status(keyset, stamp, directory)
         elif args.command == "rotate":
             keyset = rotate(directory, now=stamp)
             signer = keyset.in_state("active")[0]
             print(f"rotated: {signer.kid} signs now; running servers pick it up without a restart")
-            _print_status(keyset, stamp)
+            _print_status(keyset, stamp, directory)
         elif args.command == "retire":
             wait = retire_after(leeway=settings.leeway_seconds, grace=settings.retire_grace_seconds)
             gone = retire(directory, now=stamp, min_age=wait, force=args.force)
@@ -242,10 +237,11 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
             left = KeySet.load(directory).in_state("retiring")
             for key in left:
                 print(f"kept {key.kid}: retiring for {_age(stamp - key.state_since)}, needs {wait}s")
-            if not gone and not left:
+            sealed_gone, sealed_left = _retire_seal_keys(directory, stamp, wait, force=args.force)
+            if not gone and not left and not sealed_gone and not sealed_left:
                 print("no retiring keys")
         elif args.command == "status":
-            _print_status(KeySet.load(directory), stamp)
+            _print_status(KeySet.load(directory), stamp, directory)
         else:
             print(json.dumps(KeySet.load(directory).jwks(), indent=2))
     except (KeySetError, SettingsError) as exc:
@@ -254,13 +250,46 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
     return 0
 
 
-def _print_status(keyset: KeySet, now: int) -> None:
+def _print_status(keyset: KeySet, now: int, directory: Path) -> None:
     for state in STATES:
         for key in keyset.in_state(state):
             print(
                 f"{state:<9} {key.kid}  created {_age(now - key.created_at)} ago, "
                 f"{state} for {_age(now - key.state_since)}"
             )
+    _print_seal_status(directory, now)
+
+
+# Seal keys (`seal.json`, see app.sealkeys) share the commands above; their secrets are never printed.
+
+
+def _print_seal_status(directory: Path, now: int) -> None:
+    from app.sealkeys import SEAL_FILE, SealKeySet
+
+    path = directory / SEAL_FILE
+    if not path.exists():
+        print(f"no seal keys ({path}): sealed tickets cannot be issued; run `make keys`")
+        return
+    seal_keys = SealKeySet.load(path)
+    for state in STATES:
+        for key in seal_keys.in_state(state):
+            print(
+                f"{state:<9} {key.kid}  seal key, created {_age(now - key.created_at)} ago, "
+                f"{state} for {_age(now - key.state_since)}"
+            )
+
+
+def _retire_seal_keys(directory: Path, now: int, wait: int, *, force: bool) -> tuple[list[str], list[str]]:
+    from app.sealkeys import SEAL_FILE, SealKeySet, retire_seal_keys
+
+    path = directory / SEAL_FILE
+    gone = [key.kid for key in retire_seal_keys(path, now=now, min_age=wait, force=force)]
+    for kid in gone:
+        print(f"retired seal key {kid}")
+    left = SealKeySet.load(path).in_state("retiring") if path.exists() else []
+    for key in left:
+        print(f"kept seal key {key.kid}: retiring for {_age(now - key.state_since)}, needs {wait}s")
+    return gone, [key.kid for key in left]
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Protocol
 from app.exceptions import KeySetError
 from app.files import Stamp, stamp
 from app.keys import MANIFEST, KeySet
+from app.sealkeys import SealKeySet
 
 
 class KeySource(Protocol):
@@ -92,3 +93,62 @@ class DirectoryKeySource:
 
     async def aclose(self) -> None:
         return None
+
+
+class SealKeySource:
+    """The seal keys of a file (`seal.json`), reloaded when it changes; every node has one.
+
+    Like `DirectoryKeySource`: `current()` looks at the file's stat at most every `check_interval`
+    seconds, `refresh()` (on an unknown seal kid) looks at once, at most once per `check_interval`.
+    A missing file is an empty set (this node then neither seals nor opens sealed tickets); a file
+    that does not parse keeps the last good set.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        check_interval: float = 0.5,
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._interval = check_interval
+        self._keys = SealKeySet.empty()
+        self._stamp: Stamp | None = None
+        self._checked = float("-inf")
+        self._refreshed = float("-inf")
+        self.reloads = 0
+
+    def load(self) -> SealKeySet:
+        """Load now (start-up); a missing file gives an empty set, a broken one raises KeySetError."""
+        current = stamp(self.path)
+        self._keys = SealKeySet.load(self.path) if current is not None else SealKeySet.empty()
+        self._stamp = current
+        self._checked = self._clock()
+        self.reloads += 1
+        return self._keys
+
+    def _reload_if_changed(self) -> None:
+        self._checked = self._clock()
+        current = stamp(self.path)
+        if current is None or current == self._stamp:  # gone: keep the last set (writes rename)
+            return
+        try:
+            self.load()
+        except KeySetError:
+            self._stamp = current  # half-edited by hand: keep the last good set
+
+    def current(self) -> SealKeySet:
+        elapsed = self._clock() - self._checked
+        if elapsed >= self._interval or elapsed < 0:
+            self._reload_if_changed()
+        return self._keys
+
+    async def refresh(self) -> SealKeySet:
+        """Look for a newer set now (unknown seal kid), rate-limited."""
+        now = self._clock()
+        if not 0 <= now - self._refreshed < self._interval:
+            self._refreshed = now
+            self._reload_if_changed()
+        return self._keys

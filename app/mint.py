@@ -16,7 +16,7 @@ from app.exceptions import (
     RequestTooLargeError,
     TicketsDisabledError,
 )
-from app.keys import SigningKey
+from app.keys import MAX_TICKET_SECONDS, SigningKey
 from app.responses import NO_STORE
 from app.services import Services
 from app.session import Binding, prepare_binding
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
 FIELDS = ("config", "locked_fields", "ttl_seconds")
-DEFAULT_TTL, MIN_TTL, MAX_TTL = 60, 1, 300
+DEFAULT_TTL, MIN_TTL = 60, 1
 
 
 async def read_body(request: Request, *, limit: int) -> bytes:
@@ -77,7 +77,7 @@ def ttl_seconds(body: dict[str, Any]) -> int:
         raise InvalidRequestError(
             "ttl_seconds must be a JSON integer (seconds)", details={"field": "ttl_seconds"}
         )
-    return max(MIN_TTL, min(MAX_TTL, value))
+    return max(MIN_TTL, min(MAX_TICKET_SECONDS, value))
 
 
 def ws_url(services: Services, request: Request, ticket: str) -> str:
@@ -97,12 +97,18 @@ def ws_url(services: Services, request: Request, ticket: str) -> str:
 
 
 def require_signer(services: Services) -> SigningKey:
-    """The key this node signs with; `503 tickets_disabled` when tickets are off or it has none."""
+    """The key this node signs with; `503 tickets_disabled` when tickets are off or it has none.
+
+    With sealed tickets on, a node without an active seal key cannot mint either: it never falls
+    back to a plain ticket, whose bound config the browser could read.
+    """
     if not services.settings.tickets_enabled:
         raise TicketsDisabledError("realtime tickets are switched off on this deployment")
     signer = services.keys.current().signer
     if signer is None:
         raise TicketsDisabledError("this node has no signing key (a verify-only edge)")
+    if services.settings.sealed_tickets and services.seal_keys.current().sealer is None:
+        raise TicketsDisabledError("this node has no active seal key: run `make keys`")
     return signer
 
 
@@ -111,6 +117,9 @@ def issue_ticket(
 ) -> IssuedTicket:
     """Sign a ticket with this deployment's issuer, audience and size budget, and count it."""
     settings = services.settings
+    seal = services.seal_keys.current().sealer if settings.sealed_tickets else None
+    if settings.sealed_tickets and seal is None:
+        raise TicketsDisabledError("this node has no active seal key: run `make keys`")
     ticket = issue(
         signer,
         project=project,
@@ -121,6 +130,7 @@ def issue_ticket(
         issuer=settings.issuer,
         audience=settings.audience,
         max_bytes=settings.ticket_max_bytes,
+        seal=seal,
     )
     services.metrics.tickets_minted.inc()
     return ticket

@@ -83,7 +83,11 @@ def read_credentials(websocket: WebSocket) -> Credentials:
 
 
 async def verify_ticket(services: Services, token: str) -> Ticket:
-    """Step 2 for a ticket: verify, reloading the key set once on an unknown kid."""
+    """Step 2 for a ticket: verify, reloading a key set once on an unknown kid.
+
+    A sealed ticket names two keys (seal and signing); after a rotation both may be new to this
+    edge, so each key set is reloaded at most once, when its own kid is unknown.
+    """
     settings = services.settings
     started = time.perf_counter()
 
@@ -91,6 +95,7 @@ async def verify_ticket(services: Services, token: str) -> Ticket:
         return verify(
             token,
             services.keys.current(),
+            seal_keys=services.seal_keys.current(),
             issuer=settings.issuer,
             audience=settings.audience,
             leeway=settings.leeway_seconds,
@@ -99,11 +104,16 @@ async def verify_ticket(services: Services, token: str) -> Ticket:
         )
 
     try:
-        try:
-            ticket = attempt()
-        except UnknownKeyError:
-            await services.keys.refresh()
-            ticket = attempt()
+        reloaded: set[bool] = set()
+        while True:
+            try:
+                ticket = attempt()
+                break
+            except UnknownKeyError as exc:
+                if exc.sealed in reloaded:
+                    raise
+                reloaded.add(exc.sealed)
+                await (services.seal_keys.refresh() if exc.sealed else services.keys.refresh())
     finally:
         services.metrics.verify_seconds.observe(time.perf_counter() - started)
     services.replay.admits(ticket.issued_at)

@@ -15,9 +15,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from app.base64url import b64url
 from app.exceptions import KeySetError
 from app.files import atomic_write
-from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, b64url, thumbprint
+from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, thumbprint
+from app.sealkeys import SEAL_FILE, ensure_seal_keys, rotate_seal_keys
 
 
 def _new_key(state: State, now: int, directory: Path) -> SigningKey:
@@ -55,7 +57,8 @@ def ensure_keys(directory: Path, *, now: int) -> tuple[KeySet, bool]:
         changed = True
     if changed:
         _write_manifest(directory, keys)
-    return KeySet(tuple(keys)), changed
+    _, sealed = ensure_seal_keys(directory / SEAL_FILE, now=now)  # seal keys: same life cycle
+    return KeySet(tuple(keys)), changed or sealed
 
 
 def rotate(directory: Path, *, now: int) -> KeySet:
@@ -81,6 +84,7 @@ def rotate(directory: Path, *, now: int) -> KeySet:
             keys.append(key)
     keys.append(fresh)
     _write_manifest(directory, keys)
+    rotate_seal_keys(directory / SEAL_FILE, now=now)  # seal keys: same life cycle
     return KeySet(tuple(keys))
 
 

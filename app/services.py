@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from app.apikeys import ApiKeyStore
 from app.clock import Clock
 from app.config import Settings
-from app.keysource import DirectoryKeySource, KeySource
+from app.keysource import DirectoryKeySource, KeySource, SealKeySource
 from app.metrics import Metrics
 from app.models import ModelRegistry
 from app.replay import ReplayStore, open_replay_store
@@ -33,6 +33,7 @@ class Services:
     replay: ReplayStore
     sessions: Sessions
     upstream: Upstream
+    seal_keys: SealKeySource
 
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock, upstream: Upstream | None = None) -> Services:
@@ -56,6 +57,7 @@ class Services:
             directory = DirectoryKeySource(settings.keys_dir, clock=clock.now)
             directory.load()
             keys = directory
+        seal_keys = open_seal_keys(settings, clock=clock)
         metrics = Metrics()
         metrics.watch_keys(keys.current)
         replay = open_replay_store(settings, clock=clock.now)
@@ -71,8 +73,28 @@ class Services:
             replay=replay,
             sessions=Sessions(),
             upstream=upstream or make_upstream(settings),
+            seal_keys=seal_keys,
         )
 
     async def aclose(self) -> None:
         await self.replay.aclose()
         await self.keys.aclose()
+
+
+def open_seal_keys(settings: Settings, *, clock: Clock) -> SealKeySource:
+    """Load the seal keys; without any, warn: sealed tickets are then refused here (`unknown_key`).
+
+    Raises:
+        KeySetError: the seal key file exists but cannot be read.
+    """
+    source = SealKeySource(settings.seal_keys_path, clock=clock.now)
+    keys = source.load()
+    if not keys.keys:
+        minting = settings.sealed_tickets and not settings.jwks_url
+        logger.warning(
+            "no seal keys at %s: sealed tickets are refused with unknown_key%s; "
+            "run `make keys` or point REALTIME_SEAL_KEYS_FILE at a copy of the minter's seal.json",
+            settings.seal_keys_path,
+            " and the mint answers 503 tickets_disabled" if minting else "",
+        )
+    return source

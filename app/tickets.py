@@ -1,9 +1,11 @@
-"""Tickets: `issue(...)` signs a compact JWS (EdDSA), `verify(...)` checks one; pure functions."""
+"""Tickets: `issue(...)` signs a compact JWS (EdDSA) and seals it, `verify(...)` checks one; pure functions.
+
+A sealed ticket is a nested JWT (RFC 7519 section 5.2): the signed JWS encrypted as a compact JWE
+(`app.jwe`). A plain ticket is the JWS alone. `verify` tells them apart by their number of parts.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 import re
@@ -14,23 +16,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from jwt.api_jws import PyJWS
 
+from app import jwe
+from app.base64url import b64url
 from app.exceptions import (
     InvalidTicketError,
     TicketExpiredError,
     TicketTooLargeError,
     UnknownKeyError,
 )
-from app.keys import KeySet, SigningKey
+from app.keys import MAX_TICKET_SECONDS, KeySet, SigningKey
+from app.sealkeys import SealKey, SealKeySet
+from app.segments import json_object, segment_bytes
 
 ALGORITHM = "EdDSA"  # fixed next to the key type, never read from the token (RFC 8725 section 3.1)
 TYPE = "opper-ticket+jwt"
-MAX_LIFETIME = 300
 MAX_CONFIG_BYTES = 64 * 1024  # hard bound when inflating `cfz`
 COMPRESS_FROM = 1024  # bound configs shorter than this (JSON bytes) are never worth deflating
 HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "exp")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Every character a compact JWS or JWE may hold: checked before anything else reads the token.
+_COMPACT = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_TIMESTAMP = 253_402_300_800  # 10000-01-01: `iat`/`exp` must be printable as RFC 3339 dates
 _JTI = re.compile(r"[A-Za-z0-9_-]{22,}")  # base64url of at least 128 bits
 
 
@@ -66,22 +74,15 @@ def _rfc3339(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 # Built once: `json.dumps` with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# PyJWT writes the JWS: its header is `typ`/`alg` plus ours, serialised with sorted names, which
+# gives exactly `{"alg":"EdDSA","kid":...,"typ":"opper-ticket+jwt"}`.
+_JWS = PyJWS()
 
 
 def _json(value: object) -> bytes:
     return _ENCODER.encode(value).encode("utf-8")
-
-
-@functools.lru_cache(maxsize=64)
-def _header_segment(kid: str) -> str:
-    """The encoded protected header of `kid`'s tickets: the same bytes for every ticket it signs."""
-    return b64url_encode(_json({"alg": ALGORITHM, "kid": kid, "typ": TYPE}))
 
 
 def issue(
@@ -95,11 +96,15 @@ def issue(
     issuer: str,
     audience: str,
     max_bytes: int,
+    seal: SealKey | None = None,
 ) -> IssuedTicket:
     """Sign a ticket for `project` binding `config` (non-zero bound fields) and `locked` names.
 
+    With a `seal` key the signed ticket is encrypted (a sealed ticket) and its config is never
+    compressed; without one it is a plain JWS whose config may be deflated into `cfz`.
+
     Raises:
-        TicketTooLargeError: the compact JWS would be longer than `max_bytes`.
+        TicketTooLargeError: the ticket (the outer token when sealed) would be longer than `max_bytes`.
     """
     if signer.private_key is None:
         raise ValueError(f"key {signer.kid} cannot sign: no private key")
@@ -118,102 +123,85 @@ def issue(
         claims["lck"] = list(locked)
     payload = _json(claims)
     # Deflate costs about two signatures (its state is set up anew each call), so it is tried only
-    # where size matters; `cfz` is kept only when it is clearly shorter than the config.
-    if config and len(payload) >= COMPRESS_FROM:
+    # where size matters; `cfz` is kept only when it is clearly shorter than the config. Never
+    # before encryption: the size of a compressed secret tells whoever can choose part of it the
+    # rest (RFC 8725 section 3.6).
+    if seal is None and config and len(payload) >= COMPRESS_FROM:
         raw = _json(config)
-        packed = b64url_encode(zlib.compress(raw, 6, -15)) if len(raw) >= COMPRESS_FROM else ""
+        packed = b64url(zlib.compress(raw, 6, -15)) if len(raw) >= COMPRESS_FROM else ""
         if packed and len(packed) + 8 < len(raw):
             del claims["cfg"]
             claims["cfz"] = packed
             payload = _json(claims)
-    signing_input = f"{_header_segment(signer.kid)}.{b64url_encode(payload)}"
-    signature = signer.private_key.sign(signing_input.encode("ascii"))
-    token = f"{signing_input}.{b64url_encode(signature)}"
+    token = _JWS.encode(payload, signer.private_key, algorithm=ALGORITHM, headers=_headers(signer.kid))
+    if seal is not None:
+        token = jwe.seal(token.encode("ascii"), seal)
     if len(token) > max_bytes:
         raise TicketTooLargeError(len(token), max_bytes)
     return IssuedTicket(token, signer.kid, claims["jti"], iat, iat + ttl)
 
 
-def _b64url_decode(segment: str, what: str) -> bytes:
-    """Strict base64url: the URL-safe alphabet only, no padding, canonical trailing bits."""
-    if len(segment) % 4 == 1 or not _B64URL.fullmatch(segment):
-        raise InvalidTicketError(f"the ticket's {what} is not base64url")
-    try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidTicketError(f"the ticket's {what} is not base64url") from None
-    if b64url_encode(data) != segment:
-        raise InvalidTicketError(f"the ticket's {what} is not canonical base64url")
-    return data
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member name")
-    return result
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
-
-
-def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = _DECODER.decode(data.decode("utf-8"))
-    except ValueError:
-        raise InvalidTicketError(f"the ticket's {what} is not a JSON object") from None
-    if not isinstance(value, dict):
-        raise InvalidTicketError(f"the ticket's {what} is not a JSON object")
-    return value
-
-
-def _int_claim(claims: dict[str, Any], name: str) -> int:
-    value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidTicketError(f"the ticket's `{name}` claim is not an integer")
-    return value
+@functools.lru_cache(maxsize=64)
+def _headers(kid: str) -> dict[str, str]:
+    return {"kid": kid, "typ": TYPE}
 
 
 def verify(
     token: str,
     keys: KeySet,
     *,
+    seal_keys: SealKeySet | None = None,
     issuer: str,
     audience: str,
     leeway: int,
     max_bytes: int,
     now: float,
 ) -> Ticket:
-    """Verify a ticket against a key set and return it; never returns a bool.
+    """Verify a ticket, sealed (five parts) or plain (three), and return it; never returns a bool.
 
-    The header is parsed once, by this function: it must be exactly `alg`/`kid`/`typ`.
+    The size budget and the character set are checked on the token as presented, before any
+    parsing. A sealed ticket is decrypted with `seal_keys` first, then its content is held to every
+    rule of a plain one. Each header is parsed once, by this module: exactly `alg`/`enc`/`kid`/`cty`
+    outside, exactly `alg`/`kid`/`typ` inside.
 
     Raises:
-        UnknownKeyError: a string `kid` that is not in `keys` (the caller may refresh its key set
-            and call again once).
-        InvalidTicketError: too long, not a compact JWS, not strict base64url, a header member that
-            is not allowed, wrong `alg` or `typ`, a bad signature, a missing or malformed claim, wrong
-            `iss`/`aud`, a lifetime over 300 s, `iat` in the future, a config that does not inflate
-            within its bound.
+        UnknownKeyError: a string `kid` that is not in `keys`, or (`sealed=True`) a seal `kid` that
+            is not in `seal_keys` (the caller may refresh that key set and call again once).
+        InvalidTicketError: too long, a character outside base64url and `.`, not a compact JWS or
+            JWE, not strict base64url, a header member that is not allowed, wrong `alg`, `enc`,
+            `cty` or `typ`, a key that does not unwrap, a tag or signature that does not verify,
+            a missing or malformed claim, wrong `iss`/`aud`, a lifetime over 300 s, `iat` in the
+            future, a config that does not inflate within its bound, `cfz` in a sealed ticket.
         TicketExpiredError: `exp` is past, beyond `leeway`.
     """
     if not token:
         raise InvalidTicketError("the ticket is empty")
     if len(token) > max_bytes:
         raise InvalidTicketError(f"the ticket is longer than {max_bytes} bytes")
+    if not _COMPACT.fullmatch(token):
+        raise InvalidTicketError("the ticket holds characters other than base64url and `.`")
     parts = token.split(".")
+    sealed = len(parts) == 5
+    if sealed:
+        inner = jwe.unseal(parts, seal_keys or SealKeySet.empty())
+        if not _COMPACT.fullmatch(inner.decode("latin-1")):
+            raise InvalidTicketError("the sealed ticket does not hold a compact JWS")
+        token = inner.decode("ascii")
+        parts = token.split(".")
     if len(parts) != 3:
-        raise InvalidTicketError("the ticket is not a compact JWS")
+        raise InvalidTicketError("the ticket is not a compact JWS or JWE")
     kid = _header_kid(parts[0])
     key = keys.get(kid)
     if key is None:
         raise UnknownKeyError(kid)
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
     try:
-        key.public_key.verify(_b64url_decode(parts[2], "signature"), signing_input)
+        key.public_key.verify(segment_bytes(parts[2], "signature"), signing_input)
     except InvalidSignature:
         raise InvalidTicketError("the ticket's signature does not verify") from None
-    claims = _json_object(_b64url_decode(parts[1], "payload"), "payload")
+    claims = json_object(segment_bytes(parts[1], "payload"), "payload")
+    if sealed and "cfz" in claims:
+        raise InvalidTicketError("a sealed ticket never carries a compressed config (`cfz`)")
     return _check_claims(claims, kid, issuer=issuer, audience=audience, leeway=leeway, now=now)
 
 
@@ -224,7 +212,7 @@ def _header_kid(segment: str) -> str:
     Every ticket one key signs has the same header bytes, so a key's header is checked once and
     remembered; a header that fails raises, and failures are not remembered.
     """
-    header = _json_object(_b64url_decode(segment, "header"), "header")
+    header = json_object(segment_bytes(segment, "header"), "header")
     extra = sorted(set(header) - HEADER_MEMBERS)
     if extra:
         raise InvalidTicketError(f"the ticket header has members that are not allowed: {extra}")
@@ -236,6 +224,15 @@ def _header_kid(segment: str) -> str:
     if not isinstance(kid, str) or not kid:
         raise InvalidTicketError("the ticket header has no string `kid`")
     return kid
+
+
+def _int_claim(claims: dict[str, Any], name: str) -> int:
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTicketError(f"the ticket's `{name}` claim is not an integer")
+    if not 0 <= value < MAX_TIMESTAMP:
+        raise InvalidTicketError(f"the ticket's `{name}` claim is not a time this service can read")
+    return value
 
 
 def _check_claims(
@@ -254,8 +251,8 @@ def _check_claims(
     if not isinstance(jti, str) or not _JTI.fullmatch(jti):
         raise InvalidTicketError("the ticket's `jti` claim is not 128 random bits in base64url")
     iat, exp = _int_claim(claims, "iat"), _int_claim(claims, "exp")
-    if exp <= iat or exp - iat > MAX_LIFETIME:
-        raise InvalidTicketError(f"the ticket's lifetime must be 1 to {MAX_LIFETIME} seconds")
+    if exp <= iat or exp - iat > MAX_TICKET_SECONDS:
+        raise InvalidTicketError(f"the ticket's lifetime must be 1 to {MAX_TICKET_SECONDS} seconds")
     if now > exp + leeway:
         raise TicketExpiredError(f"the ticket expired at {rfc3339(exp)}", server_time=rfc3339(now))
     if iat > now + leeway:
@@ -280,14 +277,14 @@ def _bound_config(claims: dict[str, Any]) -> dict[str, Any]:
             raise InvalidTicketError("the ticket's `cfz` claim is not a string")
         inflater = zlib.decompressobj(-15)
         try:
-            raw = inflater.decompress(_b64url_decode(packed, "cfz claim"), MAX_CONFIG_BYTES)
+            raw = inflater.decompress(segment_bytes(packed, "cfz claim"), MAX_CONFIG_BYTES)
         except zlib.error:
             raise InvalidTicketError("the ticket's `cfz` claim does not inflate") from None
         if inflater.unconsumed_tail or not inflater.eof:
             raise InvalidTicketError(
                 f"the ticket's `cfz` claim inflates past {MAX_CONFIG_BYTES} bytes or is truncated"
             )
-        return _json_object(raw, "cfz claim")
+        return json_object(raw, "cfz claim")
     config = claims.get("cfg", {})
     if not isinstance(config, dict):
         raise InvalidTicketError("the ticket's `cfg` claim is not an object")

@@ -17,8 +17,10 @@ from app.clock import FakeClock
 from app.config import Settings
 from app.keys import KeySet
 from app.main import create_app
+from app.sealkeys import SealKeySet
 from app.tickets import verify
 from tests.conftest import PROJECT, START
+from tests.sealing import claims_of, signing_kid
 
 URL = "/v3/realtime-sessions"
 MODEL = "openai/gpt-realtime-2"
@@ -26,12 +28,6 @@ MODEL = "openai/gpt-realtime-2"
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    payload = token.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return decoded
 
 
 def error_of(response: Any) -> str:
@@ -196,7 +192,7 @@ def test_tickets_disabled_with_a_valid_key(settings: Settings, api_key: str, clo
 # Success ------------------------------------------------------------------------------------
 
 
-def test_mint_defaults(client: TestClient, api_key: str, keyset: KeySet) -> None:
+def test_mint_defaults(client: TestClient, api_key: str, keyset: KeySet, keys_dir: Path) -> None:
     response = client.post(URL, headers=auth(api_key))
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
@@ -204,9 +200,11 @@ def test_mint_defaults(client: TestClient, api_key: str, keyset: KeySet) -> None
     assert set(body) == {"client_secret", "expires_at", "ws_url"}
     assert body["expires_at"] == "2027-01-15T08:01:00Z"  # START + 60 s
     assert body["ws_url"] == f"ws://testserver/v3/realtime?ticket={body['client_secret']}"
+    assert len(body["client_secret"].split(".")) == 5  # sealed by default
     ticket = verify(
         body["client_secret"],
         keyset,
+        seal_keys=SealKeySet.load(keys_dir / "seal.json"),
         issuer="opper-realtime",
         audience="opper-realtime",
         leeway=5,
@@ -221,14 +219,14 @@ def test_mint_defaults(client: TestClient, api_key: str, keyset: KeySet) -> None
     [(0, 1), (-5, 1), (1, 1), (300, 300), (301, 300), (10**12, 300)],
     ids=["zero", "negative", "one", "max", "over", "huge"],
 )
-def test_ttl_is_clamped(client: TestClient, api_key: str, ttl: int, lifetime: int) -> None:
+def test_ttl_is_clamped(client: TestClient, api_key: str, keys_dir: Path, ttl: int, lifetime: int) -> None:
     response = client.post(URL, headers=auth(api_key), json={"ttl_seconds": ttl})
     assert response.status_code == 200
-    claims = claims_of(response.json()["client_secret"])
+    claims = claims_of(response.json()["client_secret"], keys_dir)
     assert claims["exp"] - claims["iat"] == lifetime
 
 
-def test_binding_keeps_non_zero_fields_and_locks(client: TestClient, api_key: str) -> None:
+def test_binding_keeps_non_zero_fields_and_locks(client: TestClient, api_key: str, keys_dir: Path) -> None:
     response = client.post(
         URL,
         headers=auth(api_key),
@@ -239,15 +237,15 @@ def test_binding_keeps_non_zero_fields_and_locks(client: TestClient, api_key: st
         },
     )
     assert response.status_code == 200, response.text
-    claims = claims_of(response.json()["client_secret"])
+    claims = claims_of(response.json()["client_secret"], keys_dir)
     assert claims["cfg"] == {"model": MODEL, "voice": "marin"}
     assert sorted(claims["lck"]) == ["instructions", "output_transcription"]
 
 
-def test_locked_fields_without_config(client: TestClient, api_key: str) -> None:
+def test_locked_fields_without_config(client: TestClient, api_key: str, keys_dir: Path) -> None:
     response = client.post(URL, headers=auth(api_key), json={"locked_fields": ["output_transcription"]})
     assert response.status_code == 200
-    claims = claims_of(response.json()["client_secret"])
+    claims = claims_of(response.json()["client_secret"], keys_dir)
     assert "cfg" not in claims and claims["lck"] == ["output_transcription"]
 
 
@@ -281,13 +279,14 @@ def test_next_ticket_uses_the_rotated_key(
 ) -> None:
     from app.rotation import rotate
 
-    first = claims_of(client.post(URL, headers=auth(api_key)).json()["client_secret"])
-    header_before = client.post(URL, headers=auth(api_key)).json()["client_secret"].split(".")[0]
+    first = claims_of(client.post(URL, headers=auth(api_key)).json()["client_secret"], keys_dir)
+    before = client.post(URL, headers=auth(api_key)).json()["client_secret"]
     rotate(keys_dir, now=int(START))
     clock.advance(1)  # past the key source's 0.5 s check interval
-    header_after = client.post(URL, headers=auth(api_key)).json()["client_secret"].split(".")[0]
+    after = client.post(URL, headers=auth(api_key)).json()["client_secret"]
     assert first["sub"] == PROJECT
-    assert header_before != header_after
+    assert signing_kid(before, keys_dir) != signing_kid(after, keys_dir)
+    assert before.split(".")[0] != after.split(".")[0]  # sealed with the rotated seal key too
 
 
 # Error bodies for routing -------------------------------------------------------------------

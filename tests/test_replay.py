@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import json
 import signal
@@ -33,6 +32,7 @@ from app.exceptions import (
 from app.replay import CLIENT_NAME, MAX_CONNECTIONS, MemoryReplayStore, RedisReplayStore
 from app.rotation import ensure_keys
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
+from tests.sealing import claims_of
 from tests.servers import ServiceProcess
 
 __all__ = ["redis_server"]  # the fixture, imported so pytest finds it
@@ -363,10 +363,8 @@ class Fleet:
         return mint(edge, self.api_key)
 
 
-def claims(ticket: str) -> dict[str, Any]:
-    payload = ticket.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return decoded
+def claims(ticket: str, edge: ServiceProcess) -> dict[str, Any]:
+    return claims_of(ticket, Path(edge.env["REALTIME_KEYS_DIR"]))
 
 
 def protocols(ticket: str) -> list[Subprotocol]:
@@ -452,7 +450,7 @@ def test_ticket_used_on_one_edge_is_replayed_on_the_other(fleet: Fleet) -> None:
     assert refusal(fleet.b, ticket)[:2] == (401, "ticket_replayed")
     assert refusal(fleet.a, ticket)[:2] == (401, "ticket_replayed")
     # The key the edge wrote lives exactly until exp + leeway.
-    jti, exp = claims(ticket)["jti"], claims(ticket)["exp"]
+    jti, exp = claims(ticket, fleet.a)["jti"], claims(ticket, fleet.a)["exp"]
     with fleet.redis.client() as client:
         assert client.pexpiretime(PREFIX + jti) == (exp + LEEWAY) * 1000
     # And the other way round.
