@@ -527,3 +527,20 @@ def test_a_key_with_the_same_kid_as_a_signing_key_is_not_confused(keys_dir: Path
     with pytest.raises(UnknownKeyError) as caught:
         check(f"{head}.{inner[1]}.{inner[2]}", keys_dir)
     assert not caught.value.sealed
+
+
+def test_joserfc_reads_our_sealed_ticket_and_we_read_its(keys_dir: Path) -> None:
+    """A second JOSE library (Python's joserfc) agrees with our framing both ways."""
+    from joserfc import jwe as joserfc_jwe
+    from joserfc.jwk import OctKey
+
+    sealer = seal_keys(keys_dir).sealer
+    assert sealer is not None
+    key = OctKey.import_key(sealer.secret)
+    header = {"alg": "A256KW", "enc": "A256GCM", "kid": sealer.kid, "cty": "JWT"}
+    ours = mint(keys_dir, {"instructions": SECRET_INSTRUCTIONS})
+    opened = joserfc_jwe.decrypt_compact(ours, key)
+    assert opened.protected == header
+    assert opened.plaintext is not None and opened.plaintext.decode() == signed_part(ours, keys_dir)
+    theirs = joserfc_jwe.encrypt_compact(header, mint(keys_dir, {"voice": "marin"}, sealed=False), key)
+    assert check(theirs, keys_dir).config == {"voice": "marin"}
