@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from app.processes import alive
+from tests.sealing import signing_kid
 
 pytestmark = pytest.mark.fleet
 
@@ -48,6 +49,7 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str 
 
 
 def kid_of(ticket: str) -> str:
+    """The kid in a ticket's outer header: the seal key's when sealed, the signing key's when plain."""
     header = ticket.split(".")[0]
     kid: str = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"]
     return kid
@@ -256,6 +258,7 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     edges: set[str | None] = set()
     for _ in range(4):
         ticket = cluster.mint()
+        assert len(ticket.split(".")) == 5  # sealed: the edges open it with the seal file they were given
         first = cluster.redeem(ticket)
         assert first.code == "ok"
         replay = cluster.redeem(ticket)
@@ -265,14 +268,15 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     # Minting and the JWKS go to the minter, which adds no edge header.
     jwks = httpx.get(cluster.url + "/.well-known/jwks.json", timeout=5)
     assert jwks.status_code == 200 and "x-realtime-edge" not in jwks.headers
-    # A large body passes nginx without a temp file (its workers cannot enter pytest's 0700 tmp dir).
+    # A large body passes nginx without a temp file (its workers cannot enter pytest's 0700 tmp dir):
+    # the minter itself answers (a sealed ticket is never compressed, so 40 KB of config is too large).
     large = httpx.post(
         cluster.url + "/v3/realtime-sessions",
         headers={"Authorization": f"Bearer {cluster.api_key}"},
         json={"config": {"instructions": "x" * 40_000}},
         timeout=10,
     )
-    assert large.status_code == 200, large.text
+    assert large.status_code == 400 and large.json()["error"]["code"] == "ticket_too_large", large.text
     access_log = (cluster.run_dir / "nginx-access.log").read_text()
     assert "/v3/realtime" in access_log and "ticket=" not in access_log
 
@@ -291,7 +295,10 @@ def test_rotation_under_load_fails_no_handshake(make_cluster: Callable[..., Clus
     outcomes = load.snapshot()
     print(f"\nrotation under load: {len(outcomes)} handshakes: {summary(outcomes)}")
     assert [o for o in outcomes if not o.ok] == []
-    assert len({kid_of(o.ticket) for o in outcomes}) == 4  # the first key and three rotated in
+    # Every ticket was sealed; seal and signing keys rotated together: the first and three rotated in.
+    assert {len(o.ticket.split(".")) for o in outcomes} == {5}
+    assert len({kid_of(o.ticket) for o in outcomes}) == 4
+    assert len({signing_kid(o.ticket, cluster.keys_dir) for o in outcomes}) == 4
     assert {o.edge for o in outcomes} == {"edge-1", "edge-2"}
 
 
