@@ -12,6 +12,14 @@ from urllib.parse import urlsplit
 from app.exceptions import SettingsError
 
 PREFIX = "REALTIME_"
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
+XAI_URL = "wss://api.x.ai/v1/realtime"
+GEMINI_URL = (
+    "wss://generativelanguage.googleapis.com/ws/"
+    "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+)
+# Settings whose values are secrets: `repr(settings)` shows them as "***".
+SECRETS = frozenset({"upstream_api_key", "openai_api_key", "xai_api_key", "gemini_api_key"})
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -83,6 +91,18 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
     return parse
 
 
+def _required_url(*schemes: str) -> Callable[[str], str]:
+    optional = _url(*schemes)
+
+    def parse(raw: str) -> str:
+        value = optional(raw)
+        if value is None:
+            raise ValueError("must not be empty")
+        return value
+
+    return parse
+
+
 def _replay_url(raw: str) -> str:
     value = raw.strip()
     if value == "memory://":
@@ -139,10 +159,16 @@ class Settings:
     idle_timeout_seconds: float = _setting(300.0, _float(0.001), "IDLE_TIMEOUT_SECONDS")
     max_duration_seconds: float = _setting(1800.0, _float(0.001), "MAX_DURATION_SECONDS")
     max_frame_bytes: int = _setting(1_048_576, _int(1024), "MAX_FRAME_BYTES")
-    upstream: str = _setting("local", _choice("local", "relay"), "UPSTREAM")
+    upstream: str = _setting("local", _choice("local", "relay", "providers"), "UPSTREAM")
     upstream_url: str | None = _setting(None, _url("ws", "wss"), "UPSTREAM_URL")
     upstream_api_key: str | None = _setting(None, _optional_text, "UPSTREAM_API_KEY")
     upstream_timeout_seconds: float = _setting(10.0, _float(0.001), "UPSTREAM_TIMEOUT_SECONDS")
+    openai_api_key: str | None = _setting(None, _optional_text, "OPENAI_API_KEY")
+    openai_url: str = _setting(OPENAI_URL, _required_url("ws", "wss"), "OPENAI_URL")
+    xai_api_key: str | None = _setting(None, _optional_text, "XAI_API_KEY")
+    xai_url: str = _setting(XAI_URL, _required_url("ws", "wss"), "XAI_URL")
+    gemini_api_key: str | None = _setting(None, _optional_text, "GEMINI_API_KEY")
+    gemini_url: str = _setting(GEMINI_URL, _required_url("ws", "wss"), "GEMINI_URL")
     jwks_refresh_interval_seconds: float = _setting(5.0, _float(0.0), "JWKS_REFRESH_INTERVAL_SECONDS")
     jwks_timeout_seconds: float = _setting(2.0, _float(0.001), "JWKS_TIMEOUT_SECONDS")
     edge_name: str | None = _setting(None, _optional_text, "EDGE_NAME")
@@ -153,6 +179,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.upstream == "relay" and not self.upstream_url:
             raise SettingsError(PREFIX + "UPSTREAM_URL", "must be set when REALTIME_UPSTREAM is relay")
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{item.name}={'***' if item.name in SECRETS and value is not None else repr(value)}"
+            for item in dataclasses.fields(self)
+            for value in (getattr(self, item.name),)
+        )
+        return f"Settings({', '.join(shown)})"
 
     @property
     def api_keys_path(self) -> Path:

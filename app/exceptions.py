@@ -39,7 +39,8 @@
     ├── ProtocolError (session events)
     │   ├── AlreadyStartedError        already_started
     │   ├── InvalidEventError          invalid_event
-    │   └── SessionNotStartedError     session_not_started
+    │   ├── SessionNotStartedError     session_not_started
+    │   └── UnsupportedEventError      unsupported_event (the session's provider has no counterpart)
     └── UpstreamError                  upstream_error
 
 Domain code raises these; only the endpoint modules turn them into HTTP or WebSocket answers.
@@ -284,6 +285,10 @@ class InvalidEventError(ProtocolError):
 
 class SessionNotStartedError(ProtocolError):
     code = "session_not_started"
+
+
+class UnsupportedEventError(ProtocolError):
+    code = "unsupported_event"
 
 
 class UpstreamError(RealtimeError):

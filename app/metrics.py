@@ -43,6 +43,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._redemptions: dict[str, Counter] = {}
         self._mint_errors: dict[str, Counter] = {}
+        self._dropped: dict[tuple[str, str], Counter] = {}
         self.tickets_minted = Counter(
             "realtime_tickets_minted",
             "Tickets minted",
@@ -71,11 +72,24 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
             registry=self.registry,
         )
+        self.provider_events_dropped = Counter(
+            "realtime_provider_events_dropped",
+            "Provider events with no counterpart in the session protocol, dropped, by provider and type",
+            ["provider", "type"],
+            registry=self.registry,
+        )
         self.replay_store_errors = Counter(
             "realtime_replay_store_errors",
             "Replay store calls that failed (the redemption was refused: fail closed)",
             registry=self.registry,
         )
+
+    def provider_event_dropped(self, provider: str, kind: str) -> None:
+        """Count one provider event with no counterpart in this protocol (`kind` is a bounded set)."""
+        child = self._dropped.get((provider, kind))
+        if child is None:
+            child = self._dropped[(provider, kind)] = self.provider_events_dropped.labels(provider, kind)
+        child.inc()
 
     def redemption(self, code: str) -> Counter:
         """The redemption counter of `code` (children cached: `labels()` costs more than `inc()`)."""

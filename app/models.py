@@ -7,6 +7,7 @@ check_capabilities(cfg, reg) the model can do what the config asks (voice, modal
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -37,6 +38,17 @@ class ModelInfo:
     translation: bool
     session_update: bool
     fixed_after_start: tuple[str, ...]
+    provider_model: str | None = None  # the provider's name for it, when not the id without its prefix
+
+    @property
+    def provider(self) -> str:
+        """The provider part of the id: `openai` for `openai/gpt-realtime-2`."""
+        return self.id.partition("/")[0]
+
+    @property
+    def provider_name(self) -> str:
+        """What the provider calls the model: `provider_model`, else the id without its prefix."""
+        return self.provider_model or self.id.partition("/")[2]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,8 +71,15 @@ class ModelInfo:
 class ModelRegistry:
     """The realtime models this service knows, loaded from a data file."""
 
-    def __init__(self, models: list[ModelInfo]) -> None:
+    def __init__(self, models: list[ModelInfo], *, unserved: Iterable[str] = ()) -> None:
         self._models = {model.id: model for model in models}
+        self._unserved = frozenset(unserved)
+
+    def serving(self, served: Callable[[ModelInfo], bool]) -> ModelRegistry:
+        """The registry with only the models `served` accepts; the others are known, not served."""
+        kept = [model for model in self._models.values() if served(model)]
+        dropped = {model.id for model in self._models.values() if not served(model)}
+        return ModelRegistry(kept, unserved=self._unserved | dropped)
 
     @classmethod
     def load(cls, text: str | None = None) -> ModelRegistry:
@@ -80,6 +99,12 @@ class ModelRegistry:
         try:
             return self._models[model_id]
         except KeyError:
+            if model_id in self._unserved:
+                raise UnknownModelError(
+                    f"realtime model {model_id!r} is not served by this deployment",
+                    field="model",
+                    details={"field": "model"},
+                ) from None
             known = ", ".join(self._models)
             raise UnknownModelError(
                 f"unknown realtime model {model_id!r} (known: {known})",

@@ -14,7 +14,7 @@ from app.metrics import Metrics
 from app.models import ModelRegistry
 from app.replay import ReplayStore, open_replay_store
 from app.sessions import Sessions
-from app.upstreams import make_upstream
+from app.upstreams import make_upstream, served_registry
 from app.upstreams.base import Upstream
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,12 @@ class Services:
             settings=settings,
             clock=clock,
             metrics=metrics,
-            registry=ModelRegistry.load(),
+            registry=served_registry(settings, ModelRegistry.load()),
             keys=keys,
             api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
             replay=replay,
             sessions=Sessions(),
-            upstream=upstream or make_upstream(settings),
+            upstream=upstream or make_upstream(settings, dropped=metrics.provider_event_dropped),
             seal_keys=seal_keys,
         )
 

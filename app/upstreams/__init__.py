@@ -1,13 +1,40 @@
-"""Upstreams a session talks to: `local` (built-in deterministic model) and `relay` (a remote WebSocket)."""
+"""Upstreams a session talks to: `local` (built-in model), `relay` (a remote WebSocket), `providers`."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from app.config import Settings
+from app.models import ModelRegistry
 from app.upstreams.base import Upstream
 
+logger = logging.getLogger(__name__)
 
-def make_upstream(settings: Settings) -> Upstream:
-    """The upstream `REALTIME_UPSTREAM` names."""
+
+def served_registry(settings: Settings, registry: ModelRegistry) -> ModelRegistry:
+    """The models this deployment serves: with `providers`, those of providers that have a key."""
+    if settings.upstream != "providers":
+        return registry
+    from app.upstreams.providers import endpoints
+
+    configured = endpoints(settings)
+    if not configured:
+        logger.warning(
+            "REALTIME_UPSTREAM=providers but no provider key is set "
+            "(REALTIME_OPENAI_API_KEY, REALTIME_XAI_API_KEY, REALTIME_GEMINI_API_KEY): no model is served"
+        )
+    return registry.serving(lambda model: model.provider in configured)
+
+
+def make_upstream(settings: Settings, *, dropped: Callable[[str, str], None] | None = None) -> Upstream:
+    """The upstream `REALTIME_UPSTREAM` names; `dropped(provider, type)` counts untranslated events."""
+    if settings.upstream == "providers":
+        from app.upstreams.providers import ProvidersUpstream, endpoints
+
+        return ProvidersUpstream(
+            endpoints(settings), timeout=settings.upstream_timeout_seconds, dropped=dropped
+        )
     if settings.upstream == "relay":
         from app.upstreams.relay import RelayUpstream
 

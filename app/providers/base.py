@@ -1,0 +1,67 @@
+"""What every provider translator shares: its interface, redaction, provider errors as events."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+PROVIDERS = ("openai", "xai", "gemini")
+# Provider key shapes, redacted from provider messages the browser sees (besides the configured keys).
+_KEY_SHAPES = re.compile(r"\b(?:sk-|xai-|AIza)[A-Za-z0-9_\-]{8,}")
+
+
+class Translator(Protocol):
+    """One session's translation between this protocol and a provider's; no I/O."""
+
+    provider: str
+
+    def opening(self) -> list[dict[str, Any]]:
+        """The messages that configure the provider's session with the effective config."""
+        ...
+
+    def acknowledges(self, message: dict[str, Any]) -> bool:
+        """Whether `message` acknowledges the configuration sent by `opening`."""
+        ...
+
+    def to_provider(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """One checked client event as the provider's messages (possibly none).
+
+        Raises:
+            UnsupportedEventError: the provider has no counterpart for this event.
+            SessionUpdateUnsupportedError: a `session.update` to a provider that cannot take one.
+        """
+        ...
+
+    def from_provider(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """One provider message as server events; None when this protocol has no counterpart."""
+        ...
+
+    def kind(self, message: dict[str, Any]) -> str:
+        """The message's type, for the dropped-events metric (a bounded set of names)."""
+        ...
+
+
+def effective(changes: dict[str, Any]) -> dict[str, Any]:
+    """The config a `session.update` event carries: every field, `null` for removed ones."""
+    return {name: value for name, value in changes.items() if value is not None}
+
+
+def redact(message: str, secrets: tuple[str, ...] = ()) -> str:
+    """`message` with the given secrets and anything shaped like a provider key replaced by `***`."""
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return _KEY_SHAPES.sub("***", message)
+
+
+def upstream_error(provider: str, message: str) -> dict[str, Any]:
+    """A provider's error as a non-fatal `error` event (SPEC 6.6)."""
+    return {
+        "type": "error",
+        "error": {"code": "upstream_error", "message": f"{provider}: {redact(message)[:1000]}"},
+    }
+
+
+def known(kind: str, names: frozenset[str]) -> str:
+    """`kind` when it is one of `names`, else `other`: metric labels stay a bounded set."""
+    return kind if kind in names else "other"
