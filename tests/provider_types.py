@@ -1,12 +1,15 @@
 """Strict checks of provider messages against the providers' official SDK types.
 
 The SDK models accept members they do not declare (OpenAI's keep them as extras); the real APIs
-refuse them. `check_*` parse a frame with the SDK type, then refuse any undeclared member anywhere
-and any value the model does not give back as sent.
+refuse them. `check_*` parse a frame with the SDK type, then walk the frame beside the parsed model:
+every member must be a field the type declares (by its JSON name, or for Google's protobuf JSON also
+its field name, which the SDK itself sends at times), and every value must come back as sent.
 """
 
 from __future__ import annotations
 
+import base64
+import enum
 import json
 from typing import Any
 
@@ -22,31 +25,45 @@ class Violation(AssertionError):
     """A message that the provider's SDK types do not accept as it is."""
 
 
-def _extras(value: Any, path: str) -> list[str]:
-    found: list[str] = []
+def _differences(value: Any, sent: Any, path: str) -> list[str]:
+    """Where `sent` (decoded JSON) is not what the parsed `value` declares and holds."""
     if isinstance(value, BaseModel):
-        found += [f"{path}.{name}" for name in value.model_extra or {}]
-        for name in type(value).model_fields:
-            found += _extras(getattr(value, name), f"{path}.{name}")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            found += _extras(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found += _extras(item, f"{path}.{key}")
-    return found
+        if not isinstance(sent, dict):
+            return [f"{path}: an object was expected"]
+        names: dict[str, str] = {}
+        for name, info in type(value).model_fields.items():
+            names[name] = name
+            if info.alias:
+                names[info.alias] = name
+        found: list[str] = []
+        for key, item in sent.items():
+            if key not in names:
+                found.append(f"{path}.{key}: not declared by {type(value).__name__}")
+            else:
+                found += _differences(getattr(value, names[key]), item, f"{path}.{key}")
+        return found
+    if isinstance(value, list | tuple):
+        if not isinstance(sent, list) or len(sent) != len(value):
+            return [f"{path}: a list of {len(value)} was expected"]
+        return [
+            line
+            for index, item in enumerate(value)
+            for line in _differences(item, sent[index], f"{path}[{index}]")
+        ]
+    if isinstance(value, bytes):
+        same = isinstance(sent, str) and base64.b64decode(sent) == value
+    elif isinstance(value, enum.Enum):
+        same = value.value == sent
+    else:
+        same = value == sent and type(value) is type(sent)
+    return [] if same else [f"{path}: {sent!r} came back as {value!r}"]
 
 
-def _strict(model: Any, text: str, *, by_alias: bool) -> dict[str, Any]:
-    extras = _extras(model, "$")
-    if extras:
-        raise Violation(f"members the SDK type does not declare: {', '.join(extras)} in {text[:300]}")
+def _strict(model: Any, text: str) -> dict[str, Any]:
     sent = json.loads(text)
-    if not isinstance(model, BaseModel):
-        raise Violation(f"not a message: {text[:300]}")
-    kept = model.model_dump(mode="json", exclude_unset=True, by_alias=by_alias)
-    if kept != sent:
-        raise Violation(f"the SDK type does not give the message back as sent: {kept!r} != {sent!r}")
+    problems = _differences(model, sent, "$")
+    if problems:
+        raise Violation(f"{'; '.join(problems)} in {text[:300]}")
     return dict(sent)
 
 
@@ -56,7 +73,7 @@ def check_openai_client(text: str) -> dict[str, Any]:
         model = OPENAI_CLIENT.validate_json(text)
     except ValueError as exc:
         raise Violation(f"not an OpenAI realtime client event: {exc}") from None
-    return _strict(model, text, by_alias=True)
+    return _strict(model, text)
 
 
 def check_openai_server(event: dict[str, Any]) -> str:
@@ -66,33 +83,38 @@ def check_openai_server(event: dict[str, Any]) -> str:
         model = OPENAI_SERVER.validate_json(text)
     except ValueError as exc:
         raise Violation(f"not an OpenAI realtime server event: {exc}") from None
-    _strict(model, text, by_alias=True)
+    _strict(model, text)
     return text
 
 
 def check_gemini_client(text: str) -> dict[str, Any]:
-    """A message the edge sent to Gemini Live. Raises Violation.
+    """A message the edge sent to Gemini Live, with JSON (camelCase) names. Raises Violation.
 
     `setup.realtimeInputConfig` is checked with `types.RealtimeInputConfig`: `LiveClientSetup` does not
     declare it, yet the SDK's own `live.connect` sends it there (from `LiveConnectConfig`).
     """
-    original = json.loads(text)
     message = json.loads(text)
+    detection: BaseModel | None = None
     setup = message.get("setup") if isinstance(message, dict) else None
     if isinstance(setup, dict) and "realtimeInputConfig" in setup:
-        detection = json.dumps(setup.pop("realtimeInputConfig"))
+        part = json.dumps(setup.pop("realtimeInputConfig"))
         try:
-            part = genai.RealtimeInputConfig.model_validate_json(detection)
+            detection = genai.RealtimeInputConfig.model_validate_json(part)
         except ValueError as exc:
             raise Violation(f"not a Gemini RealtimeInputConfig: {exc}") from None
-        _strict(part, detection, by_alias=True)
+        _strict(detection, part)
         text = json.dumps(message)
     try:
         model = genai.LiveClientMessage.model_validate_json(text)
     except ValueError as exc:
         raise Violation(f"not a Gemini LiveClientMessage: {exc}") from None
-    _strict(model, text, by_alias=True)
-    return dict(original)
+    _strict(model, text)
+    checked: dict[str, Any] = model.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if detection is not None:
+        checked["setup"]["realtimeInputConfig"] = detection.model_dump(
+            mode="json", exclude_unset=True, by_alias=True
+        )
+    return checked
 
 
 def check_gemini_server(message: dict[str, Any]) -> str:
@@ -102,5 +124,5 @@ def check_gemini_server(message: dict[str, Any]) -> str:
         model = genai.LiveServerMessage.model_validate_json(text)
     except ValueError as exc:
         raise Violation(f"not a Gemini LiveServerMessage: {exc}") from None
-    _strict(model, text, by_alias=True)
+    _strict(model, text)
     return text
