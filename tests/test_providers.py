@@ -1,0 +1,576 @@
+"""Provider translation (SPEC 6.6) without an edge: every message against the SDK types, both ways.
+
+The fakes in tests/fake_providers.py are proven here with the providers' official SDK clients, so the
+end-to-end tests (tests/test_provider_sessions.py) run against servers that speak what the SDKs speak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google import genai
+from google.genai import types as genai_types
+from openai import AsyncOpenAI
+from openai.types.realtime import RealtimeServerEvent
+
+from app.config import Settings
+from app.exceptions import (
+    SessionUpdateUnsupportedError,
+    SettingsError,
+    UnknownModelError,
+    UnsupportedEventError,
+    UpstreamError,
+)
+from app.models import ModelRegistry
+from app.providers import translator_for
+from app.providers.base import redact
+from app.providers.gemini import KINDS as GEMINI_KINDS
+from app.providers.gemini import GeminiTranslator
+from app.providers.openai import DROPPED, OpenAITranslator
+from app.upstreams import served_registry
+from app.upstreams.base import SessionInfo
+from app.upstreams.providers import Endpoint, ProvidersUpstream
+from tests.fake_providers import FakeProvider
+from tests.provider_types import Violation, check_gemini_client, check_openai_client
+from tests.tls import localhost_contexts
+
+Event = dict[str, Any]
+REGISTRY = ModelRegistry.load()
+OPENAI = REGISTRY.get("openai/gpt-realtime-2")
+XAI = REGISTRY.get("xai/grok-voice-latest")
+GEMINI = REGISTRY.get("gemini/gemini-3.1-flash-live-preview")
+TRANSLATE = REGISTRY.get("gemini/gemini-3.5-live-translate-preview")
+OPENAI_KEY = "sk-test-0123456789abcdef"
+GEMINI_KEY = "AIzaTest0123456789abcdef"
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {"city_name": {"type": "string"}}},
+}
+FULL = {
+    "instructions": "Be brief.",
+    "input_transcription": True,
+    "turn_detection": {"type": "server_vad", "threshold": 0.4, "silence_duration_ms": 300},
+    "tools": [WEATHER],
+    "temperature": 0.6,
+}
+CLIENT_EVENTS: list[Event] = [
+    {"type": "audio.append", "audio": "AAAAAA=="},
+    {"type": "audio.commit"},
+    {"type": "audio.clear"},
+    {"type": "text.input", "text": "hello"},
+    {"type": "response.create"},
+    {"type": "response.cancel"},
+    {"type": "tool.result", "tool_call_id": "call_1", "tool_result": "sunny"},
+    {"type": "image.input", "image_url": "data:image/png;base64,iVBORw0KGgo=", "image_detail": "low"},
+]
+
+
+def openai(config: Event | None = None) -> OpenAITranslator:
+    return OpenAITranslator({"voice": "marin", "reasoning_effort": "low", **FULL, **(config or {})}, OPENAI)
+
+
+# OpenAI and xAI: ours -> theirs --------------------------------------------------------------
+
+
+def test_openai_start_carries_the_effective_config() -> None:
+    (message,) = openai().opening()
+    check_openai_client(json.dumps(message))
+    session = message["session"]
+    assert message["type"] == "session.update" and session["type"] == "realtime"
+    assert session["instructions"] == "Be brief."
+    assert session["output_modalities"] == ["audio"]  # audio with its transcript as text
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["output"] == {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin"}
+    assert session["audio"]["input"]["turn_detection"] == {
+        "type": "server_vad",
+        "threshold": 0.4,
+        "silence_duration_ms": 300,
+    }
+    assert session["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+    assert session["tools"] == [{"type": "function", **WEATHER}]
+    assert session["reasoning"] == {"effort": "low"}
+    assert "temperature" not in session  # the GA session has no temperature
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"modalities": ["text"]}, ["text"]),
+        ({"modalities": ["audio"]}, ["audio"]),
+        ({"modalities": ["audio", "text"]}, ["audio"]),
+    ],
+    ids=["text", "audio", "audio-and-text"],
+)
+def test_openai_output_modalities(config: Event, expected: list[str]) -> None:
+    (message,) = OpenAITranslator(config, OPENAI).opening()
+    assert message["session"]["output_modalities"] == expected
+
+
+@pytest.mark.parametrize(
+    ("turn", "expected"),
+    [
+        ({"type": "none"}, None),
+        ({"type": "semantic_vad", "threshold": 0.5}, {"type": "semantic_vad"}),
+        ({"type": "server_vad", "prefix_padding_ms": 100}, {"type": "server_vad", "prefix_padding_ms": 100}),
+    ],
+    ids=["none", "semantic", "server"],
+)
+def test_openai_turn_detection(turn: Event, expected: Event | None) -> None:
+    (message,) = OpenAITranslator({"turn_detection": turn}, OPENAI).opening()
+    check_openai_client(json.dumps(message))
+    assert message["session"]["audio"]["input"]["turn_detection"] == expected
+
+
+def test_xai_gets_the_same_events_without_reasoning_effort() -> None:
+    translator = OpenAITranslator({"voice": "eve", **FULL}, XAI, provider="xai")
+    (message,) = translator.opening()
+    check_openai_client(json.dumps(message))
+    assert message["session"]["audio"]["output"]["voice"] == "eve"
+    assert "reasoning" not in message["session"]
+
+
+@pytest.mark.parametrize("event", CLIENT_EVENTS, ids=[event["type"] for event in CLIENT_EVENTS])
+def test_openai_client_events_are_valid_sdk_events(event: Event) -> None:
+    messages = openai().to_provider(event)
+    assert messages
+    for message in messages:
+        check_openai_client(json.dumps(message))
+
+
+def test_openai_client_event_shapes() -> None:
+    translator = openai()
+    assert translator.to_provider(CLIENT_EVENTS[0]) == [
+        {"type": "input_audio_buffer.append", "audio": "AAAAAA=="}
+    ]
+    (item,) = translator.to_provider({"type": "text.input", "text": "hi"})
+    assert item["item"] == {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "hi"}],
+    }
+    (result,) = translator.to_provider(CLIENT_EVENTS[6])
+    assert result["item"] == {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    (image,) = translator.to_provider(CLIENT_EVENTS[7])
+    assert image["item"]["content"] == [
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}
+    ]
+
+
+def test_openai_update_clears_what_the_config_no_longer_has_and_keeps_an_unchanged_voice() -> None:
+    translator = openai()
+    config = {**FULL, "voice": "marin", "reasoning_effort": "low", "instructions": None, "tools": None}
+    (message,) = translator.to_provider({"type": "session.update", "config": config})
+    check_openai_client(json.dumps(message))
+    session = message["session"]
+    assert session["instructions"] == "" and session["tools"] == []
+    assert "voice" not in session["audio"]["output"]  # unchanged: OpenAI refuses a change after audio
+    (changed,) = translator.to_provider({"type": "session.update", "config": {**config, "voice": "ash"}})
+    assert changed["session"]["audio"]["output"]["voice"] == "ash"
+
+
+# OpenAI: theirs -> ours ----------------------------------------------------------------------
+
+
+def _delta(kind: str, delta: str) -> Event:
+    return {"type": kind, "event_id": "e", "response_id": "r", "item_id": "i", "output_index": 0,
+            "content_index": 0, "delta": delta}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (_delta("response.output_audio.delta", "AAAA"), [{"type": "audio.delta", "audio": "AAAA"}]),
+        (_delta("response.output_text.delta", "hi"), [{"type": "text.delta", "delta": "hi"}]),
+        (_delta("response.output_audio_transcript.delta", "hi"), [{"type": "text.delta", "delta": "hi"}]),
+        ({"type": "response.created", "event_id": "e", "response": {}}, [{"type": "response.started"}]),
+        ({"type": "response.done", "event_id": "e", "response": {}}, [{"type": "response.completed"}]),
+        (
+            {
+                "type": "input_audio_buffer.speech_started",
+                "event_id": "e",
+                "item_id": "i",
+                "audio_start_ms": 0,
+            },
+            [{"type": "speech.started"}],
+        ),
+        (
+            {"type": "input_audio_buffer.speech_stopped", "event_id": "e", "item_id": "i", "audio_end_ms": 9},
+            [{"type": "speech.stopped"}],
+        ),
+        (
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "event_id": "e",
+                "item_id": "i",
+                "content_index": 0,
+                "transcript": "hello",
+                "usage": {"type": "duration", "seconds": 1.0},
+            },
+            [{"type": "transcript.committed", "transcript": "hello"}],
+        ),  # fmt: skip
+        (
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": "e",
+                "item_id": "i",
+                "output_index": 0,
+                "response_id": "r",
+                "call_id": "c",
+                "name": "get_weather",
+                "arguments": "{}",
+            },
+            [{"type": "tool.call", "tool_call_id": "c", "tool_name": "get_weather", "tool_arguments": "{}"}],
+        ),  # fmt: skip
+        (
+            {"type": "error", "event_id": "e", "error": {"type": "invalid_request_error", "message": "no"}},
+            [{"type": "error", "error": {"code": "upstream_error", "message": "openai: no"}}],
+        ),
+        ({"type": "rate_limits.updated", "event_id": "e", "rate_limits": []}, None),
+    ],
+    ids=lambda value: value["type"] if isinstance(value, dict) else "",
+)
+def test_openai_server_events(message: Event, expected: list[Event] | None) -> None:
+    assert openai().from_provider(message) == expected
+
+
+def test_openai_transcript_is_text_only_when_text_is_asked_for() -> None:
+    transcript = _delta("response.output_audio_transcript.delta", "hi")
+    assert OpenAITranslator({"modalities": ["audio"]}, OPENAI).from_provider(transcript) is None
+    both = OpenAITranslator({"modalities": ["audio"], "output_transcription": True}, OPENAI)
+    assert both.from_provider(transcript) == [{"type": "text.delta", "delta": "hi"}]
+
+
+def _literal_types(union: Any) -> set[str]:
+    members = typing.get_args(typing.get_args(union)[0])
+    return {typing.get_args(member.model_fields["type"].annotation)[0] for member in members}
+
+
+def test_every_openai_server_event_type_is_translated_or_counted() -> None:
+    translated = {
+        "response.output_audio.delta", "response.output_text.delta", "response.created", "response.done",
+        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "error", "session.updated",
+        "conversation.item.input_audio_transcription.completed", "response.function_call_arguments.done",
+    }  # fmt: skip
+    sdk = _literal_types(RealtimeServerEvent)
+    assert sdk - translated - DROPPED == set()
+    audio_only = OpenAITranslator({"modalities": ["audio"]}, OPENAI)  # its transcript is not asked for
+    assert all(audio_only.from_provider({"type": kind}) is None for kind in DROPPED)
+
+
+# Gemini --------------------------------------------------------------------------------------
+
+
+def gemini(config: Event | None = None, model: Any = GEMINI) -> GeminiTranslator:
+    return GeminiTranslator({"voice": "Kore", **FULL, **(config or {})}, model)
+
+
+def test_gemini_setup_carries_the_effective_config() -> None:
+    (message,) = gemini({"output_transcription": True}).opening()
+    check_gemini_client(json.dumps(message))
+    setup = message["setup"]
+    assert setup["model"] == "models/gemini-3.1-flash-live-preview"
+    assert setup["generationConfig"] == {
+        "responseModalities": ["AUDIO"],
+        "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": "Kore"}}},
+        "temperature": 0.6,
+    }
+    assert setup["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert setup["tools"] == [
+        {"functionDeclarations": [{"name": "get_weather", "description": "Weather for a city",
+                                   "parametersJsonSchema": WEATHER["parameters"]}]}
+    ]  # fmt: skip
+    assert setup["realtimeInputConfig"] == {"automaticActivityDetection": {"silenceDurationMs": 300}}
+    assert setup["inputAudioTranscription"] == {} and setup["outputAudioTranscription"] == {}
+
+
+def test_gemini_text_only_translation_and_manual_turns() -> None:
+    translator = GeminiTranslator(
+        {"modalities": ["audio"], "translation_target_language": "fr", "turn_detection": {"type": "none"}},
+        TRANSLATE,
+    )
+    (message,) = translator.opening()
+    check_gemini_client(json.dumps(message))
+    assert message["setup"]["generationConfig"]["translationConfig"] == {"targetLanguageCode": "fr"}
+    assert message["setup"]["realtimeInputConfig"] == {"automaticActivityDetection": {"disabled": True}}
+    text = GeminiTranslator({"modalities": ["text"]}, GEMINI).opening()[0]["setup"]
+    assert text["generationConfig"] == {"responseModalities": ["TEXT"]}
+
+
+@pytest.mark.parametrize(
+    "event",
+    [event for event in CLIENT_EVENTS if event["type"] not in ("audio.clear", "response.cancel")],
+    ids=lambda event: event["type"],
+)
+def test_gemini_client_events_are_valid_sdk_messages(event: Event) -> None:
+    for turn in ({"type": "server_vad"}, {"type": "none"}):
+        translator = gemini({"turn_detection": turn})
+        for message in translator.to_provider(CLIENT_EVENTS[0]) + translator.to_provider(event):
+            check_gemini_client(json.dumps(message))
+
+
+def test_gemini_manual_turns_open_and_close_an_activity() -> None:
+    translator = gemini({"turn_detection": {"type": "none"}})
+    assert translator.to_provider({"type": "audio.commit"}) == []
+    first = translator.to_provider(CLIENT_EVENTS[0])
+    assert first[0] == {"realtimeInput": {"activityStart": {}}}
+    assert first[1] == {"realtimeInput": {"audio": {"data": "AAAAAA==", "mimeType": "audio/pcm;rate=16000"}}}
+    assert len(translator.to_provider(CLIENT_EVENTS[0])) == 1
+    assert translator.to_provider({"type": "audio.commit"}) == [{"realtimeInput": {"activityEnd": {}}}]
+    assert gemini().to_provider({"type": "audio.commit"}) == [{"realtimeInput": {"audioStreamEnd": True}}]
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"type": "audio.clear"}, UnsupportedEventError),
+        ({"type": "response.cancel"}, UnsupportedEventError),
+        ({"type": "image.input", "image_url": "https://example.com/cat.png"}, UnsupportedEventError),
+        ({"type": "session.update", "config": {}}, SessionUpdateUnsupportedError),
+    ],
+    ids=["audio.clear", "response.cancel", "image-url", "session.update"],
+)
+def test_gemini_events_without_counterpart(event: Event, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        gemini().to_provider(event)
+
+
+def test_gemini_server_messages_make_responses() -> None:
+    translator = gemini()
+    audio = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": "AAAA"}}
+    assert translator.from_provider({"voiceActivity": {"voiceActivityType": "ACTIVITY_START"}}) == [
+        {"type": "speech.started"}
+    ]
+    assert translator.from_provider({"serverContent": {"inputTranscription": {"text": "hel"}}}) is None
+    assert translator.from_provider({"serverContent": {"modelTurn": {"parts": [audio]}}}) == [
+        {"type": "transcript.committed", "transcript": "hel"},
+        {"type": "response.started"},
+        {"type": "audio.delta", "audio": "AAAA"},
+    ]
+    assert translator.from_provider({"serverContent": {"outputTranscription": {"text": "hi"}}}) == [
+        {"type": "text.delta", "delta": "hi"}
+    ]
+    assert translator.from_provider({"serverContent": {"turnComplete": True}}) == [
+        {"type": "response.completed"}
+    ]
+    call = {"toolCall": {"functionCalls": [{"id": "c1", "name": "get_weather", "args": {"city": "Oslo"}}]}}
+    assert translator.from_provider(call) == [
+        {"type": "response.started"},
+        {
+            "type": "tool.call",
+            "tool_call_id": "c1",
+            "tool_name": "get_weather",
+            "tool_arguments": '{"city":"Oslo"}',
+        },
+        {"type": "response.completed"},
+    ]
+    # The result names the call's function, and Gemini goes on by itself: no second turn.
+    (result,) = translator.to_provider({"type": "tool.result", "tool_call_id": "c1", "tool_result": "cold"})
+    assert result["toolResponse"]["functionResponses"][0] == {
+        "id": "c1",
+        "name": "get_weather",
+        "response": {"output": "cold"},
+    }
+    assert translator.to_provider({"type": "response.create"}) == []
+    assert translator.to_provider({"type": "response.create"}) == [{"clientContent": {"turnComplete": True}}]
+    assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) is None
+    assert translator.from_provider({"setupComplete": {}}) == []
+
+
+def test_every_gemini_server_message_member_is_known() -> None:
+    members = {info.alias for info in genai_types.LiveServerMessage.model_fields.values()}
+    assert members == GEMINI_KINDS
+
+
+def test_translator_for_picks_the_provider_of_the_model() -> None:
+    for model, kind in ((OPENAI, OpenAITranslator), (XAI, OpenAITranslator), (GEMINI, GeminiTranslator)):
+        translator = translator_for(SessionInfo("sess_1", "proj", {}, model))
+        assert isinstance(translator, kind) and translator.provider == model.provider
+
+
+def test_provider_messages_are_redacted() -> None:
+    message = redact("bad key sk-proj-abcdef123456 and AIzaSyA0123456789 and mine", ("mine",))
+    assert message == "bad key *** and *** and ***"
+
+
+def test_the_strict_check_refuses_members_the_sdk_does_not_declare() -> None:
+    with pytest.raises(Violation, match="temperature"):
+        check_openai_client(
+            json.dumps({"type": "session.update", "session": {"type": "realtime", "temperature": 1}})
+        )
+    with pytest.raises(Violation):
+        check_gemini_client(json.dumps({"setup": {"model": "models/x", "temperature": 1}}))
+
+
+# Settings and the served models --------------------------------------------------------------
+
+
+def test_provider_settings_are_read_and_keys_never_shown() -> None:
+    settings = Settings.from_environ(
+        {
+            "REALTIME_UPSTREAM": "providers",
+            "REALTIME_OPENAI_API_KEY": OPENAI_KEY,
+            "REALTIME_GEMINI_API_KEY": GEMINI_KEY,
+            "REALTIME_XAI_URL": "ws://127.0.0.1:9/v1/realtime",
+        }
+    )
+    assert settings.upstream == "providers" and settings.openai_api_key == OPENAI_KEY
+    assert settings.openai_url == "wss://api.openai.com/v1/realtime"
+    assert settings.xai_url == "ws://127.0.0.1:9/v1/realtime" and settings.xai_api_key is None
+    assert settings.gemini_url.endswith("GenerativeService.BidiGenerateContent")
+    shown = repr(settings)
+    assert OPENAI_KEY not in shown and GEMINI_KEY not in shown and "openai_api_key=***" in shown
+    assert repr(Endpoint("openai", "wss://x", OPENAI_KEY)).count(OPENAI_KEY) == 0
+    with pytest.raises(SettingsError, match="REALTIME_GEMINI_URL"):
+        Settings.from_environ({"REALTIME_GEMINI_URL": "https://example.com"})
+
+
+def test_models_of_providers_without_a_key_are_not_served() -> None:
+    settings = Settings(upstream="providers", openai_api_key=OPENAI_KEY)
+    served = served_registry(settings, ModelRegistry.load())
+    assert [model["id"] for model in served.to_json()] == ["openai/gpt-realtime-2"]
+    with pytest.raises(UnknownModelError, match="not served by this deployment"):
+        served.get("gemini/gemini-3.1-flash-live-preview")
+    with pytest.raises(UnknownModelError, match="unknown realtime model"):
+        served.get("acme/model")
+    local = served_registry(Settings(), ModelRegistry.load())
+    assert len(local.to_json()) == 4  # the local model serves every model
+
+
+def test_provider_model_overrides_the_name_after_the_prefix() -> None:
+    row = {name: value for name, value in OPENAI.to_json().items() if name not in ("type", "audio_format")}
+    registry = ModelRegistry.load(json.dumps({"models": [{**row, "provider_model": "gpt-x"}]}))
+    assert registry.get("openai/gpt-realtime-2").provider_name == "gpt-x"
+    assert OPENAI.provider_name == "gpt-realtime-2"
+
+
+# The adapter against the fakes, in-process -------------------------------------------------------
+
+
+def _upstream(fake: FakeProvider, *, timeout: float = 5.0) -> ProvidersUpstream:
+    endpoint = Endpoint(fake.kind, fake.url, fake.key, model_in_query=fake.kind == "openai")
+    return ProvidersUpstream({fake.kind: endpoint}, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "expected"),
+    [
+        ("refuse", OPENAI_KEY, "openai refused the connection (HTTP 503)"),
+        ("normal", "sk-wrong-0123456789", "openai refused the connection (HTTP 401)"),
+        ("mute", OPENAI_KEY, "openai did not acknowledge the session within 0.5 s"),
+    ],
+    ids=["refused", "wrong-key", "no-acknowledgement"],
+)
+def test_start_failures_name_the_provider(mode: str, key: str, expected: str) -> None:
+    async def attempt(fake: FakeProvider) -> None:
+        endpoint = Endpoint("openai", fake.url, key)
+        upstream = ProvidersUpstream({"openai": endpoint}, timeout=0.5)
+        async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)):
+            raise AssertionError("the session started")
+
+    with FakeProvider("openai", key=OPENAI_KEY) as fake:
+        fake.mode = mode
+        with pytest.raises(UpstreamError) as failure:
+            asyncio.run(attempt(fake))
+    assert failure.value.message == expected
+    assert key not in failure.value.message
+
+
+def test_an_unreachable_provider_is_an_upstream_error() -> None:
+    async def attempt() -> None:
+        upstream = ProvidersUpstream(
+            {"openai": Endpoint("openai", "ws://127.0.0.1:9/v1", OPENAI_KEY)}, timeout=2
+        )
+        async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)):
+            raise AssertionError("the session started")
+
+    with pytest.raises(UpstreamError, match="cannot reach openai"):
+        asyncio.run(attempt())
+
+
+# The fakes, proven with the official SDK clients -------------------------------------------------
+
+
+def test_the_fake_openai_serves_the_official_sdk_client() -> None:
+    async def converse(port: int) -> list[str]:
+        client = AsyncOpenAI(api_key=OPENAI_KEY, websocket_base_url=f"ws://127.0.0.1:{port}/v1")
+        seen: list[str] = []
+        async with client.realtime.connect(model="gpt-realtime-2") as connection:
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "output_modalities": ["text"],
+                    "tools": [
+                        {
+                            "type": "function",
+                            "name": "get_weather",
+                            "description": "Weather for a city",
+                            "parameters": WEATHER["parameters"],
+                        }
+                    ],
+                }
+            )
+            async for event in connection:
+                seen.append(event.type)
+                if event.type == "session.updated":
+                    item = {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "hi"}],
+                    }
+                    await connection.conversation.item.create(item=item)  # type: ignore[arg-type]
+                    await connection.response.create()
+                if event.type == "response.done":
+                    break
+        await client.close()
+        return seen
+
+    with FakeProvider("openai", key=OPENAI_KEY) as fake:
+        seen = asyncio.run(asyncio.wait_for(converse(fake.port), 20))
+    assert fake.violations == []
+    assert seen[:2] == ["session.created", "session.updated"] and seen[-1] == "response.done"
+    assert "response.output_text.delta" in seen
+    assert fake.requests == ["/v1/realtime?model=gpt-realtime-2"]
+    assert [message["type"] for message in fake.received] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
+
+
+def test_the_fake_gemini_serves_the_official_sdk_client(tmp_path: Path) -> None:
+    server_tls, client_tls = localhost_contexts(tmp_path)
+
+    async def converse(port: int) -> list[genai_types.LiveServerMessage]:
+        client = genai.Client(
+            api_key=GEMINI_KEY,
+            http_options=genai_types.HttpOptions(
+                base_url=f"https://127.0.0.1:{port}",
+                api_version="v1beta",
+                async_client_args={"ssl": client_tls},
+            ),
+        )
+        config = genai_types.LiveConnectConfig(
+            response_modalities=[genai_types.Modality.TEXT],
+            system_instruction="Be brief.",
+            realtime_input_config=genai_types.RealtimeInputConfig(
+                automatic_activity_detection=genai_types.AutomaticActivityDetection(disabled=True)
+            ),
+        )
+        async with client.aio.live.connect(model="gemini-3.1-flash-live-preview", config=config) as session:
+            turn = genai_types.Content(role="user", parts=[genai_types.Part(text="hi")])
+            await session.send_client_content(turns=turn, turn_complete=True)
+            return [message async for message in session.receive()]
+
+    with FakeProvider("gemini", key=GEMINI_KEY, ssl_context=server_tls) as fake:
+        messages = asyncio.run(asyncio.wait_for(converse(fake.port), 20))
+    assert fake.violations == []
+    assert messages[0].server_content is not None and messages[0].server_content.model_turn is not None
+    assert messages[0].text == "echo: hi"
+    assert fake.openings[0]["model"] == "models/gemini-3.1-flash-live-preview"
+    assert fake.headers[0]["x-goog-api-key"] == GEMINI_KEY
