@@ -358,6 +358,9 @@ class FakeProvider:
                 ]
                 await self._send(connection, {"serverContent": {"modelTurn": {"parts": parts}}})
             else:
+                if not state["audio"] and "realtimeInputConfig" not in state["setup"]:
+                    # Automatic activity detection: speech starts with the first audio of a turn.
+                    await self._send(connection, {"voiceActivity": {"voiceActivityType": "ACTIVITY_START"}})
                 state["audio"] += len(base64.b64decode(realtime["audio"]["data"]))
         if "activityStart" in realtime:
             await self._send(connection, {"voiceActivity": {"voiceActivityType": "ACTIVITY_START"}})

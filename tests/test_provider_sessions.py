@@ -1,0 +1,463 @@
+"""`REALTIME_UPSTREAM=providers` for real: a uvicorn edge in front of fake OpenAI, xAI and Gemini servers.
+
+The fakes check every message the edge sends against the providers' SDK types; a test ends by
+asserting they saw no violation. The browser side is a plain `websockets` client speaking this
+protocol, with a ticket (bound config) or a bearer key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from app.apikeys import create_key
+from app.rotation import ensure_keys
+from tests.fake_providers import FakeProvider
+from tests.servers import ServiceProcess
+
+Event = dict[str, Any]
+OPENAI_KEY = "sk-fake-openai-0123456789"
+XAI_KEY = "xai-fake-0123456789abcdef"
+GEMINI_KEY = "AIzaFakeGemini0123456789"
+OPENAI, XAI, GEMINI = "openai/gpt-realtime-2", "xai/grok-voice-latest", "gemini/gemini-3.1-flash-live-preview"
+WEATHER = {"name": "get_weather", "description": "Weather for a city"}
+BROWSER = {
+    "instructions": "Ignore the backend.",
+    "tools": [{"name": "steal_secrets"}],
+    "temperature": 0.5,
+}
+
+
+@dataclass
+class Deployment:
+    edge: ServiceProcess
+    api_key: str
+    openai: FakeProvider
+    xai: FakeProvider
+    gemini: FakeProvider
+
+    def mint(self, config: Event) -> str:
+        response = httpx.post(
+            self.edge.url + "/v3/realtime-sessions",
+            headers={"Authorization": f"Bearer {self.api_key}"},
+            json={"config": config},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return str(response.json()["client_secret"])
+
+    def fakes(self) -> list[FakeProvider]:
+        return [self.openai, self.xai, self.gemini]
+
+
+def edge_process(tmp_path: Path, name: str, **env: str) -> tuple[ServiceProcess, str]:
+    keys_dir = tmp_path / f"keys-{name}"
+    ensure_keys(keys_dir, now=int(time.time()) - 60)
+    key, _ = create_key(
+        keys_dir / "api_keys.json", project="proj_providers", kind="runtime", now=int(time.time())
+    )
+    env = {"REALTIME_KEYS_DIR": str(keys_dir), "REALTIME_UPSTREAM": "providers", **env}
+    return ServiceProcess(env=env, log_path=tmp_path / f"{name}.log"), key
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp_path = tmp_path_factory.mktemp("providers")
+    with (
+        FakeProvider("openai", key=OPENAI_KEY) as openai,
+        FakeProvider("openai", key=XAI_KEY) as xai,
+        FakeProvider("gemini", key=GEMINI_KEY) as gemini,
+    ):
+        edge, api_key = edge_process(
+            tmp_path,
+            "edge",
+            REALTIME_OPENAI_API_KEY=OPENAI_KEY,
+            REALTIME_OPENAI_URL=openai.url,
+            REALTIME_XAI_API_KEY=XAI_KEY,
+            REALTIME_XAI_URL=xai.url,
+            REALTIME_GEMINI_API_KEY=GEMINI_KEY,
+            REALTIME_GEMINI_URL=gemini.url,
+            REALTIME_UPSTREAM_TIMEOUT_SECONDS="2",
+            REALTIME_MAX_BYTES_PER_SECOND=str(64 << 20),
+            REALTIME_MAX_FRAMES_PER_SECOND="10000",
+        )
+        with edge:
+            deployed = Deployment(edge, api_key, openai, xai, gemini)
+            yield deployed
+            log = edge.log()
+        for fake in deployed.fakes():
+            assert fake.violations == []
+        for key in (OPENAI_KEY, XAI_KEY, GEMINI_KEY):
+            assert key not in log
+
+
+@contextmanager
+def session(deployment: Deployment, *, ticket: str | None = None) -> Iterator[ClientConnection]:
+    """A browser connection: with a ticket (bound config), else with the bearer key (nothing bound)."""
+    if ticket is not None:
+        options: Event = {"subprotocols": [f"opper-ticket.{ticket}"]}
+    else:
+        options = {"additional_headers": {"Authorization": f"Bearer {deployment.api_key}"}}
+    with connect(deployment.edge.ws_url, open_timeout=10, **options) as ws:
+        yield ws
+
+
+def send(ws: ClientConnection, event: Event) -> None:
+    ws.send(json.dumps(event))
+
+
+def receive(ws: ClientConnection) -> Event:
+    event: Event = json.loads(ws.recv(timeout=10))
+    return event
+
+
+def receive_until(ws: ClientConnection, last: str) -> list[Event]:
+    events = []
+    while True:
+        events.append(receive(ws))
+        if events[-1]["type"] == last:
+            return events
+
+
+def start(ws: ClientConnection, config: Event) -> Event:
+    send(ws, {"type": "session.start", "config": config})
+    started = receive(ws)
+    assert started["type"] == "session.started", started
+    return started
+
+
+def ask(ws: ClientConnection, text: str) -> list[Event]:
+    send(ws, {"type": "text.input", "text": text})
+    send(ws, {"type": "response.create"})
+    return receive_until(ws, "response.completed")
+
+
+def text_of(events: list[Event]) -> str:
+    return "".join(event["delta"] for event in events if event["type"] == "text.delta")
+
+
+def pcm(milliseconds: int, rate: int) -> str:
+    return base64.b64encode(bytes(2 * rate * milliseconds // 1000)).decode()
+
+
+def assert_terminated(ws: ClientConnection, message: str) -> None:
+    event = receive(ws)
+    while event["type"] != "session.terminating":
+        event = receive(ws)
+    assert event["error"]["code"] == "upstream_error"
+    assert re.search(message, event["error"]["message"]), event
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+
+
+def dropped(deployment: Deployment, provider: str, kind: str) -> float:
+    text = httpx.get(deployment.edge.url + "/metrics", timeout=5).text
+    pattern = rf'^realtime_provider_events_dropped_total\{{provider="{provider}",type="{kind}"\}} ([0-9.]+)$'
+    match = re.search(pattern, text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+# OpenAI ------------------------------------------------------------------------------------------
+
+
+def test_openai_binding_holds_at_the_provider(deployment: Deployment) -> None:
+    bound = {
+        "model": OPENAI,
+        "voice": "marin",
+        "instructions": "Answer as the bound assistant.",
+        "tools": [WEATHER],
+    }
+    fake = deployment.openai
+    with session(deployment, ticket=deployment.mint(bound)) as ws:
+        started = start(ws, {**BROWSER, "voice": "ash", "model": XAI})
+        assert (started["model"], started["voice"], started["output_sample_rate"]) == (OPENAI, "marin", 24000)
+        opening = fake.openings[-1]
+        assert opening["instructions"] == "Answer as the bound assistant."
+        assert opening["audio"]["output"]["voice"] == "marin"
+        assert [tool["name"] for tool in opening["tools"]] == ["get_weather"]
+        assert fake.requests[-1] == "/v1/realtime?model=gpt-realtime-2"
+        assert fake.headers[-1]["Authorization"] == f"Bearer {OPENAI_KEY}"
+
+        send(ws, {"type": "session.update", "config": {**BROWSER, "voice": "ash", "modalities": ["text"]}})
+        assert receive(ws)["type"] == "session.updated"
+        assert "echo: after the update" in text_of(ask(ws, "after the update"))
+        update = fake.of_type("session.update")[-1]["session"]
+        assert update["instructions"] == "Answer as the bound assistant."
+        assert [tool["name"] for tool in update["tools"]] == ["get_weather"]
+        assert update["output_modalities"] == ["text"]  # unbound: the browser's choice passes
+        assert "voice" not in update["audio"]["output"]  # the bound voice did not change
+
+
+def test_openai_text_audio_tool_and_cancel(deployment: Deployment) -> None:
+    fake = deployment.openai
+    with session(deployment, ticket=deployment.mint({"model": OPENAI, "tools": [WEATHER]})) as ws:
+        start(ws, {"input_transcription": True})
+        before = dropped(deployment, "openai", "rate_limits.updated")
+
+        # A text turn: audio output, its transcript as text.
+        events = ask(ws, "hello provider")
+        types = [event["type"] for event in events]
+        assert types[0] == "response.started" and "audio.delta" in types
+        assert text_of(events) == "echo: hello provider"
+        assert fake.of_type("conversation.item.create")[-1]["item"]["content"] == [
+            {"type": "input_text", "text": "hello provider"}
+        ]
+        assert dropped(deployment, "openai", "rate_limits.updated") > before  # no counterpart: counted
+
+        # An audio turn at 24 kHz, passed through as sent.
+        audio = pcm(200, 24000)
+        send(ws, {"type": "audio.append", "audio": audio})
+        send(ws, {"type": "audio.commit"})
+        assert [receive(ws)["type"] for _ in range(3)] == [
+            "speech.started",
+            "speech.stopped",
+            "transcript.committed",
+        ]
+        send(ws, {"type": "response.create"})
+        assert "audio.delta" in [event["type"] for event in receive_until(ws, "response.completed")]
+        assert fake.of_type("input_audio_buffer.append")[-1]["audio"] == audio
+
+        # A tool round trip.
+        call = next(event for event in ask(ws, "call get_weather for Paris") if event["type"] == "tool.call")
+        assert call["tool_name"] == "get_weather" and json.loads(call["tool_arguments"]) == {"city": "Paris"}
+        send(ws, {"type": "tool.result", "tool_call_id": call["tool_call_id"], "tool_result": "sunny"})
+        send(ws, {"type": "response.create"})
+        assert text_of(receive_until(ws, "response.completed")) == "the tool said sunny"
+        output = fake.of_type("conversation.item.create")[-1]["item"]
+        assert output == {"type": "function_call_output", "call_id": call["tool_call_id"], "output": "sunny"}
+
+        # Cancel a response in flight.
+        send(ws, {"type": "text.input", "text": "keep talking"})
+        send(ws, {"type": "response.create"})
+        assert receive(ws)["type"] == "response.started"
+        send(ws, {"type": "response.cancel"})
+        assert receive_until(ws, "response.completed")[-1] == {"type": "response.completed"}
+        assert fake.of_type("response.cancel")
+
+        # Clear and an image are passed on too.
+        send(ws, {"type": "audio.clear"})
+        send(ws, {"type": "image.input", "image_url": "data:image/png;base64,iVBORw0KGgo="})
+        send(ws, {"type": "response.create"})
+        assert (
+            text_of(receive_until(ws, "response.completed"))
+            == "echo: an image data:image/png;base64,iVBORw0K"
+        )
+        assert fake.of_type("input_audio_buffer.clear")
+
+
+def test_openai_error_event_is_not_fatal_and_hides_the_key(deployment: Deployment) -> None:
+    with session(deployment) as ws:
+        start(ws, {"model": OPENAI, "modalities": ["text"]})
+        send(ws, {"type": "text.input", "text": "provoke error"})
+        send(ws, {"type": "response.create"})
+        error = receive(ws)
+        assert error["type"] == "error" and error["error"]["code"] == "upstream_error"
+        assert error["error"]["message"] == "openai: the key *** cannot do that"
+        assert text_of(ask(ws, "still here")) == "echo: still here"
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("refuse", r"^openai refused the connection \(HTTP 503\)$"),
+        ("mute", r"^openai did not acknowledge the session within 2 s$"),
+    ],
+    ids=["refused-at-connect", "start-timeout"],
+)
+def test_openai_start_failures_end_the_session(deployment: Deployment, mode: str, message: str) -> None:
+    deployment.openai.mode = mode
+    try:
+        with session(deployment) as ws:
+            send(ws, {"type": "session.start", "config": {"model": OPENAI}})
+            assert_terminated(ws, message)
+    finally:
+        deployment.openai.mode = "normal"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "close the socket",
+            r"^openai closed the connection mid-session \(close code 1011: provider failure\)$",
+        ),
+        ("stop reading", r"^openai stopped reading: a send waited over 2 s$"),
+    ],
+    ids=["closed-mid-session", "stopped-reading"],
+)
+def test_openai_failures_mid_session_end_it(deployment: Deployment, text: str, message: str) -> None:
+    with session(deployment) as ws:
+        start(ws, {"model": OPENAI})
+        send(ws, {"type": "text.input", "text": text})
+        send(ws, {"type": "response.create"})
+        if text == "stop reading":
+            # The provider reads nothing more: the edge's sends fill the buffers between them, then wait.
+            chunk = {"type": "audio.append", "audio": pcm(8000, 24000)}  # 384 KB a frame
+            try:
+                for _ in range(200):
+                    send(ws, chunk)
+            except (ConnectionClosed, TimeoutError, OSError):
+                pass
+        assert_terminated(ws, message)
+
+
+# xAI ---------------------------------------------------------------------------------------------
+
+
+def test_xai_session_uses_its_own_url_and_key(deployment: Deployment) -> None:
+    fake = deployment.xai
+    with session(
+        deployment, ticket=deployment.mint({"model": XAI, "voice": "eve", "tools": [WEATHER]})
+    ) as ws:
+        started = start(ws, {**BROWSER, "voice": "rex"})
+        assert (started["model"], started["voice"]) == (XAI, "eve")
+        opening = fake.openings[-1]
+        assert opening["audio"]["output"]["voice"] == "eve" and "reasoning" not in opening
+        assert [tool["name"] for tool in opening["tools"]] == ["get_weather"]
+        assert fake.requests[-1] == "/v1/realtime?model=grok-voice-latest"
+        assert fake.headers[-1]["Authorization"] == f"Bearer {XAI_KEY}"
+        assert text_of(ask(ws, "hello grok")) == "echo: hello grok"
+        call = next(event for event in ask(ws, "get_weather please") if event["type"] == "tool.call")
+        send(ws, {"type": "tool.result", "tool_call_id": call["tool_call_id"], "tool_result": "windy"})
+        send(ws, {"type": "response.create"})
+        assert text_of(receive_until(ws, "response.completed")) == "the tool said windy"
+
+
+# Gemini ------------------------------------------------------------------------------------------
+
+
+def test_gemini_binding_turns_tools_and_what_it_cannot_do(deployment: Deployment) -> None:
+    fake = deployment.gemini
+    bound = {
+        "model": GEMINI,
+        "voice": "Kore",
+        "instructions": "Bound.",
+        "tools": [WEATHER],
+        "input_transcription": True,
+    }
+    with session(deployment, ticket=deployment.mint(bound)) as ws:
+        started = start(ws, {**BROWSER, "voice": "Puck"})
+        assert (started["voice"], started["input_sample_rate"], started["output_sample_rate"]) == (
+            "Kore",
+            16000,
+            24000,
+        )
+        setup = fake.openings[-1]
+        assert setup["model"] == "models/gemini-3.1-flash-live-preview"
+        assert setup["systemInstruction"] == {"parts": [{"text": "Bound."}]}
+        assert setup["generationConfig"]["speechConfig"]["voiceConfig"]["prebuiltVoiceConfig"] == {
+            "voiceName": "Kore"
+        }
+        assert setup["generationConfig"]["temperature"] == 0.5  # unbound: the browser's value
+        assert [declaration["name"] for declaration in setup["tools"][0]["functionDeclarations"]] == [
+            "get_weather"
+        ]
+        assert fake.headers[-1]["x-goog-api-key"] == GEMINI_KEY
+
+        events = ask(ws, "hello gemini")
+        assert [event["type"] for event in events][:2] == ["response.started", "audio.delta"]
+        assert text_of(events) == "echo: hello gemini"
+
+        # Audio at 16 kHz: the provider's voice activity and transcript, then its answer.
+        audio = pcm(200, 16000)
+        send(ws, {"type": "audio.append", "audio": audio})
+        send(ws, {"type": "audio.commit"})
+        events = receive_until(ws, "response.completed")
+        types = [event["type"] for event in events]
+        assert types[:4] == [
+            "speech.started",
+            "speech.stopped",
+            "transcript.committed",
+            "response.started",
+        ] or types[:3] == ["speech.stopped", "transcript.committed", "response.started"]
+        assert next(event for event in events if event["type"] == "transcript.committed")["transcript"] == (
+            "heard 6400 bytes"
+        )
+        assert fake.of_type("realtimeInput")[-2]["realtimeInput"]["audio"] == {
+            "data": audio,
+            "mimeType": "audio/pcm;rate=16000",
+        }
+
+        # A tool round trip: the result carries the call's id and name.
+        call = next(event for event in ask(ws, "get_weather in Oslo") if event["type"] == "tool.call")
+        send(ws, {"type": "tool.result", "tool_call_id": call["tool_call_id"], "tool_result": "cold"})
+        send(ws, {"type": "response.create"})
+        assert text_of(receive_until(ws, "response.completed")) == "the tool said cold"
+        (response,) = fake.of_type("toolResponse")[-1]["toolResponse"]["functionResponses"]
+        assert response == {"id": call["tool_call_id"], "name": "get_weather", "response": {"output": "cold"}}
+
+        # What Gemini cannot do: non-fatal errors, and the session goes on.
+        for event, code in (
+            ({"type": "session.update", "config": {"voice": "Puck"}}, "session_update_unsupported"),
+            ({"type": "audio.clear"}, "unsupported_event"),
+            ({"type": "response.cancel"}, "unsupported_event"),
+        ):
+            send(ws, event)
+            answer = receive(ws)
+            assert (answer["type"], answer["error"]["code"]) == ("error", code)
+        assert text_of(ask(ws, "still there")) == "echo: still there"
+    assert dropped(deployment, "gemini", "usageMetadata") > 0
+
+
+def test_gemini_text_output_and_manual_turns(deployment: Deployment) -> None:
+    with session(deployment) as ws:
+        start(ws, {"model": GEMINI, "modalities": ["text"], "turn_detection": {"type": "none"}})
+        events = ask(ws, "text please")
+        assert [event["type"] for event in events] == ["response.started", "text.delta", "response.completed"]
+        send(ws, {"type": "audio.append", "audio": pcm(100, 16000)})
+        send(ws, {"type": "audio.commit"})
+        assert receive_until(ws, "response.completed")[0] == {"type": "speech.started"}
+    realtime = [message["realtimeInput"] for message in deployment.gemini.of_type("realtimeInput")[-3:]]
+    assert list(realtime[0]) == ["activityStart"] and list(realtime[2]) == ["activityEnd"]
+
+
+def test_gemini_close_mid_session_names_the_close_code(deployment: Deployment) -> None:
+    with session(deployment) as ws:
+        start(ws, {"model": GEMINI})
+        send(ws, {"type": "text.input", "text": "close the socket"})
+        send(ws, {"type": "response.create"})
+        assert_terminated(
+            ws, r"^gemini closed the connection mid-session \(close code 1011: provider failure\)$"
+        )
+
+
+# Models without a key ----------------------------------------------------------------------------
+
+
+def test_models_without_a_provider_key_are_not_served(tmp_path: Path) -> None:
+    with FakeProvider("openai", key=OPENAI_KEY) as fake:
+        edge, api_key = edge_process(
+            tmp_path, "openai-only", REALTIME_OPENAI_API_KEY=OPENAI_KEY, REALTIME_OPENAI_URL=fake.url
+        )
+        with edge:
+            listed = httpx.get(edge.url + "/v3/models?type=realtime", timeout=5).json()["data"]
+            assert [model["id"] for model in listed] == [OPENAI]
+            headers = {"Authorization": f"Bearer {api_key}"}
+            for model in (XAI, GEMINI):
+                response = httpx.post(
+                    edge.url + "/v3/realtime-sessions",
+                    headers=headers,
+                    json={"config": {"model": model}},
+                    timeout=5,
+                )
+                assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_model"
+            with connect(edge.ws_url, additional_headers=headers, open_timeout=10) as ws:
+                send(ws, {"type": "session.start", "config": {"model": GEMINI}})
+                error = receive(ws)
+                assert error["error"]["code"] == "unknown_model"
+                assert "not served by this deployment" in error["error"]["message"]
+                start(ws, {"model": OPENAI})  # the start may be retried with a served model
+    assert fake.violations == []
