@@ -63,6 +63,11 @@ async def dev_ticket(request: Request) -> JSONResponse:
     ticket = issue_ticket(services, signer, project=DEV_PROJECT, binding=binding, ttl=DEFAULT_TTL)
     logger.info("minted dev ticket kid=%s project=%s model=%s", ticket.kid, DEV_PROJECT, model)
     return JSONResponse(
-        {"client_secret": ticket.token, "expires_at": rfc3339(ticket.expires_at), "model": model},
+        {
+            "client_secret": ticket.token,
+            "expires_at": rfc3339(ticket.expires_at),
+            "model": model,
+            "upstream": services.settings.upstream,  # the page says who answers
+        },
         headers=NO_STORE,
     )

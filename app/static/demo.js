@@ -47,7 +47,23 @@ async function mint() {
   const response = await fetch("/dev/ticket?model=" + encodeURIComponent(model), { method: "POST" });
   const body = await response.json();
   if (!response.ok) throw new Error(body.error ? body.error.code + ": " + body.error.message : response.status);
+  demo.upstream = body.upstream;
   return body.client_secret;
+}
+
+// Who answers: the built-in test model, the model's own provider, or the relay's upstream.
+function answeredBy(model) {
+  if (demo.upstream === "providers") return model.split("/")[0] + " (the real provider)";
+  if (demo.upstream === "relay") return "the relayed upstream";
+  return "the built-in test model";
+}
+
+// Only the models this deployment serves (with real providers: those with a key).
+async function loadModels() {
+  const response = await fetch("/v3/models?type=realtime");
+  if (!response.ok) return;
+  const models = (await response.json()).data.map((model) => model.id);
+  $("model").replaceChildren(...models.map((id) => new Option(id, id)));
 }
 
 function wsUrl() {
@@ -87,7 +103,8 @@ function onEvent(event) {
       demo.session = event;
       $("session").textContent =
         event.session_id + " · " + event.model + " · voice " + event.voice +
-        " · in " + event.input_sample_rate + " Hz · out " + event.output_sample_rate + " Hz";
+        " · in " + event.input_sample_rate + " Hz · out " + event.output_sample_rate + " Hz" +
+        " · answered by " + answeredBy(event.model);
       break;
     case "response.started":
       modelLine = document.createElement("span");
@@ -188,6 +205,7 @@ function stopMic() {
   $("mic").classList.remove("on");
 }
 
+loadModels().catch(() => {});
 $("connect").onclick = connect;
 $("disconnect").onclick = () => demo.socket && demo.socket.close(1000);
 $("mic").onclick = () => (capture ? stopMic() : startMic().catch((error) => setStatus("microphone: " + error.message, "error")));
