@@ -11,7 +11,7 @@ and messages are not checked (the bench measures the edge, not the checker). A f
 protocol (`session.start`, `audio.append`) gets the same answer in this protocol: the pass-through
 floor of the bench relays those unchanged.
 
-`python -m tests.fake_providers --kind openai --key K [--echo]` serves one and prints its port.
+`python -m tests.fake_providers --kind openai --key K [--echo] [--port N]` serves one and prints its URL.
 """
 
 from __future__ import annotations
@@ -53,7 +53,13 @@ class FakeProvider:
     """One fake provider; `start()` serves it from a thread of its own until `stop()`."""
 
     def __init__(
-        self, kind: str, *, key: str, echo: bool = False, ssl_context: ssl.SSLContext | None = None
+        self,
+        kind: str,
+        *,
+        key: str,
+        echo: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         assert kind in ("openai", "gemini")
         self.kind = kind
@@ -66,7 +72,7 @@ class FakeProvider:
         self.violations: list[str] = []
         self.requests: list[str] = []  # request paths (with query) of accepted upgrades
         self.headers: list[dict[str, str]] = []
-        self.port = 0
+        self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
@@ -115,7 +121,7 @@ class FakeProvider:
         async with serve(
             handler,
             "127.0.0.1",
-            0,
+            self.port,
             process_request=self._check_request,
             ssl=self.ssl_context,
             compression=None,
@@ -128,6 +134,8 @@ class FakeProvider:
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
+        if path == "/healthz":
+            return connection.respond(200, "ok\n")  # the bench waits for this before measuring
         if path != (OPENAI_PATH if self.kind == "openai" else GEMINI_PATH):
             return connection.respond(404, "no such endpoint\n")
         if self.kind == "openai":
@@ -419,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kind", choices=("openai", "gemini"), required=True)
     parser.add_argument("--key", required=True)
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1"])
+    parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)
-    fake = FakeProvider(args.kind, key=args.key, echo=args.echo)
+    fake = FakeProvider(args.kind, key=args.key, echo=args.echo, port=args.port)
 
     def ready() -> None:
         print(json.dumps({"port": fake.port, "url": fake.url}), flush=True)
