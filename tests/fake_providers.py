@@ -66,7 +66,8 @@ class FakeProvider:
         self.key = key
         self.echo = echo
         self.ssl_context = ssl_context
-        self.mode = "normal"  # "refuse": HTTP 503 at the upgrade; "mute": never acknowledge
+        # "refuse": HTTP 503 at the upgrade; "mute": never acknowledge; "reject": an error instead
+        self.mode = "normal"
         self.received: list[dict[str, Any]] = []  # every message from the edge, checked
         self.openings: list[dict[str, Any]] = []  # each session's configuration as received
         self.violations: list[str] = []
@@ -217,7 +218,10 @@ class FakeProvider:
             if not state["session"]:
                 self.openings.append(message["session"])
             state["session"] = {**state["session"], **message["session"]}
-            if self.mode != "mute":
+            if self.mode == "reject":
+                error = {"type": "invalid_request_error", "message": "Unknown parameter: 'session.x'."}
+                await self._send(connection, {"type": "error", "event_id": _id("ev"), "error": error})
+            elif self.mode != "mute":
                 update = {"type": "session.updated", "event_id": _id("ev"), "session": message["session"]}
                 await self._send(connection, update)
         elif kind == "input_audio_buffer.append":

@@ -34,7 +34,7 @@ from app.providers.gemini import GeminiTranslator
 from app.providers.openai import DROPPED, OpenAITranslator
 from app.upstreams import served_registry
 from app.upstreams.base import SessionInfo
-from app.upstreams.providers import Endpoint, ProvidersUpstream
+from app.upstreams.providers import Endpoint, ProviderConnection, ProvidersUpstream
 from tests.fake_providers import FakeProvider
 from tests.provider_types import Violation, check_gemini_client, check_openai_client
 from tests.tls import localhost_contexts
@@ -463,8 +463,9 @@ def _upstream(fake: FakeProvider, *, timeout: float = 5.0) -> ProvidersUpstream:
         ("refuse", OPENAI_KEY, "openai refused the connection (HTTP 503)"),
         ("normal", "sk-wrong-0123456789", "openai refused the connection (HTTP 401)"),
         ("mute", OPENAI_KEY, "openai did not acknowledge the session within 0.5 s"),
+        ("reject", OPENAI_KEY, "openai refused the session: Unknown parameter: 'session.x'."),
     ],
-    ids=["refused", "wrong-key", "no-acknowledgement"],
+    ids=["refused", "wrong-key", "no-acknowledgement", "error-instead"],
 )
 def test_start_failures_name_the_provider(mode: str, key: str, expected: str) -> None:
     async def attempt(fake: FakeProvider) -> None:
@@ -479,6 +480,22 @@ def test_start_failures_name_the_provider(mode: str, key: str, expected: str) ->
             asyncio.run(attempt(fake))
     assert failure.value.message == expected
     assert key not in failure.value.message
+
+
+def test_a_malformed_provider_message_is_dropped_and_counted() -> None:
+    counted: list[tuple[str, str]] = []
+    connection = ProviderConnection(
+        None,  # type: ignore[arg-type]  # _translate does no I/O
+        OpenAITranslator({}, OPENAI),
+        Endpoint("openai", "ws://unused", OPENAI_KEY),
+        timeout=1,
+        dropped=lambda provider, kind: counted.append((provider, kind)),
+    )
+    assert connection._translate({"type": "response.output_audio.delta"}) is None  # no `delta`
+    assert connection._translate({"type": "made.up"}) is None
+    assert counted == [("openai", "other"), ("openai", "other")]
+    assert connection._translate({"type": "rate_limits.updated"}) is None
+    assert counted[-1] == ("openai", "rate_limits.updated")
 
 
 def test_an_unreachable_provider_is_an_upstream_error() -> None:

@@ -124,7 +124,8 @@ class ProviderConnection:
                 break
             for event in self._translate(message) or ():
                 if event.get("type") == "error":
-                    raise UpstreamError(f"{self._provider} refused the session: {event['error']['message']}")
+                    said = str(event["error"]["message"]).removeprefix(f"{self._provider}: ")
+                    raise UpstreamError(f"{self._provider} refused the session: {said}")
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def aclose(self) -> None:
