@@ -244,7 +244,10 @@ def test_openai_text_audio_tool_and_cancel(deployment: Deployment) -> None:
         send(ws, {"type": "response.create"})
         assert receive(ws)["type"] == "response.started"
         send(ws, {"type": "response.cancel"})
-        assert receive_until(ws, "response.completed")[-1] == {"type": "response.completed"}
+        assert receive_until(ws, "response.completed")[-1] == {
+            "type": "response.completed",
+            "status": "cancelled",
+        }
         assert fake.of_type("response.cancel")
 
         # Clear and an image are passed on too.

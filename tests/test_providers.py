@@ -189,7 +189,10 @@ def _delta(kind: str, delta: str) -> Event:
         (_delta("response.output_text.delta", "hi"), [{"type": "text.delta", "delta": "hi"}]),
         (_delta("response.output_audio_transcript.delta", "hi"), [{"type": "text.delta", "delta": "hi"}]),
         ({"type": "response.created", "event_id": "e", "response": {}}, [{"type": "response.started"}]),
-        ({"type": "response.done", "event_id": "e", "response": {}}, [{"type": "response.completed"}]),
+        (
+            {"type": "response.done", "event_id": "e", "response": {}},
+            [{"type": "response.completed", "status": "completed"}],
+        ),
         (
             {
                 "type": "input_audio_buffer.speech_started",
@@ -356,7 +359,7 @@ def test_gemini_server_messages_make_responses() -> None:
         {"type": "text.delta", "delta": "hi"}
     ]
     assert translator.from_provider({"serverContent": {"turnComplete": True}}) == [
-        {"type": "response.completed"}
+        {"type": "response.completed", "status": "completed"}
     ]
     call = {"toolCall": {"functionCalls": [{"id": "c1", "name": "get_weather", "args": {"city": "Oslo"}}]}}
     assert translator.from_provider(call) == [
@@ -367,7 +370,7 @@ def test_gemini_server_messages_make_responses() -> None:
             "tool_name": "get_weather",
             "tool_arguments": '{"city":"Oslo"}',
         },
-        {"type": "response.completed"},
+        {"type": "response.completed", "status": "completed"},
     ]
     # The result names the call's function, and Gemini goes on by itself: no second turn.
     (result,) = translator.to_provider({"type": "tool.result", "tool_call_id": "c1", "tool_result": "cold"})
@@ -379,6 +382,11 @@ def test_gemini_server_messages_make_responses() -> None:
     assert translator.to_provider({"type": "response.create"}) == []
     assert translator.to_provider({"type": "response.create"}) == [{"clientContent": {"turnComplete": True}}]
     assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) is None
+    translator.from_provider({"serverContent": {"modelTurn": {"parts": [audio]}}})
+    assert translator.from_provider({"serverContent": {"interrupted": True}})[-1] == {  # type: ignore[index]
+        "type": "response.completed",
+        "status": "cancelled",
+    }
     assert translator.from_provider({"setupComplete": {}}) == []
 
 

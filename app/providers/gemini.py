@@ -215,7 +215,7 @@ class GeminiTranslator:
             events.append({"type": "text.delta", "delta": said})
         if content.get("interrupted") or content.get("turnComplete"):
             self._flush(events)
-            self._end(events)
+            self._end(events, "cancelled" if content.get("interrupted") else "completed")
 
     def _start(self, events: list[dict[str, Any]]) -> None:
         if not self._responding:
@@ -223,10 +223,10 @@ class GeminiTranslator:
             self._responding = True
             events.append({"type": "response.started"})
 
-    def _end(self, events: list[dict[str, Any]]) -> None:
+    def _end(self, events: list[dict[str, Any]], status: str = "completed") -> None:
         if self._responding:
             self._responding = False
-            events.append({"type": "response.completed"})
+            events.append({"type": "response.completed", "status": status})
 
     def _hear(self, text: str) -> None:
         room = TRANSCRIPT_MAX_CHARS - self._transcript_chars

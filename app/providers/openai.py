@@ -194,7 +194,8 @@ class OpenAITranslator:
         if kind == "response.created":
             return [{"type": "response.started"}]
         if kind == "response.done":
-            return [{"type": "response.completed"}]
+            cancelled = (message.get("response") or {}).get("status") == "cancelled"
+            return [{"type": "response.completed", "status": "cancelled" if cancelled else "completed"}]
         if kind == "input_audio_buffer.speech_started":
             return [{"type": "speech.started"}]
         if kind == "input_audio_buffer.speech_stopped":
