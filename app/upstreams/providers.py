@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_EVENTS = 16  # server events translated and not yet taken by the session
 RECEIVE_QUEUE_FRAMES = 4  # provider frames websockets buffers before it stops reading the socket
-MAX_PROVIDER_FRAME = 1 << 21  # bytes; an audio delta is a few KiB
+MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
 
 Dropped = Callable[[str, str], None]
 
@@ -74,7 +74,8 @@ def endpoints(settings: Settings) -> dict[str, Endpoint]:
 
 
 def _closed(provider: str, exc: ConnectionClosed, when: str) -> UpstreamError:
-    frame = exc.rcvd
+    # The provider's close frame; else ours (a frame over the size limit is our 1009); else none (1006).
+    frame = exc.rcvd or exc.sent
     code = frame.code if frame is not None else 1006
     reason = f": {redact(frame.reason)[:200]}" if frame is not None and frame.reason else ""
     return UpstreamError(f"{provider} closed the connection {when} (close code {code}{reason})")
