@@ -273,21 +273,36 @@ def test_openai_error_event_is_not_fatal_and_hides_the_key(deployment: Deploymen
 
 
 @pytest.mark.parametrize(
-    ("mode", "message"),
+    ("provider", "mode", "message"),
     [
-        ("refuse", r"^openai refused the connection \(HTTP 503\)$"),
-        ("mute", r"^openai did not acknowledge the session within 2 s$"),
+        ("openai", "refuse", r"^openai refused the connection \(HTTP 503\)$"),
+        ("openai", "mute", r"^openai did not acknowledge the session within 2 s$"),
+        ("openai", "reject", r"^openai refused the session: Unknown parameter: 'session.x'.$"),
+        ("xai", "refuse", r"^xai refused the connection \(HTTP 503\)$"),
+        ("gemini", "refuse", r"^gemini refused the connection \(HTTP 503\)$"),
+        ("gemini", "mute", r"^gemini did not acknowledge the session within 2 s$"),
     ],
-    ids=["refused-at-connect", "start-timeout"],
+    ids=[
+        "openai-refused-at-connect",
+        "openai-start-timeout",
+        "openai-error-instead-of-start",
+        "xai-refused-at-connect",
+        "gemini-refused-at-connect",
+        "gemini-start-timeout",
+    ],
 )
-def test_openai_start_failures_end_the_session(deployment: Deployment, mode: str, message: str) -> None:
-    deployment.openai.mode = mode
+def test_start_failures_end_the_session(
+    deployment: Deployment, provider: str, mode: str, message: str
+) -> None:
+    fake: FakeProvider = getattr(deployment, provider)
+    model = {"openai": OPENAI, "xai": XAI, "gemini": GEMINI}[provider]
+    fake.mode = mode
     try:
         with session(deployment) as ws:
-            send(ws, {"type": "session.start", "config": {"model": OPENAI}})
+            send(ws, {"type": "session.start", "config": {"model": model}})
             assert_terminated(ws, message)
     finally:
-        deployment.openai.mode = "normal"
+        fake.mode = "normal"
 
 
 @pytest.mark.parametrize(
@@ -423,8 +438,18 @@ def test_gemini_text_output_and_manual_turns(deployment: Deployment) -> None:
         send(ws, {"type": "audio.append", "audio": pcm(100, 16000)})
         send(ws, {"type": "audio.commit"})
         assert receive_until(ws, "response.completed")[0] == {"type": "speech.started"}
+        send(ws, {"type": "image.input", "image_url": "data:image/jpeg;base64,/9j/4AAQ"})
+        send(ws, {"type": "response.create"})
+        assert text_of(receive_until(ws, "response.completed")) == "echo: an image of type image/jpeg"
+        send(ws, {"type": "image.input", "image_url": "https://example.com/cat.png"})
+        assert receive(ws)["error"]["code"] == "unsupported_event"
     realtime = [message["realtimeInput"] for message in deployment.gemini.of_type("realtimeInput")[-3:]]
     assert list(realtime[0]) == ["activityStart"] and list(realtime[2]) == ["activityEnd"]
+    (turn,) = deployment.gemini.of_type("clientContent")[-2]["clientContent"]["turns"]
+    (part,) = turn["parts"]
+    assert part["inlineData"]["mimeType"] == "image/jpeg"
+    # The fake records bytes as the SDK writes them back (URL-safe base64); the edge sent them as given.
+    assert base64.urlsafe_b64decode(part["inlineData"]["data"]) == base64.b64decode("/9j/4AAQ")
 
 
 def test_gemini_close_mid_session_names_the_close_code(deployment: Deployment) -> None:
