@@ -60,15 +60,19 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when keys are loaded and the replay store answers; else 503 with the reason."""
+    """Ready when keys are loaded, the replay store accepts a write now and its clock is within the
+    skew margin of ours; else 503 with the reasons."""
     services: Services = request.app.state.services
     reasons = []
     if not services.keys.current().keys:
         reasons.append("no verification keys loaded")
     try:
-        await services.replay.ping()
+        await services.replay.probe()
     except UnavailableError as exc:
         reasons.append(f"replay store: {exc.message}")
+    else:
+        if (skew := await services.skew.problem()) is not None:
+            reasons.append(f"clock: {skew}")
     if reasons:
         return JSONResponse({"status": "unavailable", "reasons": reasons}, status_code=503)
     return JSONResponse({"status": "ok"})

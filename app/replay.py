@@ -2,22 +2,27 @@
 
 ReplayStore          the interface the edge uses
 MemoryReplayStore    memory://  bounded, refuses when full, rejects tickets older than the process
-RedisReplayStore     redis://   SET NX PXAT, short timeouts, fails closed, recovers by itself;
+RedisReplayStore     redis://   SET NX PX, short timeouts, fails closed, recovers by itself;
                                 a node of a Redis Cluster is detected by its first MOVED answer
+
+Redis keeps a used ticket id for a duration it measures by its own clock (`PX`), never until an
+absolute time (`PXAT`): an edge whose clock lags would send a deadline Redis already sees as past,
+and Redis answers `OK` to that while keeping nothing, so the ticket could be used again and again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from cachetools import TLRUCache
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
@@ -47,8 +52,16 @@ class ReplayStore(Protocol):
         """
         ...
 
-    async def ping(self) -> None:
-        """Raise ReplayStoreUnavailableError when the store cannot answer now."""
+    async def probe(self) -> None:
+        """Raise an UnavailableError unless the store accepts a write now (readiness)."""
+        ...
+
+    async def clock_offset(self) -> float | None:
+        """Seconds the store's clock is ahead of this process's (None: it has no clock of its own).
+
+        Raises:
+            ReplayStoreUnavailableError: the store did not answer.
+        """
         ...
 
     async def setup_warnings(self) -> list[str]:
@@ -95,8 +108,16 @@ class MemoryReplayStore:
             )
         cache[jti] = float(expires_at + self._leeway)
 
-    async def ping(self) -> None:
-        return None
+    async def probe(self) -> None:
+        self._cache.expire()
+        if len(self._cache) >= self._cache.maxsize:
+            raise ReplayStoreFullError(
+                f"the memory replay store holds {self._cache.maxsize} unexpired tickets",
+                retry_after=RETRY_AFTER_SECONDS,
+            )
+
+    async def clock_offset(self) -> float | None:
+        return None  # the store is this process: one clock
 
     async def setup_warnings(self) -> list[str]:
         return []  # forgetting on restart is handled by `admits`
@@ -109,8 +130,17 @@ MAX_CONNECTIONS = 64  # per edge process (per node of a Redis Cluster)
 CLIENT_NAME = "realtime-replay"
 
 
+#: How long the readiness probe's key lives; it is rewritten at each probe.
+PROBE_MILLISECONDS = 10_000
+
+
 class RedisReplayStore:
-    """A fleet's store: one key per ticket id, `SET NX PXAT`; any error or timeout fails closed."""
+    """A fleet's store: one key per ticket id, `SET NX PX`; any error or timeout fails closed.
+
+    A used id is kept for the ticket's remaining lifetime by this edge's clock, plus the leeway, plus
+    `skew_margin`, and never less than leeway + margin: edges whose clocks differ from this one's by
+    less than the margin still find the id while they would accept the ticket.
+    """
 
     def __init__(
         self,
@@ -120,9 +150,13 @@ class RedisReplayStore:
         leeway: int,
         timeout: float,
         clock: Callable[[], float],
+        skew_margin: int = 30,
     ) -> None:
         self._prefix = prefix
         self._leeway = leeway
+        self._skew_margin = skew_margin
+        # Not a ticket id (those are base64url, without ':'), one per process, short-lived.
+        self._probe_key = f"{prefix}probe:{secrets.token_hex(8)}"
         self._timeout = timeout
         self._clock = clock
         self._url = url
@@ -159,45 +193,70 @@ class RedisReplayStore:
             )
         return self._cluster
 
-    async def _set(self, key: str, until_ms: int) -> bool:
+    async def _on_owner(self, command: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run a one-key command on the node that owns the key."""
         if self._cluster is None:
             try:
-                return bool(await self._redis.set(key, b"1", nx=True, pxat=until_ms))
+                return await command(self._redis)
             except MovedError:
                 pass  # another shard owns the key, so the command did not run: safe to send again
-        return bool(await self._open_cluster().set(key, b"1", nx=True, pxat=until_ms))
+        return await command(self._open_cluster())
+
+    def lifetime_ms(self, expires_at: int) -> int:
+        """How long Redis keeps a used id: remaining lifetime by this clock + leeway + skew margin."""
+        remaining = max(0.0, expires_at - self._clock())
+        return max(1, math.ceil((remaining + self._leeway + self._skew_margin) * 1000))
 
     def admits(self, issued_at: int) -> None:
         return None  # the store outlives any one edge process
 
     def _unavailable(self, exc: BaseException) -> ReplayStoreUnavailableError:
-        reason = "timed out" if isinstance(exc, TimeoutError | RedisTimeoutError) else type(exc).__name__
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            what = "did not answer (timed out)"
+        elif isinstance(exc, ResponseError):  # read-only replica, out of memory, ...
+            what = f"refused the write ({type(exc).__name__})"
+        else:
+            what = f"did not answer ({type(exc).__name__})"
         return ReplayStoreUnavailableError(
             # Not "the ticket was not used": a command that timed out may still have been applied.
-            f"the replay store did not answer ({reason}); try again shortly, with a new ticket "
+            f"the replay store {what}; try again shortly, with a new ticket "
             "if this one is then refused as already used",
             retry_after=RETRY_AFTER_SECONDS,
         )
 
     async def consume(self, jti: str, *, expires_at: int) -> None:
-        until_ms = (expires_at + self._leeway) * 1000
+        key, ms = self._prefix + jti, self.lifetime_ms(expires_at)
         try:
             async with asyncio.timeout(self._timeout):
-                stored = await self._set(self._prefix + jti, until_ms)
+                # `OK` means stored: a positive PX always stores; nil means the key exists.
+                stored = await self._on_owner(lambda client: client.set(key, b"1", nx=True, px=ms))
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
         if not stored:
             raise TicketReplayedError("this ticket was already used: mint a new one for each connection")
 
-    async def ping(self) -> None:
+    async def probe(self) -> None:
+        """Write a short-lived key under the prefix: a read-only replica, a full Redis (noeviction)
+        or paused writes answer PING but refuse (or hold) this, as they would a redemption."""
+        key = self._probe_key
         try:
             async with asyncio.timeout(self._timeout):
-                if self._cluster is None:
-                    await self._redis.ping()
-                else:  # every shard: one that is down refuses the tickets it owns
+                await self._on_owner(lambda client: client.set(key, b"1", px=PROBE_MILLISECONDS))
+                if self._cluster is not None:  # every shard: one that is down refuses its tickets
                     await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
+
+    async def clock_offset(self) -> float:
+        """Redis `TIME` minus this clock at the middle of the round trip."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                before = self._clock()
+                seconds, micros = await self._redis.time()
+                after = self._clock()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        return seconds + micros / 1_000_000 - (before + after) / 2
 
     async def setup_warnings(self) -> list[str]:
         """Persistence and eviction settings that would let Redis forget a used ticket id.
@@ -255,4 +314,5 @@ def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> Repl
         leeway=settings.leeway_seconds,
         timeout=settings.replay_timeout_seconds,
         clock=clock,
+        skew_margin=settings.clock_skew_margin_seconds,
     )

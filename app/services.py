@@ -14,6 +14,7 @@ from app.metrics import Metrics
 from app.models import ModelRegistry
 from app.replay import ReplayStore, open_replay_store
 from app.sessions import Sessions
+from app.skew import SkewWatch
 from app.upstreams import make_upstream, served_registry
 from app.upstreams.base import Upstream
 
@@ -34,6 +35,7 @@ class Services:
     sessions: Sessions
     upstream: Upstream
     seal_keys: SealKeySource
+    skew: SkewWatch
 
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock, upstream: Upstream | None = None) -> Services:
@@ -63,6 +65,8 @@ class Services:
         replay = open_replay_store(settings, clock=clock.now)
         for warning in await replay.setup_warnings():
             logger.warning("replay store: %s", warning)
+        skew = SkewWatch(replay, leeway=settings.leeway_seconds, margin=settings.clock_skew_margin_seconds)
+        await skew.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -74,9 +78,11 @@ class Services:
             sessions=Sessions(),
             upstream=upstream or make_upstream(settings, dropped=metrics.provider_event_dropped),
             seal_keys=seal_keys,
+            skew=skew,
         )
 
     async def aclose(self) -> None:
+        await self.skew.aclose()
         await self.replay.aclose()
         await self.keys.aclose()
 

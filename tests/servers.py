@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -32,9 +33,17 @@ def terminate(process: subprocess.Popen[bytes] | None, *, timeout: float) -> Non
 class ServiceProcess:
     """One uvicorn process of the service. Use as a context manager; `url` and `ws_url` once started."""
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        start_timeout: float = 30.0,
+        wrapper: Sequence[str] = (),
+    ) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
         self.env.update(env)
+        self.wrapper = tuple(wrapper)  # e.g. ("faketime", "-f", "-8s"): runs the service under it
         self.log_path = log_path
         self.start_timeout = start_timeout
         self.port = 0
@@ -52,7 +61,7 @@ class ServiceProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"],
+            [*self.wrapper, sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"],
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import signal
 import time
 import warnings
@@ -29,7 +30,13 @@ from app.exceptions import (
     TicketNotRedeemableError,
     TicketReplayedError,
 )
-from app.replay import CLIENT_NAME, MAX_CONNECTIONS, MemoryReplayStore, RedisReplayStore
+from app.replay import (
+    CLIENT_NAME,
+    MAX_CONNECTIONS,
+    PROBE_MILLISECONDS,
+    MemoryReplayStore,
+    RedisReplayStore,
+)
 from app.rotation import ensure_keys
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.sealing import claims_of
@@ -38,6 +45,7 @@ from tests.servers import ServiceProcess
 __all__ = ["redis_server"]  # the fixture, imported so pytest finds it
 
 LEEWAY = 5
+MARGIN = 30
 PREFIX = "realtime:jti:"
 PROJECT = "proj_replay"
 RACERS = 200
@@ -132,7 +140,16 @@ def test_memory_race_in_one_loop_admits_exactly_one(clock: FakeClock) -> None:
 
 
 def redis_store(server: RedisServer, timeout: float = 0.5) -> RedisReplayStore:
-    return RedisReplayStore(server.url, prefix=PREFIX, leeway=LEEWAY, timeout=timeout, clock=time.time)
+    return RedisReplayStore(
+        server.url, prefix=PREFIX, leeway=LEEWAY, timeout=timeout, clock=time.time, skew_margin=MARGIN
+    )
+
+
+def assert_kept_for_lifetime(client: Any, key: str, expires_at: int, *, stored_at: float) -> None:
+    """Redis expires `key` after the remaining lifetime + leeway + margin, counted by its own clock."""
+    expected = (expires_at - stored_at + LEEWAY + MARGIN) * 1000
+    pttl = client.pttl(key)
+    assert expected - 5000 < pttl <= expected + 1000, (pttl, expected)
 
 
 async def guarded(awaitable: Any) -> Any:
@@ -142,8 +159,9 @@ async def guarded(awaitable: Any) -> Any:
 
 
 @pytest.mark.redis
-def test_redis_consumes_once_with_pxat_expiry(redis_server: RedisServer) -> None:
+def test_redis_consumes_once_for_the_lifetime_plus_leeway_and_margin(redis_server: RedisServer) -> None:
     expires_at = int(time.time()) + 60
+    stored_at = time.time()
 
     async def scenario() -> None:
         store = redis_store(redis_server)
@@ -152,17 +170,18 @@ def test_redis_consumes_once_with_pxat_expiry(redis_server: RedisServer) -> None
             with pytest.raises(TicketReplayedError) as caught:
                 await store.consume("jti-1", expires_at=expires_at)
             assert caught.value.code == "ticket_replayed"
-            await store.ping()
+            await store.probe()
         finally:
             await store.aclose()
 
     asyncio.run(scenario())
     with redis_server.client() as client:
         assert client.get(PREFIX + "jti-1") == b"1"
-        assert client.pexpiretime(PREFIX + "jti-1") == (expires_at + LEEWAY) * 1000
-        pttl = client.pttl(PREFIX + "jti-1")
-        assert 0 < pttl <= (expires_at + LEEWAY) * 1000 - int(time.time() * 1000) + 1000
-        assert client.dbsize() == 1
+        assert_kept_for_lifetime(client, PREFIX + "jti-1", expires_at, stored_at=stored_at)
+        assert client.keys(PREFIX + "jti-*") == [(PREFIX + "jti-1").encode()]
+        # The readiness probe wrote one short-lived key of its own under the prefix.
+        (probe,) = client.keys(PREFIX + "probe:*")
+        assert 0 < client.pttl(probe) <= PROBE_MILLISECONDS
 
 
 @pytest.mark.redis
@@ -203,9 +222,9 @@ def test_redis_down_fails_closed_and_recovers_on_the_same_store(redis_server: Re
                 error = caught.value
                 assert (error.code, error.status, error.retry_after) == ("replay_store_unavailable", 503, 1)
             with pytest.raises(ReplayStoreUnavailableError):
-                await guarded(store.ping())
+                await guarded(store.probe())
             redis_server.start()
-            await store.ping()
+            await store.probe()
             # The refused ticket was not used; the same store object reconnects by itself.
             await store.consume("down-1", expires_at=expires_at)
             with pytest.raises(TicketReplayedError):
@@ -320,7 +339,7 @@ def test_redis_that_hangs_times_out_and_fails_closed(redis_server: RedisServer) 
                     await guarded(store.consume("during", expires_at=expires_at))
                 assert "timed out" in caught.value.message
                 with pytest.raises(ReplayStoreUnavailableError):
-                    await guarded(store.ping())
+                    await guarded(store.probe())
             finally:
                 process.send_signal(signal.SIGCONT)
             # Answers are not mixed up after the abandoned command: each call gets its own reply.
@@ -452,7 +471,7 @@ def test_ticket_used_on_one_edge_is_replayed_on_the_other(fleet: Fleet) -> None:
     # The key the edge wrote lives exactly until exp + leeway.
     jti, exp = claims(ticket, fleet.a)["jti"], claims(ticket, fleet.a)["exp"]
     with fleet.redis.client() as client:
-        assert client.pexpiretime(PREFIX + jti) == (exp + LEEWAY) * 1000
+        assert_kept_for_lifetime(client, PREFIX + jti, exp, stored_at=time.time())
     # And the other way round.
     ticket = fleet.mint(fleet.b)
     redeem(fleet.b, ticket)
@@ -548,13 +567,13 @@ def test_redis_cluster_routes_each_ticket_to_its_shard(tmp_path: Path) -> None:
         async def scenario() -> None:
             store = redis_store(nodes[0])
             try:
-                await store.ping()
+                await store.probe()
                 for jti in jtis:
                     await store.consume(jti, expires_at=expires_at)
                 for jti in jtis:
                     with pytest.raises(TicketReplayedError):
                         await store.consume(jti, expires_at=expires_at)
-                await store.ping()
+                await store.probe()
                 # A shard that is down fails closed for the tickets it owns.
                 await asyncio.to_thread(nodes[1].stop)
                 outcomes = Counter[str]()
@@ -566,7 +585,7 @@ def test_redis_cluster_routes_each_ticket_to_its_shard(tmp_path: Path) -> None:
                         outcomes["unavailable"] += 1
                 assert outcomes["unavailable"] > 0, outcomes
                 with pytest.raises(ReplayStoreUnavailableError):
-                    await guarded(store.ping())
+                    await guarded(store.probe())
             finally:
                 await store.aclose()
 
@@ -582,7 +601,7 @@ def test_redis_cluster_routes_each_ticket_to_its_shard(tmp_path: Path) -> None:
                 keys = [key.decode() for key in client.keys(PREFIX + "jti-*")]
                 held.extend(keys)
                 for key in keys:
-                    assert client.pexpiretime(key) == (expires_at + LEEWAY) * 1000
+                    assert_kept_for_lifetime(client, key, expires_at, stored_at=time.time())
         assert 0 < len(held) < len(jtis)  # both shards hold some of the tickets
     finally:
         for node in nodes:
@@ -597,3 +616,46 @@ def test_missing_redis_server_skips_locally_and_fails_under_ci(monkeypatch: pyte
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception):
         require_redis_server()
+
+
+LIFETIMES = [
+    ("fresh", 60.0, (60 + LEEWAY + MARGIN) * 1000),
+    ("fraction-left", 0.25, 250 + (LEEWAY + MARGIN) * 1000),
+    ("expired-by-this-clock", -8.0, (LEEWAY + MARGIN) * 1000),
+    ("long-expired", -3600.0, (LEEWAY + MARGIN) * 1000),
+]
+
+
+@pytest.mark.parametrize(
+    ("left", "expected"), [case[1:] for case in LIFETIMES], ids=[case[0] for case in LIFETIMES]
+)
+def test_redis_keeps_a_used_id_for_its_lifetime_by_this_clock_plus_leeway_and_margin(
+    left: float, expected: int
+) -> None:
+    """A duration (PX), never less than leeway + margin: an id is never sent already expired."""
+    clock = FakeClock(1_800_000_000.0)
+    store = RedisReplayStore(
+        "redis://127.0.0.1:9/0", prefix=PREFIX, leeway=LEEWAY, timeout=0.5, clock=clock, skew_margin=MARGIN
+    )
+    expires_at = 1_800_000_000 + math.floor(left) if left >= 1 or left < 0 else 1_800_000_001
+    if 0 < left < 1:
+        clock.advance(1 - left)
+    assert store.lifetime_ms(expires_at) == expected
+    asyncio.run(store.aclose())
+
+
+def test_redis_lifetime_is_never_zero_without_leeway_or_margin() -> None:
+    store = RedisReplayStore(
+        "redis://127.0.0.1:9/0", prefix=PREFIX, leeway=0, timeout=0.5, clock=FakeClock(), skew_margin=0
+    )
+    assert store.lifetime_ms(0) == 1  # PX 0 is an error in Redis; 1 ms still answers "used" at once
+    asyncio.run(store.aclose())
+
+
+def test_memory_probe_says_full_when_full(clock: FakeClock) -> None:
+    store = memory_store(clock, maxsize=1)
+    asyncio.run(store.probe())
+    asyncio.run(store.consume("only", expires_at=int(clock()) + 60))
+    with pytest.raises(ReplayStoreFullError):
+        asyncio.run(store.probe())
+    assert asyncio.run(store.clock_offset()) is None

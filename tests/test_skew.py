@@ -1,0 +1,289 @@
+"""Clock skew and readiness against real edges and private redis-servers.
+
+An edge whose clock runs behind (Debian's `faketime`) shares Redis with a correct one: each ticket is
+still upgraded exactly once, before and after it expired by Redis's clock. `/readyz` turns 503 when
+Redis is read-only, full or write-paused, or when the edge's clock is off past the skew margin, and
+back to 200 when that ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from app.apikeys import create_key
+from app.processes import free_port
+from app.rotation import ensure_keys
+from app.skew import judge
+from tests.redis_server import RedisServer, require_redis_server
+from tests.servers import ServiceProcess
+
+pytestmark = pytest.mark.redis
+
+PROJECT = "proj_skew"
+SLOW = 8  # seconds the slow edge's clock runs behind
+
+
+def faketime(offset: str) -> tuple[str, ...]:
+    """Run a process with its wall clock shifted by `offset` (monotonic time left alone)."""
+    binary = shutil.which("faketime")
+    if binary is None:
+        message = "faketime is not installed (apt-get install -y faketime)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return (binary, "-f", offset)
+
+
+@pytest.fixture(scope="module")
+def keyring(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    keys_dir = tmp_path_factory.mktemp("skew-keys") / "keys"
+    ensure_keys(keys_dir, now=int(time.time()) - 3600)
+    api_key, _ = create_key(keys_dir / "api_keys.json", project=PROJECT, kind="runtime", now=int(time.time()))
+    return keys_dir, api_key
+
+
+def edge(
+    tmp: Path, name: str, keys_dir: Path, redis_url: str, *, clock: str = "", **env: str
+) -> ServiceProcess:
+    settings = {
+        "REALTIME_KEYS_DIR": str(keys_dir),
+        "REALTIME_REPLAY_URL": redis_url,
+        "REALTIME_EDGE_NAME": name,
+        "REALTIME_REPLAY_TIMEOUT_SECONDS": "2",
+        # faketime's library shifts the monotonic clock too unless told not to: asyncio's timers
+        # and the JWKS rate limits run on it, and only the wall clock is meant to be off.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        **env,
+    }
+    return ServiceProcess(
+        env=settings, log_path=tmp / f"{name}.log", wrapper=faketime(clock) if clock else ()
+    )
+
+
+def mint(service: ServiceProcess, api_key: str, *, ttl: int = 60) -> str:
+    response = httpx.post(
+        service.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        json={"ttl_seconds": ttl},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    ticket: str = response.json()["client_secret"]
+    return ticket
+
+
+def redeem(service: ServiceProcess, ticket: str) -> str:
+    """`upgraded`, or the refusal's error code."""
+    try:
+        with connect(service.ws_url, subprotocols=[Subprotocol("opper-ticket." + ticket)], open_timeout=10):
+            return "upgraded"
+    except InvalidStatus as exc:
+        code: str = json.loads(exc.response.body or b"{}")["error"]["code"]
+        return code
+
+
+def readyz(service: ServiceProcess) -> tuple[int, list[str]]:
+    response = httpx.get(service.url + "/readyz", timeout=10)
+    reasons: list[str] = response.json().get("reasons", [])
+    return response.status_code, reasons
+
+
+def wait_until(moment: float) -> None:
+    """Let wall-clock time pass: the tickets' expiry is what the test is about, not a condition."""
+    time.sleep(max(0.0, moment - time.time()))
+
+
+def poll(condition: Callable[[], bool], *, timeout: float = 30.0, what: str) -> float:
+    """Poll until `condition` holds; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+@dataclass
+class SkewedPair:
+    redis: RedisServer
+    right: ServiceProcess
+    slow: ServiceProcess
+    api_key: str
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, keyring: tuple[Path, str]) -> Iterator[SkewedPair]:
+    require_redis_server()
+    tmp = tmp_path_factory.mktemp("skew")
+    keys_dir, api_key = keyring
+    with (
+        RedisServer(log_path=tmp / "redis.log") as redis_srv,
+        edge(tmp, "right", keys_dir, redis_srv.url) as right,
+        edge(tmp, "slow", keys_dir, redis_srv.url, clock=f"-{SLOW}s") as slow,
+    ):
+        yield SkewedPair(redis_srv, right, slow, api_key)
+        for service in (right, slow):
+            assert "Traceback" not in service.log() and " ERROR " not in service.log()
+
+
+def test_a_slow_edge_never_accepts_a_used_ticket_again(pair: SkewedPair) -> None:
+    """ttl_seconds=1 tickets, redeemed first on the right edge or first on the slow one.
+
+    The slow edge accepts a ticket (by its clock) from iat + 3 s to exp + 5 s + 8 s of real time; Redis
+    must still hold the used id through all of it, also after the ticket expired by Redis's clock.
+    """
+    first_right = [mint(pair.right, pair.api_key, ttl=1) for _ in range(3)]
+    first_slow = [mint(pair.right, pair.api_key, ttl=1) for _ in range(3)]
+    exp = max(json_claims(ticket)["exp"] for ticket in first_right + first_slow)
+    iat = min(json_claims(ticket)["iat"] for ticket in first_right + first_slow)
+    results: dict[str, list[str]] = {ticket: [] for ticket in first_right + first_slow}
+    for ticket in first_right:
+        results[ticket].append(redeem(pair.right, ticket))
+    # The slow edge sees `iat` in its future until its clock is within the leeway (5 s) of it.
+    wait_until(iat + SLOW - 5 + 1)
+    for ticket in first_slow:
+        results[ticket].append(redeem(pair.slow, ticket))
+        results[ticket].append(redeem(pair.right, ticket))
+    for ticket in first_right:  # before the ticket expired by Redis's clock (exp + leeway)
+        results[ticket].append(redeem(pair.slow, ticket))
+    # After exp + leeway by the real clock, and still before exp + leeway by the slow edge's.
+    wait_until(exp + 5 + 1)
+    for ticket in first_right + first_slow:
+        results[ticket].extend(redeem(pair.slow, ticket) for _ in range(5))
+    upgrades = Counter(outcome for outcomes in results.values() for outcome in outcomes)
+    print(f"\nskewed edges ({SLOW} s): {dict(upgrades)}")
+    for outcomes in results.values():
+        assert outcomes.count("upgraded") == 1, outcomes
+        assert outcomes[0] == "upgraded"
+        assert set(outcomes[1:]) == {"ticket_replayed"}, outcomes
+    # Once the slow edge's clock passes exp + leeway it refuses the ticket as expired.
+    wait_until(exp + 5 + SLOW + 1)
+    assert {redeem(pair.slow, ticket) for ticket in first_right} == {"ticket_expired"}
+
+
+def json_claims(ticket: str) -> dict[str, Any]:
+    import base64
+
+    payload = ticket.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return decoded
+
+
+def test_the_slow_edge_warns_at_start_up_and_stays_ready(pair: SkewedPair) -> None:
+    lines = [line for line in pair.slow.log().splitlines() if "clock:" in line]
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+    assert f"{SLOW - 1}." in lines[0] or f"{SLOW}." in lines[0]
+    assert "behind the replay store's" in lines[0] and "leeway" in lines[0]
+    assert not [line for line in pair.right.log().splitlines() if "clock:" in line]
+    assert readyz(pair.slow) == (200, []) and readyz(pair.right) == (200, [])
+
+
+def test_an_edge_off_past_the_margin_is_not_ready(
+    tmp_path: Path, keyring: tuple[Path, str], pair: SkewedPair
+) -> None:
+    with edge(tmp_path, "fast", keyring[0], pair.redis.url, clock="+40s") as fast:
+        status, reasons = readyz(fast)
+        assert status == 503
+        assert len(reasons) == 1 and reasons[0].startswith("clock: this edge's clock is 4")
+        assert "ahead of the replay store's" in reasons[0] and "skew margin" in reasons[0]
+        warning = [line for line in fast.log().splitlines() if "clock:" in line]
+        assert len(warning) == 1 and "skew margin" in warning[0], warning
+
+
+@pytest.mark.parametrize(
+    ("offset", "level"),
+    [(None, "ok"), (0.0, "ok"), (5.0, "ok"), (-5.5, "warn"), (8.0, "warn"), (30.0, "warn"), (-31, "unready")],
+    ids=[
+        "memory",
+        "zero",
+        "at-leeway",
+        "past-leeway-ahead",
+        "past-leeway-behind",
+        "at-margin",
+        "past-margin",
+    ],
+)
+def test_judge(offset: float | None, level: str) -> None:
+    verdict, message = judge(offset, leeway=5, margin=30)
+    assert verdict == level
+    assert (message is None) == (level == "ok")
+
+
+# --- readiness against a Redis that answers PING but takes no write ---------------------------
+
+
+@dataclass
+class StoreState:
+    name: str
+    enter: Callable[[Any], object]
+    leave: Callable[[Any], object]
+
+
+def dead_master(client: Any) -> object:
+    return client.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+
+
+STATES = [
+    StoreState("read-only", dead_master, lambda client: client.execute_command("REPLICAOF", "NO", "ONE")),
+    StoreState(
+        "full",
+        lambda client: client.config_set("maxmemory", "1"),
+        lambda client: client.config_set("maxmemory", "0"),
+    ),
+    StoreState(
+        "write-paused",
+        lambda client: client.execute_command("CLIENT", "PAUSE", "60000", "WRITE"),
+        lambda client: client.execute_command("CLIENT", "UNPAUSE"),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def store_edge(
+    tmp_path_factory: pytest.TempPathFactory, keyring: tuple[Path, str]
+) -> Iterator[tuple[RedisServer, ServiceProcess]]:
+    require_redis_server()
+    tmp = tmp_path_factory.mktemp("readiness")
+    with (
+        RedisServer(log_path=tmp / "redis.log", extra_args=("--maxmemory-policy", "noeviction")) as server,
+        # A short store timeout: a paused write holds each probe and redemption for this long.
+        edge(tmp, "edge", keyring[0], server.url, REALTIME_REPLAY_TIMEOUT_SECONDS="0.5") as service,
+    ):
+        yield server, service
+
+
+@pytest.mark.parametrize("state", STATES, ids=[s.name for s in STATES])
+def test_readyz_says_503_while_redis_takes_no_write_and_200_after(
+    store_edge: tuple[RedisServer, ServiceProcess], keyring: tuple[Path, str], state: StoreState
+) -> None:
+    server, service = store_edge
+    api_key = keyring[1]
+    assert readyz(service) == (200, [])
+    with server.client() as client:
+        assert client.ping()
+        state.enter(client)
+        try:
+            assert client.ping()  # PING still answers: the old check said ready
+            down = poll(lambda: readyz(service)[0] == 503, what="readyz to say 503")
+            status, reasons = readyz(service)
+            assert status == 503 and len(reasons) == 1 and reasons[0].startswith("replay store:"), reasons
+            assert redeem(service, mint(service, api_key)) == "replay_store_unavailable"
+        finally:
+            state.leave(client)
+        up = poll(lambda: readyz(service) == (200, []), what="readyz to say 200 again")
+    print(f"\n{state.name}: /readyz 503 after {down:.2f} s, 200 again {up:.2f} s after recovery")
+    assert redeem(service, mint(service, api_key)) == "upgraded"
+    assert " ERROR " not in service.log() and "Traceback" not in service.log()
