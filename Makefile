@@ -24,7 +24,7 @@ keys: $(VENV)/.installed
 	$(PY) -m app.keys init
 
 rotate: $(VENV)/.installed
-	$(PY) -m app.keys rotate
+	$(PY) -m app.keys rotate $(if $(filter 1 true yes,$(FORCE)),--force,)
 
 retire: $(VENV)/.installed
 	$(PY) -m app.keys retire $(if $(filter 1 true yes,$(FORCE)),--force,)

@@ -208,11 +208,16 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
 
     from app.config import Settings
     from app.exceptions import SettingsError
-    from app.rotation import ensure_keys, retire, retire_after, rotate  # it imports this module
+    from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
 
     parser = argparse.ArgumentParser(prog="python -m app.keys", description=__doc__)
     parser.add_argument("command", choices=["init", "rotate", "retire", "status", "jwks"])
-    parser.add_argument("--force", action="store_true", help="retire: delete every retiring key")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="retire: delete every retiring key; rotate: promote the next key however recently "
+        "it was published",
+    )
     parser.add_argument("--dir", type=Path, help="keys directory (default: REALTIME_KEYS_DIR)")
     args = parser.parse_args(argv)
     try:
@@ -225,7 +230,12 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
             print(f"keys {verb} in {directory}")
             _print_status(keyset, stamp, directory)
         elif args.command == "rotate":
-            keyset = rotate(directory, now=stamp)
+            wait = publish_wait(
+                configured=settings.key_publish_seconds,
+                refresh_interval=settings.jwks_refresh_interval_seconds,
+                fetch_timeout=settings.jwks_timeout_seconds,
+            )
+            keyset = rotate(directory, now=stamp, min_published=0 if args.force else wait)
             signer = keyset.in_state("active")[0]
             print(f"rotated: {signer.kid} signs now; running servers pick it up without a restart")
             _print_status(keyset, stamp, directory)

@@ -2,13 +2,23 @@
 
 Private key files are written (atomically) before the manifest names them and deleted only after the
 manifest dropped them; the manifest itself is replaced in one rename (see `app.keys` for the format).
+Each change holds an exclusive lock on `<keys dir>/.lock` (flock) from reading the manifest to writing
+it, so two commands run at once (two minters' cron jobs) make two clean changes, never lose one.
+
+A rotation promotes the `next` key only once it has been published (its `created_at`: the manifest
+naming it was written then) for long enough that every JWKS edge has fetched it: otherwise tickets it
+signs would meet edges that do not know it yet.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
-from collections.abc import Iterable
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +30,48 @@ from app.exceptions import KeySetError
 from app.files import atomic_write
 from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, thumbprint
 from app.sealkeys import SEAL_FILE, ensure_seal_keys, rotate_seal_keys
+
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT_SECONDS = 30.0
+#: A minter notices a changed keys directory within this long (`DirectoryKeySource`).
+DIRECTORY_CHECK_SECONDS = 0.5
+
+
+@contextlib.contextmanager
+def locked(directory: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the keys directory's change lock (released when the process dies, too).
+
+    Raises:
+        KeySetError: another process held it for `timeout` seconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KeySetError(
+                        f"another command has been changing {directory} for {timeout:.0f}s "
+                        f"(it holds {directory / LOCK_FILE}); try again when it has finished"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def publish_wait(*, configured: int, refresh_interval: float, fetch_timeout: float) -> int:
+    """Seconds a `next` key must have been published before a rotation may promote it.
+
+    `REALTIME_KEY_PUBLISH_SECONDS`, but never less than a JWKS edge needs to have fetched it: the
+    minter's reload, the edges' poll interval and one fetch's timeout.
+    """
+    floor = math.ceil(DIRECTORY_CHECK_SECONDS + refresh_interval + fetch_timeout)
+    return max(configured, floor)
 
 
 def _new_key(state: State, now: int, directory: Path) -> SigningKey:
@@ -47,6 +99,11 @@ def _load_or_empty(directory: Path) -> KeySet:
 
 def ensure_keys(directory: Path, *, now: int) -> tuple[KeySet, bool]:
     """`make keys`: make an `active` and a `next` key where missing. Returns (set, changed)."""
+    with locked(directory):
+        return _ensure_keys(directory, now=now)
+
+
+def _ensure_keys(directory: Path, *, now: int) -> tuple[KeySet, bool]:
     keys = list(_load_or_empty(directory).keys)
     changed = False
     if not any(key.state == "active" for key in keys):
@@ -61,18 +118,35 @@ def ensure_keys(directory: Path, *, now: int) -> tuple[KeySet, bool]:
     return KeySet(tuple(keys)), changed or sealed
 
 
-def rotate(directory: Path, *, now: int) -> KeySet:
+def rotate(directory: Path, *, now: int, min_published: int = 0) -> KeySet:
     """`make rotate`: next -> active, active -> retiring, and a new next.
 
     The new key's file is written first and the manifest last, in one rename: a crash before the
     rename leaves the old set whole (plus an unused key file), after it the new set.
+
+    Raises:
+        KeySetError: nothing to rotate, or the `next` key was published less than `min_published`
+            seconds ago (`make rotate FORCE=1` passes 0).
     """
+    with locked(directory):
+        return _rotate(directory, now=now, min_published=min_published)
+
+
+def _rotate(directory: Path, *, now: int, min_published: int) -> KeySet:
     current = _load_or_empty(directory)
     if not current.in_state("next") or not current.in_state("active"):
         raise KeySetError(f"{directory} has no active and next key to rotate: run `make keys`")
     promoted = current.in_state("next")[0]
     if promoted.private_key is None:
         raise KeySetError(f"the next key {promoted.kid} has no private key file")
+    published = now - promoted.created_at
+    if published < min_published:
+        raise KeySetError(
+            f"refused: the next key {promoted.kid} was published {max(published, 0)}s ago, and JWKS "
+            f"edges may not have fetched it yet: tickets it signs could be refused with unknown_key. "
+            f"Rotate again in {min_published - published}s (a next key must be published for "
+            f"{min_published}s: REALTIME_KEY_PUBLISH_SECONDS), or now with `make rotate FORCE=1`"
+        )
     fresh = _new_key("next", now, directory)
     keys: list[SigningKey] = []
     for key in current.keys:
@@ -98,6 +172,11 @@ def retire(directory: Path, *, now: int, min_age: int, force: bool = False) -> l
 
     The manifest is rewritten first, then the private key files are removed.
     """
+    with locked(directory):
+        return _retire(directory, now=now, min_age=min_age, force=force)
+
+
+def _retire(directory: Path, *, now: int, min_age: int, force: bool) -> list[SigningKey]:
     current = KeySet.load(directory)
     gone = [key for key in current.in_state("retiring") if force or now - key.state_since >= min_age]
     if gone:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +20,7 @@ from app.exceptions import KeySetError, UnknownKeyError
 from app.files import atomic_write
 from app.keys import KeySet
 from app.keysource import DirectoryKeySource
-from app.rotation import ensure_keys, retire, retire_after, rotate
+from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
 from app.tickets import issue, verify
 
 NOW = 1_800_000_000
@@ -219,7 +223,7 @@ def test_cli_init_rotate_status_jwks_retire(tmp_path: Path) -> None:
     assert init.returncode == 0 and "created" in init.stdout
     assert "already present" in run_cli("init", keys_dir=directory).stdout
     active = KeySet.load(directory).in_state("active")[0].kid
-    rotated = run_cli("rotate", keys_dir=directory)
+    rotated = run_cli("rotate", "--force", keys_dir=directory)
     assert rotated.returncode == 0 and "rotated" in rotated.stdout
     status = run_cli("status", keys_dir=directory).stdout
     assert f"retiring  {active}" in status
@@ -235,3 +239,92 @@ def test_cli_reports_a_missing_set_without_a_traceback(tmp_path: Path) -> None:
     result = run_cli("rotate", keys_dir=tmp_path / "none")
     assert result.returncode == 1
     assert "make keys" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_refuses_to_promote_a_next_key_published_too_recently(tmp_path: Path) -> None:
+    """JWKS edges poll every few seconds: a next key they may not have fetched must not sign yet."""
+    directory = tmp_path / "k"
+    assert run_cli("init", keys_dir=directory).returncode == 0
+    before = (directory / "jwks.json").read_text()
+    refused = run_cli("rotate", keys_dir=directory)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("error: refused: the next key ")
+    assert re.search(r"published [0-9]s ago", refused.stderr) and "`make rotate FORCE=1`" in refused.stderr
+    assert "for 40s" in refused.stderr  # the default REALTIME_KEY_PUBLISH_SECONDS
+    assert (directory / "jwks.json").read_text() == before
+    assert run_cli("rotate", "--force", keys_dir=directory).returncode == 0
+    # Twice in a row: the second would promote the key the first one just made.
+    again = run_cli("rotate", keys_dir=directory)
+    assert again.returncode == 1 and "refused" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("published", "allowed"),
+    [(0, False), (39, False), (40, True), (3600, True), (-5, False)],
+    ids=["just-made", "one-second-short", "exactly-enough", "long-ago", "clock-stepped-back"],
+)
+def test_rotate_promotes_only_a_next_key_published_long_enough(
+    tmp_path: Path, published: int, allowed: bool
+) -> None:
+    keyset, _ = ensure_keys(tmp_path, now=NOW)
+    nxt = keyset.in_state("next")[0]
+    if allowed:
+        rotated = rotate(tmp_path, now=NOW + published, min_published=40)
+        assert rotated.signer is not None and rotated.signer.kid == nxt.kid
+    else:
+        with pytest.raises(KeySetError, match="refused: the next key"):
+            rotate(tmp_path, now=NOW + published, min_published=40)
+        assert KeySet.load(tmp_path).in_state("next")[0].kid == nxt.kid
+        assert sorted(p.name for p in tmp_path.glob("*.pem")) == sorted(f"{k.kid}.pem" for k in keyset.keys)
+
+
+@pytest.mark.parametrize(
+    ("configured", "refresh", "timeout", "expected"),
+    [(40, 5.0, 2.0, 40), (0, 5.0, 2.0, 8), (8, 5.0, 2.0, 8), (10, 60.0, 2.0, 63)],
+    ids=["default", "floor", "at-floor", "slow-edges-raise-the-floor"],
+)
+def test_publish_wait_never_undercuts_the_edges_refresh(
+    configured: int, refresh: float, timeout: float, expected: int
+) -> None:
+    assert publish_wait(configured=configured, refresh_interval=refresh, fetch_timeout=timeout) == expected
+
+
+def rotate_slowly(directory: str, barrier: Any) -> None:
+    """In a child process: rotate on a disk that takes 0.3 s per write, once every child is ready."""
+    from app import rotation
+
+    def slow_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+        time.sleep(0.3)  # a slow disk: the window between reading and replacing the manifest widens
+        atomic_write(path, data, mode=mode)
+
+    rotation.atomic_write = slow_write  # type: ignore[attr-defined]
+    barrier.wait(30)
+    rotation.rotate(Path(directory), now=NOW + 1)
+
+
+def test_two_processes_rotating_at_once_make_two_clean_rotations(tmp_path: Path) -> None:
+    first, _ = ensure_keys(tmp_path, now=NOW)
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    children = [context.Process(target=rotate_slowly, args=(str(tmp_path), barrier)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+    assert [child.exitcode for child in children] == [0, 0]
+    after = KeySet.load(tmp_path)
+    assert states(after) == {"next": 1, "active": 1, "retiring": 2}
+    # Both old keys retire; the key the first rotation made signs; nothing is lost or left over.
+    assert {key.kid for key in after.in_state("retiring")} == {key.kid for key in first.keys}
+    assert sorted(p.name for p in tmp_path.glob("*.pem")) == sorted(f"{key.kid}.pem" for key in after.keys)
+    assert after.signer is not None and check(mint(after), after, NOW) == after.signer.kid
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_held_lock_makes_a_change_wait_then_give_up_with_a_clear_message(tmp_path: Path) -> None:
+    ensure_keys(tmp_path, now=NOW)
+    with locked(tmp_path), pytest.raises(KeySetError, match="another command has been changing"):
+        with locked(tmp_path, timeout=0.1):
+            pass
+    with locked(tmp_path, timeout=0.1):  # released
+        pass
