@@ -145,23 +145,6 @@ class KeySet:
             keys.append(key)
         return cls(keys=tuple(keys))
 
-    @classmethod
-    def from_jwks(cls, data: object) -> KeySet:
-        """A verify-only set from a public JWKS document (ignores keys that are not Ed25519)."""
-        entries = data.get("keys") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            raise KeySetError("JWKS: expected an object with a `keys` list")
-        keys = []
-        for entry in entries:
-            if not isinstance(entry, dict) or entry.get("crv") != "Ed25519":
-                continue
-            kid, x = entry.get("kid"), entry.get("x")
-            if not isinstance(kid, str) or not isinstance(x, str):
-                raise KeySetError("JWKS: every key needs a string `kid` and `x`")
-            public = _public_from_x(x, f"JWKS key {kid}")
-            keys.append(SigningKey(kid, "active", public, x, 0, 0))
-        return cls(keys=tuple(keys))
-
 
 def _entry_to_key(entry: object, where: str) -> SigningKey:
     if not isinstance(entry, dict):

@@ -139,10 +139,10 @@ def _rotate(directory: Path, *, now: int, min_published: int) -> KeySet:
     promoted = current.in_state("next")[0]
     if promoted.private_key is None:
         raise KeySetError(f"the next key {promoted.kid} has no private key file")
-    published = now - promoted.created_at
-    if published < min_published:
+    published = max(0, now - promoted.created_at)  # < 0: the clock stepped back; count it as new
+    if min_published > 0 and published < min_published:
         raise KeySetError(
-            f"refused: the next key {promoted.kid} was published {max(published, 0)}s ago, and JWKS "
+            f"refused: the next key {promoted.kid} was published {published}s ago, and JWKS "
             f"edges may not have fetched it yet: tickets it signs could be refused with unknown_key. "
             f"Rotate again in {min_published - published}s (a next key must be published for "
             f"{min_published}s: REALTIME_KEY_PUBLISH_SECONDS), or now with `make rotate FORCE=1`"

@@ -51,7 +51,7 @@ class Services:
             keys = JwksKeySource(
                 settings.jwks_url,
                 timeout=settings.jwks_timeout_seconds,
-                min_interval=settings.jwks_refresh_interval_seconds,
+                poll_interval=settings.jwks_refresh_interval_seconds,
                 clock=time.monotonic,
             )
             await keys.start()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import itertools
+import json
 import logging
 import threading
 import time
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +25,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from app.clock import FakeClock
-from app.jwks import JwksKeySource
+from app.exceptions import KeySetError
+from app.jwks import JwksKeySource, parse_jwks
 from app.keys import KeySet
 from app.rotation import rotate
 
 INTERVAL = 5.0
+REFETCH = 0.2
 
 
 @dataclass
@@ -32,8 +39,11 @@ class Minter:
     """What the tiny server answers: a JWKS document, a failure mode, and a count of requests."""
 
     body: Any
-    mode: str = "ok"  # ok | error | drip | gated
+    mode: str = "ok"  # ok | error | drip | gated | raw
     requests: int = 0
+    times: list[float] = field(default_factory=list)
+    raw: bytes = b""  # mode raw: sent as is, with `encoding` as its Content-Encoding
+    encoding: str = "gzip"
     gate: threading.Event = field(default_factory=threading.Event)
     url: str = ""
 
@@ -41,6 +51,10 @@ class Minter:
 def make_app(minter: Minter) -> Starlette:
     async def jwks(request: Request) -> Response:
         minter.requests += 1
+        minter.times.append(time.monotonic())
+        if minter.mode == "raw":
+            headers = {"Content-Encoding": minter.encoding, "Content-Type": "application/json"}
+            return Response(minter.raw, headers=headers)
         if minter.mode == "error":
             return JSONResponse({"error": "down"}, status_code=503)
         if minter.mode == "drip":
@@ -83,11 +97,16 @@ def source(
     url: str,
     *,
     clock: Callable[[], float] | None = None,
-    min_interval: float = INTERVAL,
+    refetch_interval: float = REFETCH,
     timeout: float = 2.0,
 ) -> JwksKeySource:
     return JwksKeySource(
-        url, timeout=timeout, min_interval=min_interval, clock=clock or FakeClock(), poll=False
+        url,
+        timeout=timeout,
+        poll_interval=INTERVAL,
+        refetch_interval=refetch_interval,
+        clock=clock or FakeClock(),
+        poll=False,
     )
 
 
@@ -110,30 +129,38 @@ def test_fetches_the_minters_public_keys(minter: Minter, keyset: KeySet) -> None
     assert minter.requests == 1
 
 
-def test_refresh_is_rate_limited_and_picks_up_a_rotation(
+def test_an_unknown_kid_right_after_a_fetch_still_gets_a_new_fetch(
     minter: Minter, keys_dir: Path, keyset: KeySet
 ) -> None:
-    clock = FakeClock()
+    """A rotation just after a poll: the promoted key must not wait for the next poll (5 s)."""
 
-    async def scenario() -> list[set[str]]:
-        keys = source(minter.url, clock=clock)
-        seen = []
+    async def scenario() -> set[str]:
+        keys = source(minter.url)
         try:
             await keys.start()
             minter.body = rotate(keys_dir, now=int(time.time())).jwks()
-            seen.append(kids(await keys.refresh()))  # within min_interval: no fetch
-            clock.advance(INTERVAL - 0.1)
-            seen.append(kids(await keys.refresh()))
-            clock.advance(0.1)
-            seen.append(kids(await keys.refresh()))  # min_interval has passed: fetched
-            return seen
+            return kids(await keys.refresh())  # waits out the refetch interval, then fetches
         finally:
             await keys.aclose()
 
-    before, still, after = asyncio.run(scenario())
-    assert before == still == kids(keyset)
+    after = asyncio.run(scenario())
     assert after == kids(KeySet.load(keys_dir)) and len(after) == 3
     assert minter.requests == 2
+
+
+def test_fetches_on_unknown_kids_are_spaced_by_the_refetch_interval(minter: Minter) -> None:
+    async def scenario() -> None:
+        keys = source(minter.url, clock=time.monotonic)
+        try:
+            for _ in range(4):
+                await keys.refresh()
+        finally:
+            await keys.aclose()
+
+    asyncio.run(scenario())
+    assert minter.requests == 4
+    gaps = [later - earlier for earlier, later in itertools.pairwise(minter.times)]
+    assert all(gap >= REFETCH * 0.95 for gap in gaps), gaps  # a floor from our own wait, not a speed
 
 
 @pytest.mark.parametrize("failure", ["error", "empty", "not-json", "stopped"])
@@ -166,10 +193,13 @@ def test_keeps_the_cached_set_when_the_minter_fails(
     assert "keeping 2 cached keys" in caplog.text
 
 
-def test_concurrent_refreshes_share_one_fetch(minter: Minter, keyset: KeySet) -> None:
+def test_concurrent_refreshes_share_fetches(minter: Minter, keyset: KeySet) -> None:
+    """Ten callers at once: the first fetches; that fetch may predate the key the other nine need,
+    so one more follows, shared by the nine."""
+
     async def scenario() -> list[KeySet]:
-        # A real clock and no rate limit: only the sharing keeps this at one fetch.
-        keys = source(minter.url, clock=time.monotonic, min_interval=0.0)
+        # A real clock and no rate limit: only the sharing keeps this at two fetches.
+        keys = source(minter.url, clock=time.monotonic, refetch_interval=0.0)
         minter.mode = "gated"
         try:
             waiting = [asyncio.create_task(keys.refresh()) for _ in range(10)]
@@ -183,7 +213,7 @@ def test_concurrent_refreshes_share_one_fetch(minter: Minter, keyset: KeySet) ->
 
     results = asyncio.run(scenario())
     assert all(kids(result) == kids(keyset) for result in results)
-    assert minter.requests == 1
+    assert minter.requests == 2
 
 
 def test_a_fetch_that_never_ends_is_cut_off_by_the_timeout(minter: Minter, keyset: KeySet) -> None:
@@ -203,3 +233,136 @@ def test_a_fetch_that_never_ends_is_cut_off_by_the_timeout(minter: Minter, keyse
     kept, failures = asyncio.run(scenario())
     assert kids(kept) == kids(keyset)
     assert failures == 1
+
+
+def spaces_gzipped(megabytes: int) -> bytes:
+    """`megabytes` MiB of spaces, gzip-compressed chunk by chunk (about 1 KiB per MiB)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b" " * (1 << 20)
+    return b"".join(compressor.compress(block) for _ in range(megabytes)) + compressor.flush()
+
+
+def fetch_once(minter: Minter) -> tuple[KeySet, int]:
+    """Start a source (one fetch), then one more fetch after the first succeeded."""
+
+    async def scenario() -> tuple[KeySet, int]:
+        keys = source(minter.url)
+        try:
+            await keys.start()
+            minter.mode = "raw"
+            await keys.refresh()
+            return keys.current(), keys.failures
+        finally:
+            await keys.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_a_gzip_bomb_is_cut_off_at_1_mib_of_decompressed_bytes(
+    minter: Minter, keyset: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 MiB of spaces in 200 KiB of gzip: what it inflates to must never be held (only 1 MiB)."""
+    minter.raw = spaces_gzipped(200)
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="app.jwks"):
+            kept, failures = fetch_once(minter)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert kids(kept) == kids(keyset) and failures == 1
+    assert "larger than 1048576 bytes" in caplog.text and "keeping 2 cached keys" in caplog.text
+    # The decompressed body is capped at 1 MiB + one step; httpx's own decoder inflates a whole
+    # network chunk at once (tens of MiB here) before any cap could look at it.
+    assert peak < 16 << 20, f"peak traced memory {peak >> 20} MiB"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "identity"])
+def test_a_compressed_jwks_within_the_cap_is_read(minter: Minter, keyset: KeySet, encoding: str) -> None:
+    document = json.dumps(keyset.jwks()).encode()
+    padded = document[:-1] + b" " * 500_000 + b"}"  # inflates to far more than it weighs
+    if encoding == "gzip":
+        minter.raw = gzip.compress(padded)
+    else:
+        minter.raw = zlib.compress(padded) if encoding == "deflate" else padded
+    minter.encoding = encoding
+    kept, failures = fetch_once(minter)
+    assert kids(kept) == kids(keyset) and failures == 0 and minter.requests == 2
+
+
+def test_an_unknown_content_encoding_is_refused(minter: Minter, keyset: KeySet) -> None:
+    minter.raw, minter.encoding = b"\x00\x01", "br"
+    kept, failures = fetch_once(minter)
+    assert kids(kept) == kids(keyset) and failures == 1
+
+
+def jwk(keyset: KeySet, **changes: object) -> dict[str, object]:
+    entry: dict[str, object] = dict(keyset.jwks()["keys"][1])
+    entry.update(changes)
+    return {k: v for k, v in entry.items() if v is not None}
+
+
+KEY_CASES: list[tuple[str, dict[str, object], str | None]] = [
+    ("as-published", {}, None),
+    ("alg-absent", {"alg": None}, None),
+    ("use-absent", {"use": None}, None),
+    ("alg-and-use-absent", {"alg": None, "use": None}, None),
+    ("kty-ec", {"kty": "EC"}, "`kty` is 'EC', not OKP"),
+    ("kty-absent", {"kty": None}, "`kty` is 'None', not OKP"),
+    ("crv-x25519", {"crv": "X25519"}, "`crv` is 'X25519', not Ed25519"),
+    ("alg-rs256", {"alg": "RS256"}, "`alg` is 'RS256', not EdDSA"),
+    ("alg-none", {"alg": "none"}, "`alg` is 'none', not EdDSA"),
+    ("use-enc", {"use": "enc"}, "`use` is 'enc', not sig"),
+    ("kid-absent", {"kid": None}, "needs a string `kid` and `x`"),
+    ("kid-number", {"kid": 7}, "needs a string `kid` and `x`"),
+    ("x-short", {"x": "AAAA"}, "`x` is not an Ed25519 public key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "skipped"), [case[1:] for case in KEY_CASES], ids=[case[0] for case in KEY_CASES]
+)
+def test_only_ed25519_signing_keys_are_taken(
+    keyset: KeySet, changes: dict[str, object], skipped: str | None
+) -> None:
+    active = keyset.jwks()["keys"][0]
+    keys, reasons = parse_jwks({"keys": [active, jwk(keyset, **changes)]})
+    if skipped is None:
+        assert kids(keys) == kids(keyset) and reasons == []
+    else:
+        assert kids(keys) == {active["kid"]}
+        assert len(reasons) == 1 and reasons[0].endswith(skipped), reasons
+
+
+@pytest.mark.parametrize(
+    "document",
+    [[], {"keys": "x"}, {"nokeys": []}, None],
+    ids=["list", "keys-not-list", "no-keys", "null"],
+)
+def test_a_document_without_a_keys_list_is_an_error(document: object) -> None:
+    with pytest.raises(KeySetError, match="`keys` list"):
+        parse_jwks(document)
+
+
+def test_skipped_keys_are_logged_once_not_at_every_poll(
+    minter: Minter, keyset: KeySet, caplog: pytest.LogCaptureFixture
+) -> None:
+    minter.body = {"keys": [*keyset.jwks()["keys"], {"kty": "RSA", "kid": "rsa-1", "n": "x", "e": "AQAB"}]}
+    clock = FakeClock()
+
+    async def scenario() -> KeySet:
+        keys = source(minter.url, clock=clock)
+        try:
+            await keys.start()
+            for _ in range(3):
+                clock.advance(INTERVAL)
+                await keys.refresh()
+            return keys.current()
+        finally:
+            await keys.aclose()
+
+    with caplog.at_level(logging.WARNING, logger="app.jwks"):
+        kept = asyncio.run(scenario())
+    assert kids(kept) == kids(keyset) and minter.requests == 4
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert lines == [f"JWKS from {minter.url}: skipped key 'rsa-1': `kty` is 'RSA', not OKP"]
