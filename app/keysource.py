@@ -5,6 +5,7 @@ A verify-only edge uses `app.jwks.JwksKeySource` instead, which implements the s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,8 @@ from app.exceptions import KeySetError
 from app.files import Stamp, stamp
 from app.keys import MANIFEST, KeySet
 from app.sealkeys import SealKeySet
+
+logger = logging.getLogger(__name__)
 
 
 class KeySource(Protocol):
@@ -35,7 +38,9 @@ class DirectoryKeySource:
 
     `current()` looks at the manifest's stat at most every `check_interval` seconds, so a
     `make rotate` reaches a running server within that time, and `refresh()` (on an unknown kid)
-    looks at once, at most once per `check_interval`.
+    looks at once: a stat costs microseconds, and a reload happens only when the file changed.
+    A manifest that cannot be read (missing, broken, a symlink loop, no permission) keeps the last
+    good set, with one WARNING line per distinct problem.
     """
 
     def __init__(
@@ -51,16 +56,25 @@ class DirectoryKeySource:
         self._keys = KeySet.empty()
         self._stamp: Stamp | None = None
         self._checked = float("-inf")
-        self._refreshed = float("-inf")
+        self._problem: str | None = None
         self.reloads = 0
 
     def _stat(self) -> Stamp | None:
         return stamp(self.directory / MANIFEST)
 
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            logger.warning("keys: %s; keeping the %d keys loaded before", problem, len(self._keys.keys))
+
     def load(self) -> KeySet:
-        """Load now (start-up); raises KeySetError when the set is missing or broken."""
-        current = self._stat()
-        self._keys = KeySet.load(self.directory)
+        """Load now (start-up); raises KeySetError when the set is missing, broken or unreadable."""
+        try:
+            current = self._stat()
+            keys = KeySet.load(self.directory)
+        except OSError as exc:  # KeySet.load turns most into KeySetError; a stat can fail too
+            raise KeySetError(f"cannot read {self.directory / MANIFEST} ({exc.strerror or exc})") from None
+        self._keys = keys
         self._stamp = current
         self._checked = self._clock()
         self.reloads += 1
@@ -68,14 +82,24 @@ class DirectoryKeySource:
 
     def _reload_if_changed(self) -> None:
         self._checked = self._clock()
-        current = self._stat()
-        if current is None or current == self._stamp:
+        try:
+            current = self._stat()
+        except OSError as exc:  # a symlink loop, a directory without search permission
+            self._report(f"cannot read {self.directory / MANIFEST} ({exc.strerror or exc})")
+            return
+        if current is None:
+            self._report(f"{self.directory / MANIFEST} is missing")
+            return
+        if current == self._stamp:
             return
         try:
             self.load()
-        except KeySetError:
-            # A half-edited set by hand: keep serving with the last good one.
+        except KeySetError as exc:
+            # Half-edited by hand, or not a readable file: keep serving with the last good set.
             self._stamp = current
+            self._report(exc.message)
+        else:
+            self._problem = None
 
     def current(self) -> KeySet:
         elapsed = self._clock() - self._checked
@@ -84,11 +108,8 @@ class DirectoryKeySource:
         return self._keys
 
     async def refresh(self) -> KeySet:
-        """Look for a newer set now (unknown kid), rate-limited."""
-        now = self._clock()
-        if not 0 <= now - self._refreshed < self._interval:
-            self._refreshed = now
-            self._reload_if_changed()
+        """Look for a newer set now (unknown kid)."""
+        self._reload_if_changed()
         return self._keys
 
     async def aclose(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -13,15 +15,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app import keys as keys_module
+from app.apikeys import create_key
 from app.exceptions import KeySetError, UnknownKeyError
 from app.files import atomic_write
 from app.keys import KeySet
 from app.keysource import DirectoryKeySource
 from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
 from app.tickets import issue, verify
+from tests.servers import ServiceProcess
 
 NOW = 1_800_000_000
 WAIT = retire_after(leeway=5, grace=60)
@@ -328,3 +333,100 @@ def test_a_held_lock_makes_a_change_wait_then_give_up_with_a_clear_message(tmp_p
             pass
     with locked(tmp_path, timeout=0.1):  # released
         pass
+
+
+def break_by_symlink_loop(manifest: Path) -> None:
+    manifest.unlink()
+    manifest.symlink_to(manifest.name)  # jwks.json -> jwks.json: ELOOP on every open and stat
+
+
+def break_by_directory(manifest: Path) -> None:
+    manifest.unlink()
+    manifest.mkdir()  # EISDIR on read (a permission error cannot be made as root)
+
+
+BREAKAGES = [
+    ("symlink-loop", break_by_symlink_loop, "Too many levels of symbolic links"),
+    ("directory", break_by_directory, "Is a directory"),
+    ("half-written", lambda manifest: manifest.write_text("{ half"), "cannot read"),
+    ("missing", lambda manifest: manifest.unlink(), "is missing"),
+]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"), [case[1:] for case in BREAKAGES], ids=[case[0] for case in BREAKAGES]
+)
+def test_directory_source_keeps_the_last_good_set_and_says_so_once(
+    tmp_path: Path, breakage: Any, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ensure_keys(tmp_path, now=NOW)
+    now = [0.0]
+    source = DirectoryKeySource(tmp_path, clock=lambda: now[0])
+    good = source.load()
+    saved = (tmp_path / "jwks.json").read_bytes()
+    breakage(tmp_path / "jwks.json")
+    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+        for _ in range(5):
+            now[0] += 1
+            assert source.current() is good
+            assert asyncio.run(source.refresh()) is good
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and message in lines[0] and "keeping the 2 keys loaded before" in lines[0], lines
+    # Repaired: the next look loads the set again.
+    target = tmp_path / "jwks.json"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        target.rmdir()
+    atomic_write(target, saved)
+    rotated = rotate(tmp_path, now=NOW + 1)  # writes a fresh manifest
+    now[0] += 1
+    assert {key.kid for key in source.current().keys} == {key.kid for key in rotated.keys}
+
+
+def test_directory_source_survives_a_permission_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As root no file is unreadable, so the stat is made to fail as it would for another user."""
+    ensure_keys(tmp_path, now=NOW)
+    now = [0.0]
+    source = DirectoryKeySource(tmp_path, clock=lambda: now[0])
+    good = source.load()
+
+    def denied(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("app.keysource.stamp", denied)
+    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+        for _ in range(3):
+            now[0] += 1
+            assert source.current() is good
+    assert [r.getMessage() for r in caplog.records] == [
+        f"keys: cannot read {tmp_path / 'jwks.json'} (Permission denied); keeping the 2 keys loaded before"
+    ]
+    with pytest.raises(KeySetError, match="Permission denied"):
+        source.load()
+
+
+def test_a_running_service_keeps_minting_when_its_manifest_becomes_unreadable(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    ensure_keys(keys_dir, now=int(time.time()) - 3600)
+    api_key, _ = create_key(keys_dir / "api_keys.json", project="p", kind="runtime", now=int(time.time()))
+    with ServiceProcess(
+        env={"REALTIME_KEYS_DIR": str(keys_dir)}, log_path=tmp_path / "service.log"
+    ) as service:
+        jwks_before = httpx.get(service.url + "/.well-known/jwks.json", timeout=10).json()
+        break_by_symlink_loop(keys_dir / "jwks.json")
+        for _ in range(4):
+            minted = httpx.post(
+                service.url + "/v3/realtime-sessions",
+                headers={"Authorization": f"Bearer {api_key}"},
+                json={},
+                timeout=10,
+            )
+            assert minted.status_code == 200, minted.text
+            assert httpx.get(service.url + "/.well-known/jwks.json", timeout=10).json() == jwks_before
+            time.sleep(0.6)  # spans the source's 0.5 s check interval, so each request looks again
+        lines = [line for line in service.log().splitlines() if "keys: cannot read" in line]
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+    assert "Traceback" not in service.log() and " ERROR " not in service.log()
