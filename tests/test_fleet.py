@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 
 from app.processes import alive
+from app.rotation import ensure_keys
 from tests.sealing import signing_kid
 
 pytestmark = pytest.mark.fleet
@@ -281,25 +282,79 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     assert "/v3/realtime" in access_log and "ticket=" not in access_log
 
 
-def test_rotation_under_load_fails_no_handshake(make_cluster: Callable[..., Cluster]) -> None:
+def run_keys(cluster: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.keys", *args, "--dir", str(cluster.keys_dir)],
+        cwd=ROOT,
+        env={**cluster_env(cluster.keys_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def talk(ws: ClientConnection) -> None:
+    """One text turn on an open session: it is alive and answering."""
+    ws.send(json.dumps({"type": "text.input", "text": "still there?"}))
+    ws.send(json.dumps({"type": "response.create"}))
+    while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+        pass
+
+
+def test_rotations_as_often_as_make_rotate_allows_fail_no_handshake(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """JWKS edges with default settings (poll every 5 s), ~30 handshakes per second through nginx.
+
+    `make rotate` twice in a row: the second is refused. `make rotate FORCE=1` right after: edges
+    meet a kid they never fetched and refetch at once. Then rotations as fast as a publish wait of
+    8 s lets them (the least allowed with the edges' default poll and fetch timeout). Finally
+    `make retire FORCE=1` with a session open: it stays open; a ticket the retired key signed fails.
+    """
+    ensure_keys(tmp_path / "keys", now=int(time.time()) - 3600)  # a next key published long ago
     cluster = make_cluster()
-    rotate = [sys.executable, "-m", "app.keys", "rotate", "--dir", str(cluster.keys_dir)]
-    with Load(cluster, workers=4, rate=8.0) as load:
+    with cluster.open(cluster.mint()) as session, Load(cluster, workers=4, rate=8.0) as load:
+        start_session(session)
         load.run_until(20)
-        for _ in range(3):
-            subprocess.run(
-                rotate, cwd=ROOT, env=cluster_env(cluster.keys_dir), check=True, capture_output=True
-            )
-            # Edges poll the JWKS every 5 s: space rotations so each new `next` key is seen first.
-            time.sleep(7.5)
+        assert run_keys(cluster, "rotate").returncode == 0
+        again = run_keys(cluster, "rotate")
+        assert again.returncode == 1 and "refused: the next key" in again.stderr, again.stderr
+        assert "FORCE=1" in again.stderr
+        load.run_until(20, after=time.monotonic())
+        signed_by_retiring = cluster.mint()
+        forced = subprocess.run(
+            ["make", "-s", "rotate", "FORCE=1", f"KEYS_DIR={cluster.keys_dir}"],
+            cwd=ROOT,
+            env=cluster_env(cluster.keys_dir),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert forced.returncode == 0 and "rotated" in forced.stdout, forced.stdout + forced.stderr
+        load.run_until(20, after=time.monotonic())
+        for _ in range(2):
+            quick = {"REALTIME_KEY_PUBLISH_SECONDS": "8"}
+            wait_for(lambda: run_keys(cluster, "rotate", **quick).returncode == 0, what="a rotation")  # noqa: B023
+            load.run_until(10, after=time.monotonic())
+        talk(session)
+        # Read while the retiring seal keys that opened them still exist.
+        signing_kids = {signing_kid(o.ticket, cluster.keys_dir) for o in load.snapshot()}
+        retired = run_keys(cluster, "retire", "--force")
+        assert retired.returncode == 0 and retired.stdout.count("retired ") >= 4, retired.stdout
+        load.run_until(10, after=time.monotonic())
+        talk(session)
     outcomes = load.snapshot()
-    print(f"\nrotation under load: {len(outcomes)} handshakes: {summary(outcomes)}")
+    print(f"\nrotations under load: {len(outcomes)} handshakes: {summary(outcomes)}")
     assert [o for o in outcomes if not o.ok] == []
-    # Every ticket was sealed; seal and signing keys rotated together: the first and three rotated in.
+    # Every ticket was sealed; seal and signing keys rotated together: the first and four rotated in.
     assert {len(o.ticket.split(".")) for o in outcomes} == {5}
-    assert len({kid_of(o.ticket) for o in outcomes}) == 4
-    assert len({signing_kid(o.ticket, cluster.keys_dir) for o in outcomes}) == 4
+    assert len({kid_of(o.ticket) for o in outcomes}) == 5
+    assert len(signing_kids) == 5
     assert {o.edge for o in outcomes} == {"edge-1", "edge-2"}
+    # The retired keys are gone from every edge: a ticket one of them signed is refused.
+    wait_for(lambda: cluster.redeem(signed_by_retiring).code == "unknown_key", what="unknown_key")
 
 
 def test_a_killed_edge_is_skipped_and_no_ticket_is_used_twice(make_cluster: Callable[..., Cluster]) -> None:
