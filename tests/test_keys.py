@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
@@ -430,3 +431,37 @@ def test_a_running_service_keeps_minting_when_its_manifest_becomes_unreadable(tm
         lines = [line for line in service.log().splitlines() if "keys: cannot read" in line]
     assert len(lines) == 1 and " WARNING " in lines[0], lines
     assert "Traceback" not in service.log() and " ERROR " not in service.log()
+
+
+def app_imports() -> dict[str, set[str]]:
+    """Each module of the `app` package with the `app` modules it imports (anywhere in its code)."""
+    root = Path(__file__).resolve().parent.parent
+    graph: dict[str, set[str]] = {}
+    for path in sorted((root / "app").rglob("*.py")):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "app":
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names if alias.name.split(".")[0] == "app")
+        graph[name] = imported
+    return graph
+
+
+def test_no_module_of_the_app_imports_itself_through_others() -> None:
+    """`python -m app.keys` lives in app/keys/__main__.py so the key set never imports its writers."""
+    graph = app_imports()
+    assert "app.rotation" in graph["app.keys.__main__"] and "app.keys" in graph["app.rotation"]
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for imported in graph.get(module, set()):
+                if imported == start:
+                    cycles.append(" -> ".join([*path, imported]))
+                elif imported not in seen:
+                    seen.add(imported)
+                    stack.append((imported, [*path, imported]))
+    assert cycles == []
