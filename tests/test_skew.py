@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def edge(
     )
 
 
-def mint(service: ServiceProcess, api_key: str, *, ttl: int = 60) -> str:
+def mint_expiring(service: ServiceProcess, api_key: str, *, ttl: int = 60) -> tuple[str, int]:
+    """A ticket and its `exp` (from `expires_at`: the ticket itself may be sealed)."""
     response = httpx.post(
         service.url + "/v3/realtime-sessions",
         headers={"Authorization": f"Bearer {api_key}"},
@@ -82,8 +84,13 @@ def mint(service: ServiceProcess, api_key: str, *, ttl: int = 60) -> str:
         timeout=10,
     )
     assert response.status_code == 200, response.text
-    ticket: str = response.json()["client_secret"]
-    return ticket
+    body = response.json()
+    expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return body["client_secret"], int(expires.timestamp())
+
+
+def mint(service: ServiceProcess, api_key: str) -> str:
+    return mint_expiring(service, api_key)[0]
 
 
 def redeem(service: ServiceProcess, ticket: str) -> str:
@@ -145,10 +152,11 @@ def test_a_slow_edge_never_accepts_a_used_ticket_again(pair: SkewedPair) -> None
     The slow edge accepts a ticket (by its clock) from iat + 3 s to exp + 5 s + 8 s of real time; Redis
     must still hold the used id through all of it, also after the ticket expired by Redis's clock.
     """
-    first_right = [mint(pair.right, pair.api_key, ttl=1) for _ in range(3)]
-    first_slow = [mint(pair.right, pair.api_key, ttl=1) for _ in range(3)]
-    exp = max(json_claims(ticket)["exp"] for ticket in first_right + first_slow)
-    iat = min(json_claims(ticket)["iat"] for ticket in first_right + first_slow)
+    minted = [mint_expiring(pair.right, pair.api_key, ttl=1) for _ in range(6)]
+    first_right = [ticket for ticket, _ in minted[:3]]
+    first_slow = [ticket for ticket, _ in minted[3:]]
+    exp = max(expires for _, expires in minted)
+    iat = min(expires for _, expires in minted) - 1  # exp = iat + ttl
     results: dict[str, list[str]] = {ticket: [] for ticket in first_right + first_slow}
     for ticket in first_right:
         results[ticket].append(redeem(pair.right, ticket))
@@ -172,14 +180,6 @@ def test_a_slow_edge_never_accepts_a_used_ticket_again(pair: SkewedPair) -> None
     # Once the slow edge's clock passes exp + leeway it refuses the ticket as expired.
     wait_until(exp + 5 + SLOW + 1)
     assert {redeem(pair.slow, ticket) for ticket in first_right} == {"ticket_expired"}
-
-
-def json_claims(ticket: str) -> dict[str, Any]:
-    import base64
-
-    payload = ticket.split(".")[1]
-    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return decoded
 
 
 def test_the_slow_edge_warns_at_start_up_and_stays_ready(pair: SkewedPair) -> None:
@@ -287,3 +287,31 @@ def test_readyz_says_503_while_redis_takes_no_write_and_200_after(
     print(f"\n{state.name}: /readyz 503 after {down:.2f} s, 200 again {up:.2f} s after recovery")
     assert redeem(service, mint(service, api_key)) == "upgraded"
     assert " ERROR " not in service.log() and "Traceback" not in service.log()
+
+
+def test_two_deployments_share_one_redis_under_their_own_prefixes(
+    tmp_path: Path, keyring: tuple[Path, str]
+) -> None:
+    """REALTIME_REPLAY_PREFIX keeps two deployments' ticket ids apart in one Redis."""
+    require_redis_server()
+    keys_dir, api_key = keyring
+    with (
+        RedisServer(log_path=tmp_path / "redis.log") as server,
+        edge(tmp_path, "east", keys_dir, server.url, REALTIME_REPLAY_PREFIX="east:jti:") as east,
+        edge(tmp_path, "west", keys_dir, server.url, REALTIME_REPLAY_PREFIX="west:jti:") as west,
+    ):
+        with server.client() as client:
+            client.set("someone-else:key", b"kept")
+        ticket = mint(east, api_key)
+        # The same keys here, so one ticket is valid in both: each deployment lets it through once.
+        assert [redeem(east, ticket), redeem(east, ticket)] == ["upgraded", "ticket_replayed"]
+        assert [redeem(west, ticket), redeem(west, ticket)] == ["upgraded", "ticket_replayed"]
+        assert readyz(east) == (200, []) and readyz(west) == (200, [])
+        with server.client() as client:
+            names = sorted(key.decode() for key in client.keys("*"))
+            assert client.get("someone-else:key") == b"kept"
+    used = [name for name in names if ":probe:" not in name and name != "someone-else:key"]
+    probes = [name for name in names if ":probe:" in name]
+    assert [name.split(":")[0] for name in used] == ["east", "west"]
+    assert {name.split(":")[0] for name in probes} == {"east", "west"}
+    assert all(name.startswith(("east:jti:", "west:jti:", "someone-else:")) for name in names)
