@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,7 @@ class JwksKeySource:
         poll_interval: float,
         refetch_interval: float = REFETCH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         poll: bool = True,
     ) -> None:
         self.url = url
@@ -55,6 +56,7 @@ class JwksKeySource:
         self._poll_interval = poll_interval
         self._refetch_interval = refetch_interval
         self._clock = clock
+        self._sleep = sleep  # the wait for the refetch interval (polls sleep on the event loop)
         self._poll = poll
         self._keys = KeySet.empty()
         self._started = 0  # fetches started so far
@@ -100,7 +102,7 @@ class JwksKeySource:
                 return self._keys  # a fetch started while this caller waited: it is recent enough
             wait = self._last_start + self._refetch_interval - self._clock()
             if wait > 0:
-                await asyncio.sleep(min(wait, self._refetch_interval))
+                await self._sleep(min(wait, self._refetch_interval))
             await self._fetch()
         return self._keys
 

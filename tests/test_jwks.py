@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import itertools
 import json
 import logging
 import threading
@@ -41,7 +40,6 @@ class Minter:
     body: Any
     mode: str = "ok"  # ok | error | drip | gated | raw
     requests: int = 0
-    times: list[float] = field(default_factory=list)
     raw: bytes = b""  # mode raw: sent as is, with `encoding` as its Content-Encoding
     encoding: str = "gzip"
     gate: threading.Event = field(default_factory=threading.Event)
@@ -51,7 +49,6 @@ class Minter:
 def make_app(minter: Minter) -> Starlette:
     async def jwks(request: Request) -> Response:
         minter.requests += 1
-        minter.times.append(time.monotonic())
         if minter.mode == "raw":
             headers = {"Content-Encoding": minter.encoding, "Content-Type": "application/json"}
             return Response(minter.raw, headers=headers)
@@ -148,49 +145,36 @@ def test_an_unknown_kid_right_after_a_fetch_still_gets_a_new_fetch(
     assert minter.requests == 2
 
 
-def test_fetches_on_unknown_kids_are_spaced_by_the_refetch_interval(minter: Minter) -> None:
+def test_fetches_on_unknown_kids_wait_out_the_refetch_interval(minter: Minter) -> None:
+    clock = FakeClock()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 6))  # the fake clock stands still: only the wait is recorded
+
     async def scenario() -> None:
-        keys = source(minter.url, clock=time.monotonic)
+        keys = JwksKeySource(
+            minter.url,
+            timeout=2,
+            poll_interval=INTERVAL,
+            refetch_interval=REFETCH,
+            clock=clock,
+            sleep=sleep,
+            poll=False,
+        )
         try:
-            for _ in range(4):
-                await keys.refresh()
+            await keys.start()
+            await keys.refresh()  # at once after the start: waits the whole interval
+            clock.advance(0.05)
+            await keys.refresh()  # 0.05 s into it: waits the rest
+            clock.advance(REFETCH)
+            await keys.refresh()  # the interval has passed: no wait
         finally:
             await keys.aclose()
 
     asyncio.run(scenario())
+    assert slept == [REFETCH, round(REFETCH - 0.05, 6)]
     assert minter.requests == 4
-    gaps = [later - earlier for earlier, later in itertools.pairwise(minter.times)]
-    assert all(gap >= REFETCH * 0.95 for gap in gaps), gaps  # a floor from our own wait, not a speed
-
-
-@pytest.mark.parametrize("failure", ["error", "empty", "not-json", "stopped"])
-def test_keeps_the_cached_set_when_the_minter_fails(
-    minter: Minter, keyset: KeySet, failure: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    clock = FakeClock()
-
-    async def scenario() -> tuple[KeySet, int]:
-        keys = source(minter.url, clock=clock)
-        try:
-            await keys.start()
-            if failure == "error":
-                minter.mode = "error"
-            elif failure == "empty":
-                minter.body = {"keys": []}
-            elif failure == "not-json":
-                minter.body = ["not", "a", "jwks"]
-            else:
-                keys.url = "http://127.0.0.1:9/.well-known/jwks.json"  # nothing listens on the discard port
-            clock.advance(INTERVAL)
-            return await keys.refresh(), keys.failures
-        finally:
-            await keys.aclose()
-
-    with caplog.at_level(logging.WARNING, logger="app.jwks"):
-        kept, failures = asyncio.run(scenario())
-    assert kids(kept) == kids(keyset)
-    assert failures == 1
-    assert "keeping 2 cached keys" in caplog.text
 
 
 def test_concurrent_refreshes_share_fetches(minter: Minter, keyset: KeySet) -> None:
