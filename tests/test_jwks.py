@@ -1,4 +1,4 @@
-"""JwksKeySource against a real HTTP server: fetch, rate limit, cached set, shared fetch, timeout."""
+"""JwksKeySource against a real HTTP server and a real edge process: fetch, refetch, caps, key filter."""
 
 from __future__ import annotations
 
@@ -22,12 +22,17 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from app.clock import FakeClock
 from app.exceptions import KeySetError
 from app.jwks import JwksKeySource, parse_jwks
 from app.keys import KeySet
-from app.rotation import rotate
+from app.rotation import ensure_keys, rotate
+from app.tickets import issue
+from tests.servers import ServiceProcess
 
 INTERVAL = 5.0
 REFETCH = 0.2
@@ -350,3 +355,57 @@ def test_skipped_keys_are_logged_once_not_at_every_poll(
     assert kids(kept) == kids(keyset) and minter.requests == 4
     lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert lines == [f"JWKS from {minter.url}: skipped key 'rsa-1': `kty` is 'RSA', not OKP"]
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory in bytes (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def signed(keyset: KeySet) -> str:
+    signer = keyset.signer
+    assert signer is not None
+    return issue(
+        signer,
+        project="p",
+        config={},
+        locked=(),
+        ttl=60,
+        now=time.time(),
+        issuer="opper-realtime",
+        audience="opper-realtime",
+        max_bytes=6144,
+    ).token
+
+
+def handshake(edge: ServiceProcess, ticket: str) -> str:
+    try:
+        with connect(edge.ws_url, subprotocols=[Subprotocol("opper-ticket." + ticket)], open_timeout=10):
+            return "upgraded"
+    except InvalidStatus as exc:
+        code: str = json.loads(exc.response.body or b"{}")["error"]["code"]
+        return code
+
+
+def test_an_edge_process_fed_a_gzip_bomb_keeps_its_memory_and_its_keys(
+    minter: Minter, keyset: KeySet, tmp_path: Path
+) -> None:
+    """A real edge (REALTIME_JWKS_URL): an unknown kid makes it fetch 200 MiB of gzipped spaces."""
+    stranger, _ = ensure_keys(tmp_path / "other", now=int(time.time()) - 60)
+    env = {"REALTIME_JWKS_URL": minter.url, "REALTIME_KEYS_DIR": str(tmp_path / "edge-keys")}
+    with ServiceProcess(env=env, log_path=tmp_path / "edge.log") as edge:
+        assert edge.process is not None
+        assert handshake(edge, signed(keyset)) == "upgraded"
+        minter.raw, minter.mode = spaces_gzipped(200), "raw"
+        before = peak_rss(edge.process.pid)
+        assert handshake(edge, signed(stranger)) == "unknown_key"  # the fetch it made was refused
+        grew = peak_rss(edge.process.pid) - before
+        assert handshake(edge, signed(keyset)) == "upgraded"  # the cached keys still verify
+        log = edge.log()
+    assert "larger than 1048576 bytes" in log and "keeping 2 cached keys" in log
+    assert "Traceback" not in log
+    # 200 MiB were on offer; the edge holds at most 1 MiB of it (plus one zlib step).
+    assert grew < 32 << 20, f"peak memory grew by {grew >> 20} MiB"
