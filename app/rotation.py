@@ -13,6 +13,7 @@ signs would meet edges that do not know it yet.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -45,7 +46,15 @@ def locked(directory: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterato
         KeySetError: another process held it for `timeout` seconds.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        # A read-only keys directory (a mounted secret): no one changes it, so there is nothing to
+        # serialise; `make keys` on a complete set still succeeds there, and a write fails loudly.
+        yield
+        return
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -465,3 +465,20 @@ def test_no_module_of_the_app_imports_itself_through_others() -> None:
                     seen.add(imported)
                     stack.append((imported, [*path, imported]))
     assert cycles == []
+
+
+def test_make_keys_on_a_complete_read_only_directory_needs_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mounted secret is read-only: `make keys` there finds the set complete and changes nothing."""
+    first, _ = ensure_keys(tmp_path, now=NOW)
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_CREAT:
+            raise OSError(30, "Read-only file system", str(path))
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr("app.rotation.os.open", read_only)
+    again, changed = ensure_keys(tmp_path, now=NOW + 1)
+    assert not changed and [k.kid for k in again.keys] == [k.kid for k in first.keys]
