@@ -405,6 +405,7 @@ def test_an_edge_process_fed_a_gzip_bomb_keeps_its_memory_and_its_keys(
         grew = peak_rss(edge.process.pid) - before
         assert handshake(edge, signed(keyset)) == "upgraded"  # the cached keys still verify
         log = edge.log()
+    print(f"\ngzip bomb: the edge's peak memory grew by {grew / (1 << 20):.1f} MiB")
     assert "larger than 1048576 bytes" in log and "keeping 2 cached keys" in log
     assert "Traceback" not in log
     # 200 MiB were on offer; the edge holds at most 1 MiB of it (plus one zlib step).
