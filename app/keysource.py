@@ -120,9 +120,9 @@ class SealKeySource:
     """The seal keys of a file (`seal.json`), reloaded when it changes; every node has one.
 
     Like `DirectoryKeySource`: `current()` looks at the file's stat at most every `check_interval`
-    seconds, `refresh()` (on an unknown seal kid) looks at once, at most once per `check_interval`.
-    A missing file is an empty set (this node then neither seals nor opens sealed tickets); a file
-    that does not parse keeps the last good set.
+    seconds, `refresh()` (on an unknown seal kid) looks at once. A missing file is an empty set at
+    start-up (this node then neither seals nor opens sealed tickets); later, a file that is gone, does
+    not parse or cannot be read keeps the last good set, with one WARNING line per distinct problem.
     """
 
     def __init__(
@@ -138,13 +138,17 @@ class SealKeySource:
         self._keys = SealKeySet.empty()
         self._stamp: Stamp | None = None
         self._checked = float("-inf")
-        self._refreshed = float("-inf")
+        self._problem: str | None = None
         self.reloads = 0
 
     def load(self) -> SealKeySet:
         """Load now (start-up); a missing file gives an empty set, a broken one raises KeySetError."""
-        current = stamp(self.path)
-        self._keys = SealKeySet.load(self.path) if current is not None else SealKeySet.empty()
+        try:
+            current = stamp(self.path)
+            keys = SealKeySet.load(self.path) if current is not None else SealKeySet.empty()
+        except OSError as exc:
+            raise KeySetError(f"cannot read {self.path} ({exc.strerror or exc})") from None
+        self._keys = keys
         self._stamp = current
         self._checked = self._clock()
         self.reloads += 1
@@ -152,13 +156,25 @@ class SealKeySource:
 
     def _reload_if_changed(self) -> None:
         self._checked = self._clock()
-        current = stamp(self.path)
+        try:
+            current = stamp(self.path)
+        except OSError as exc:  # a symlink loop, a directory without search permission
+            self._report(f"cannot read {self.path} ({exc.strerror or exc})")
+            return
         if current is None or current == self._stamp:  # gone: keep the last set (writes rename)
             return
         try:
             self.load()
-        except KeySetError:
-            self._stamp = current  # half-edited by hand: keep the last good set
+        except KeySetError as exc:
+            self._stamp = current  # half-edited by hand, or not a readable file: keep the last set
+            self._report(exc.message)
+        else:
+            self._problem = None
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            logger.warning("seal keys: %s; keeping the %d keys loaded before", problem, len(self._keys.keys))
 
     def current(self) -> SealKeySet:
         elapsed = self._clock() - self._checked
@@ -167,9 +183,6 @@ class SealKeySource:
         return self._keys
 
     async def refresh(self) -> SealKeySet:
-        """Look for a newer set now (unknown seal kid), rate-limited."""
-        now = self._clock()
-        if not 0 <= now - self._refreshed < self._interval:
-            self._refreshed = now
-            self._reload_if_changed()
+        """Look for a newer set now (unknown seal kid): a stat; a reload only if the file changed."""
+        self._reload_if_changed()
         return self._keys

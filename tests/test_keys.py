@@ -24,8 +24,9 @@ from app.apikeys import create_key
 from app.exceptions import KeySetError, UnknownKeyError
 from app.files import atomic_write
 from app.keys import KeySet
-from app.keysource import DirectoryKeySource
+from app.keysource import DirectoryKeySource, SealKeySource
 from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
+from app.sealkeys import SEAL_FILE
 from app.tickets import issue, verify
 from tests.servers import ServiceProcess
 
@@ -482,3 +483,26 @@ def test_make_keys_on_a_complete_read_only_directory_needs_no_lock(
     monkeypatch.setattr("app.rotation.os.open", read_only)
     again, changed = ensure_keys(tmp_path, now=NOW + 1)
     assert not changed and [k.kid for k in again.keys] == [k.kid for k in first.keys]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [(break_by_symlink_loop, "Too many levels of symbolic links"), (break_by_directory, "IsADirectoryError")],
+    ids=["symlink-loop", "directory"],
+)
+def test_seal_key_source_keeps_the_last_good_set_and_says_so_once(
+    tmp_path: Path, breakage: Any, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ensure_keys(tmp_path, now=NOW)
+    now = [0.0]
+    source = SealKeySource(tmp_path / SEAL_FILE, clock=lambda: now[0])
+    good = source.load()
+    assert good.keys
+    breakage(tmp_path / SEAL_FILE)
+    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+        for _ in range(3):
+            now[0] += 1
+            assert source.current() is good
+            assert asyncio.run(source.refresh()) is good
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("seal keys: "), lines

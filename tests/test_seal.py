@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from app import keys as keys_cli
 from app.base64url import b64url, b64url_decode
 from app.clock import FakeClock
 from app.config import Settings
 from app.exceptions import InvalidTicketError, KeySetError, TicketError, UnknownKeyError
 from app.keys import KeySet, SigningKey
+from app.keys import __main__ as keys_cli
 from app.main import create_app
 from app.rotation import ensure_keys, rotate
 from app.sealkeys import SEAL_FILE, SealKey, SealKeySet, retire_seal_keys
@@ -133,7 +133,7 @@ def test_rotate_gives_a_directory_without_seal_keys_its_first_pair(tmp_path: Pat
 def test_the_command_line_lists_seal_keys_and_never_prints_a_secret(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for command in (["init"], ["rotate"], ["status"], ["retire", "--force"], ["status"], ["jwks"]):
+    for command in (["init"], ["rotate", "--force"], ["status"], ["retire", "--force"], ["status"], ["jwks"]):
         assert keys_cli.main([*command, "--dir", str(tmp_path)], now=lambda: NOW) == 0
     out = capsys.readouterr().out
     secrets_seen = [b64url(key.secret) for key in seal_keys(tmp_path).keys]
