@@ -17,7 +17,7 @@ from pathlib import Path
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
 from app.keys import STATES, KeySet
-from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
+from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
 from app.sealkeys import SEAL_FILE, SealKeySet, retire_seal_keys
 
 
@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None, *, now: Callable[[], float] = time.t
             left = KeySet.load(directory).in_state("retiring")
             for key in left:
                 print(f"kept {key.kid}: retiring for {_age(stamp - key.state_since)}, needs {wait}s")
-            sealed_gone, sealed_left = _retire_seal_keys(directory, stamp, wait, force=args.force)
+            with locked(directory):  # retire() above released it; seal.json changes under it too
+                sealed_gone, sealed_left = _retire_seal_keys(directory, stamp, wait, force=args.force)
             if not gone and not left and not sealed_gone and not sealed_left:
                 print("no retiring keys")
         elif args.command == "status":
