@@ -78,6 +78,11 @@ class Metrics:
             ["provider", "type"],
             registry=self.registry,
         )
+        self.replay_clock_offset = Gauge(
+            "realtime_replay_clock_offset_seconds",
+            "The replay store's clock minus this process's, as last measured (0: memory:// or not yet)",
+            registry=self.registry,
+        )
         self.replay_store_errors = Counter(
             "realtime_replay_store_errors",
             "Replay store calls that failed (the redemption was refused: fail closed)",

@@ -67,6 +67,7 @@ class Services:
             logger.warning("replay store: %s", warning)
         skew = SkewWatch(replay, leeway=settings.leeway_seconds, margin=settings.clock_skew_margin_seconds)
         await skew.start()
+        metrics.replay_clock_offset.set_function(lambda: skew.offset or 0.0)
         return cls(
             settings=settings,
             clock=clock,

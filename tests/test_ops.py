@@ -22,6 +22,7 @@ METRICS = (
     "realtime_active_sessions",
     "realtime_verify_seconds_bucket",
     "realtime_replay_store_errors_total",
+    "realtime_replay_clock_offset_seconds",
     "realtime_signing_keys",
 )
 

@@ -189,6 +189,15 @@ def test_the_slow_edge_warns_at_start_up_and_stays_ready(pair: SkewedPair) -> No
     assert "behind the replay store's" in lines[0] and "leeway" in lines[0]
     assert not [line for line in pair.right.log().splitlines() if "clock:" in line]
     assert readyz(pair.slow) == (200, []) and readyz(pair.right) == (200, [])
+    offsets = {edge: clock_offset_metric(edge) for edge in (pair.slow, pair.right)}
+    assert SLOW - 1 < offsets[pair.slow] < SLOW + 1 and abs(offsets[pair.right]) < 1, offsets
+
+
+def clock_offset_metric(service: ServiceProcess) -> float:
+    for line in httpx.get(service.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("realtime_replay_clock_offset_seconds "):
+            return float(line.split()[1])
+    raise AssertionError("realtime_replay_clock_offset_seconds is missing from /metrics")
 
 
 def test_an_edge_off_past_the_margin_is_not_ready(
