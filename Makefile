@@ -9,13 +9,13 @@ ifdef KEYS_DIR
 export REALTIME_KEYS_DIR := $(KEYS_DIR)
 endif
 
-.PHONY: run test keys rotate retire key-status jwks api-key lint format bench cluster cluster-stop clean
+.PHONY: run test keys rotate retire key-status jwks api-key api-keys revoke-api-key lint format bench cluster cluster-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[dev]' && touch $@
 
 run: $(VENV)/.installed
-	$(PY) -m app.keys init && $(PY) -m app.apikeys create --project dev --label make-run && REALTIME_DEV=$${REALTIME_DEV:-true} $(PY) -m app.serve --host $(HOST) --port $(PORT)
+	$(PY) -m app.keys init && $(PY) -m app.apikeys dev && REALTIME_DEV=$${REALTIME_DEV:-true} $(PY) -m app.serve --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -36,7 +36,13 @@ jwks: $(VENV)/.installed
 	@$(PY) -m app.keys jwks
 
 api-key: $(VENV)/.installed
-	@$(PY) -m app.apikeys create --project "$(PROJECT)" --kind $(KIND)
+	@$(PY) -m app.apikeys create --project "$(PROJECT)" --kind $(KIND) $(if $(EXPIRES),--expires-days "$(EXPIRES)",)
+
+api-keys: $(VENV)/.installed
+	@$(PY) -m app.apikeys list
+
+revoke-api-key: $(VENV)/.installed
+	@$(PY) -m app.apikeys revoke --id "$(ID)"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy

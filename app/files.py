@@ -1,13 +1,21 @@
-"""Small file helpers shared by the key set and the API key store: atomic writes, change stamps."""
+"""Small file helpers shared by the key set and the API key store: atomic writes, change stamps,
+and a file's content reloaded when the file changes."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, Literal, TypeVar
+
+from app.exceptions import KeySetError
 
 Stamp = tuple[int, int, int]
+T = TypeVar("T")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -39,3 +47,90 @@ def stamp(path: Path) -> Stamp | None:
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Reloading(Generic[T]):
+    """What `load()` makes of a file, loaded again when the file changes; the last good value survives.
+
+    `get()` looks at the file's stat at most every `interval` seconds, `check()` looks now; a reload
+    happens only when the stat changed. When the file cannot be stat'ed or read, or `load` raises
+    `KeySetError` (half-edited by hand, a huge number, deep nesting), the last good value stays in
+    use and `log` gets one WARNING line per distinct problem: `<what>: <problem>; keeping the <n>
+    keys loaded before`. A missing file is, by `missing`: read by `load` anyway (`"load"`), kept
+    silently (`"keep"`), or a problem (`"report"`).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        load: Callable[[], T],
+        *,
+        initial: T,
+        what: str,
+        size: Callable[[T], int],
+        log: logging.Logger,
+        missing: Literal["load", "keep", "report"] = "load",
+        clock: Callable[[], float] = time.monotonic,
+        interval: float = 0.5,
+        stat: Callable[[Path], Stamp | None] = stamp,
+    ) -> None:
+        self.path = path
+        self.value = initial
+        self.loads = 0
+        self._load = load
+        self._what = what
+        self._size = size
+        self._log = log
+        self._missing = missing
+        self._clock = clock
+        self._interval = interval
+        self._stat = stat
+        self._stamp: Stamp | None = None
+        self._checked = float("-inf")
+        self._problem: str | None = None
+
+    def load_now(self) -> T:
+        """Load at once (start-up); raises `KeySetError` when the file is missing, broken or unreadable."""
+        try:
+            current = self._stat(self.path)
+            value = self._load()
+        except OSError as exc:  # most are KeySetError already; a stat can fail too
+            raise KeySetError(f"cannot read {self.path} ({exc.strerror or exc})") from None
+        self.value, self._stamp, self._problem = value, current, None
+        self._checked = self._clock()
+        self.loads += 1
+        return value
+
+    def check(self) -> T:
+        """Look at the file now; reload when it changed since the last look."""
+        self._checked = self._clock()
+        try:
+            current = self._stat(self.path)
+        except OSError as exc:  # a symlink loop, a directory without search permission
+            self._report(f"cannot read {self.path} ({exc.strerror or exc})")
+            return self.value
+        if current is None and self._missing != "load":
+            if self._missing == "report":
+                self._report(f"{self.path} is missing")
+            return self.value
+        if current == self._stamp:
+            return self.value
+        try:
+            self.load_now()
+        except KeySetError as exc:
+            self._stamp = current  # that version is not read again; the next change is
+            self._report(exc.message)
+        return self.value
+
+    def get(self) -> T:
+        """The value, looking at the file first when `interval` has passed since the last look."""
+        elapsed = self._clock() - self._checked
+        if elapsed >= self._interval or elapsed < 0:  # < 0: the clock stepped back
+            return self.check()
+        return self.value
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            count = self._size(self.value)
+            self._log.warning("%s: %s; keeping the %d keys loaded before", self._what, problem, count)

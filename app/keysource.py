@@ -1,6 +1,8 @@
 """Where a process gets its key set: the `KeySource` protocol, and a keys directory reloaded on change.
 
-A verify-only edge uses `app.jwks.JwksKeySource` instead, which implements the same protocol.
+A verify-only edge uses `app.jwks.JwksKeySource` instead, which implements the same protocol. The
+reloading itself (stat, reload on change, keep the last good set, one WARNING per problem) is
+`app.files.Reloading`, which the API key store uses too.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from app.exceptions import KeySetError
-from app.files import Stamp, stamp
+from app.files import Reloading, Stamp, stamp
 from app.keys import MANIFEST, KeySet
 from app.sealkeys import SealKeySet
 
 logger = logging.getLogger(__name__)
+
+
+def _stat(path: Path) -> Stamp | None:
+    return stamp(path)  # looked up at each call, so tests can make it fail
 
 
 class KeySource(Protocol):
@@ -51,66 +56,33 @@ class DirectoryKeySource:
         check_interval: float = 0.5,
     ) -> None:
         self.directory = directory
-        self._clock = clock
-        self._interval = check_interval
-        self._keys = KeySet.empty()
-        self._stamp: Stamp | None = None
-        self._checked = float("-inf")
-        self._problem: str | None = None
-        self.reloads = 0
+        self._manifest = Reloading(
+            directory / MANIFEST,
+            lambda: KeySet.load(directory),
+            initial=KeySet.empty(),
+            what="keys",
+            size=lambda keys: len(keys.keys),
+            log=logger,
+            missing="report",
+            clock=clock,
+            interval=check_interval,
+            stat=_stat,
+        )
 
-    def _stat(self) -> Stamp | None:
-        return stamp(self.directory / MANIFEST)
-
-    def _report(self, problem: str) -> None:
-        if problem != self._problem:
-            self._problem = problem
-            logger.warning("keys: %s; keeping the %d keys loaded before", problem, len(self._keys.keys))
+    @property
+    def reloads(self) -> int:
+        return self._manifest.loads
 
     def load(self) -> KeySet:
         """Load now (start-up); raises KeySetError when the set is missing, broken or unreadable."""
-        try:
-            current = self._stat()
-            keys = KeySet.load(self.directory)
-        except OSError as exc:  # KeySet.load turns most into KeySetError; a stat can fail too
-            raise KeySetError(f"cannot read {self.directory / MANIFEST} ({exc.strerror or exc})") from None
-        self._keys = keys
-        self._stamp = current
-        self._checked = self._clock()
-        self.reloads += 1
-        return self._keys
-
-    def _reload_if_changed(self) -> None:
-        self._checked = self._clock()
-        try:
-            current = self._stat()
-        except OSError as exc:  # a symlink loop, a directory without search permission
-            self._report(f"cannot read {self.directory / MANIFEST} ({exc.strerror or exc})")
-            return
-        if current is None:
-            self._report(f"{self.directory / MANIFEST} is missing")
-            return
-        if current == self._stamp:
-            return
-        try:
-            self.load()
-        except KeySetError as exc:
-            # Half-edited by hand, or not a readable file: keep serving with the last good set.
-            self._stamp = current
-            self._report(exc.message)
-        else:
-            self._problem = None
+        return self._manifest.load_now()
 
     def current(self) -> KeySet:
-        elapsed = self._clock() - self._checked
-        if elapsed >= self._interval or elapsed < 0:  # < 0: the wall clock stepped back
-            self._reload_if_changed()
-        return self._keys
+        return self._manifest.get()
 
     async def refresh(self) -> KeySet:
         """Look for a newer set now (unknown kid)."""
-        self._reload_if_changed()
-        return self._keys
+        return self._manifest.check()
 
     async def aclose(self) -> None:
         return None
@@ -133,56 +105,32 @@ class SealKeySource:
         check_interval: float = 0.5,
     ) -> None:
         self.path = path
-        self._clock = clock
-        self._interval = check_interval
-        self._keys = SealKeySet.empty()
-        self._stamp: Stamp | None = None
-        self._checked = float("-inf")
-        self._problem: str | None = None
-        self.reloads = 0
+        self._file = Reloading(
+            path,
+            lambda: SealKeySet.load(path),
+            initial=SealKeySet.empty(),
+            what="seal keys",
+            size=lambda keys: len(keys.keys),
+            log=logger,
+            missing="keep",  # gone: keep the last set (writes rename)
+            clock=clock,
+            interval=check_interval,
+            stat=_stat,
+        )
+
+    @property
+    def reloads(self) -> int:
+        return self._file.loads
 
     def load(self) -> SealKeySet:
         """Load now (start-up); a missing file gives an empty set, a broken one raises KeySetError."""
-        try:
-            current = stamp(self.path)
-            keys = SealKeySet.load(self.path) if current is not None else SealKeySet.empty()
-        except OSError as exc:
-            raise KeySetError(f"cannot read {self.path} ({exc.strerror or exc})") from None
-        self._keys = keys
-        self._stamp = current
-        self._checked = self._clock()
-        self.reloads += 1
-        return self._keys
-
-    def _reload_if_changed(self) -> None:
-        self._checked = self._clock()
-        try:
-            current = stamp(self.path)
-        except OSError as exc:  # a symlink loop, a directory without search permission
-            self._report(f"cannot read {self.path} ({exc.strerror or exc})")
-            return
-        if current is None or current == self._stamp:  # gone: keep the last set (writes rename)
-            return
-        try:
-            self.load()
-        except KeySetError as exc:
-            self._stamp = current  # half-edited by hand, or not a readable file: keep the last set
-            self._report(exc.message)
-        else:
-            self._problem = None
-
-    def _report(self, problem: str) -> None:
-        if problem != self._problem:
-            self._problem = problem
-            logger.warning("seal keys: %s; keeping the %d keys loaded before", problem, len(self._keys.keys))
+        if not self.path.exists():
+            return self._file.check()  # nothing to read yet: the empty set, until the file appears
+        return self._file.load_now()
 
     def current(self) -> SealKeySet:
-        elapsed = self._clock() - self._checked
-        if elapsed >= self._interval or elapsed < 0:
-            self._reload_if_changed()
-        return self._keys
+        return self._file.get()
 
     async def refresh(self) -> SealKeySet:
         """Look for a newer set now (unknown seal kid): a stat; a reload only if the file changed."""
-        self._reload_if_changed()
-        return self._keys
+        return self._file.check()

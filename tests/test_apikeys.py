@@ -1,4 +1,5 @@
-"""API keys: hashed at rest, runtime vs management vs project-less, reload, and the CLI."""
+"""API keys: hashed at rest, runtime vs management vs project-less, expiry and revocation, reload,
+broken files, the CLI, and a running service refusing revoked and expired keys."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
-from app.apikeys import ApiKeyStore, bearer_token, create_key
-from app.exceptions import InvalidCredentialsError, MissingCredentialsError
+from app.apikeys import ApiKeyStore, bearer_token, create_key, revoke_key
+from app.exceptions import InvalidCredentialsError, KeySetError, MissingCredentialsError
+from app.rotation import ensure_keys
+from tests.servers import ServiceProcess
 
 
 def test_keys_are_stored_hashed(tmp_path: Path) -> None:
@@ -120,3 +129,203 @@ def test_cli_refuses_without_a_project(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "create")
     assert result.returncode == 2 and "PROJECT" in result.stderr
     assert not (tmp_path / "api_keys.json").exists()
+
+
+# Expiry, revocation, broken files, the dev key, and a running service ------------------------
+
+
+def stored(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "revoked", "message"),
+    [
+        (None, True, "revoked"),
+        (999, False, "expired"),
+        (1000, False, "expired"),  # at the expiry second itself
+        (1000, True, "revoked"),  # revoked wins: it is the more specific reason
+    ],
+    ids=["revoked", "expired", "expires-now", "expired-and-revoked"],
+)
+def test_revoked_and_expired_keys_are_refused(
+    tmp_path: Path, expires_at: int | None, revoked: bool, message: str
+) -> None:
+    path = tmp_path / "api_keys.json"
+    plain, entry = create_key(path, project="p", kind="runtime", now=1, expires_at=expires_at)
+    if revoked:
+        revoke_key(path, entry.id, now=500)
+    with pytest.raises(InvalidCredentialsError, match=message) as caught:
+        ApiKeyStore(path, clock=lambda: 1000.0).load().check(plain)
+    assert (caught.value.status, caught.value.code) == (401, "invalid_credentials")
+
+
+def test_a_key_works_until_its_expiry(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.json"
+    plain, _ = create_key(path, project="p", kind="runtime", now=1, expires_at=1000)
+    now = [999.0]
+    store = ApiKeyStore(path, clock=lambda: now[0]).load()
+    assert store.check(plain).project == "p"
+    now[0] = 1000.0
+    with pytest.raises(InvalidCredentialsError, match="expired"):
+        store.check(plain)
+
+
+def test_revocation_reaches_a_loaded_store_at_its_next_look(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.json"
+    plain, entry = create_key(path, project="p", kind="runtime", now=1)
+    now = [10.0]
+    store = ApiKeyStore(path, clock=lambda: now[0]).load()
+    assert store.check(plain).project == "p"
+    revoke_key(path, entry.id, now=11)
+    now[0] += 0.5
+    with pytest.raises(InvalidCredentialsError, match="revoked"):
+        store.check(plain)
+
+
+def test_revoking_an_unknown_id_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "api_keys.json"
+    create_key(path, project="p", kind="runtime", now=1)
+    with pytest.raises(KeySetError, match="no API key with id"):
+        revoke_key(path, "key_nope", now=2)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+BROKEN = {
+    "huge-created-at": '{"keys": [{"id": "k", "sha256": "00", "created_at": 1e400}]}',
+    "huge-expires-at": '{"keys": [{"id": "k", "sha256": "00", "expires_at": 1e400}]}',
+    "nan-revoked-at": '{"keys": [{"id": "k", "sha256": "00", "revoked_at": NaN}]}',
+    "deep-nesting": '{"keys": ' + DEEP + "}",
+    "deep-nesting-top": DEEP,
+    "entry-not-object": '{"keys": [1]}',
+    "digest-not-string": '{"keys": [{"id": "k", "sha256": 5}]}',
+    "project-not-string": '{"keys": [{"id": "k", "sha256": "00", "project": {"a": 1}}]}',
+    "not-json": "{ half written",
+    "not-utf8": b"\xff\xfe{}".decode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("text", list(BROKEN.values()), ids=list(BROKEN))
+def test_a_broken_file_keeps_the_last_good_keys_and_logs_one_line(
+    tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "api_keys.json"
+    plain, _ = create_key(path, project="p", kind="runtime", now=1)
+    now = [0.0]
+    store = ApiKeyStore(path, clock=lambda: now[0]).load()
+    path.write_text(text, encoding="latin-1")
+    for _ in range(3):  # three looks at the same broken version: one line
+        now[0] += 1
+        assert store.check(plain).project == "p"
+        with pytest.raises(InvalidCredentialsError, match="not valid"):
+            store.check("oprk-unknown")  # a miss looks at the file again
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "api_keys.json" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert (
+        warnings[0].getMessage().startswith("api keys: ")
+        and "keeping the 1 keys loaded before" in warnings[0].getMessage()
+    )
+
+
+def test_cli_lists_without_keys_and_revokes(tmp_path: Path) -> None:
+    made = run_cli(tmp_path, "create", "--project", "acme", "--expires-days", "2", "--label", "ci")
+    key = made.stdout.strip().splitlines()[-1]
+    key_id = stored(tmp_path / "api_keys.json")["keys"][0]["id"]
+    listing = run_cli(tmp_path, "list").stdout
+    header, row = listing.splitlines()
+    assert header.split() == ["id", "project", "kind", "label", "created", "expires", "revoked"]
+    assert row.split()[:4] == [key_id, "acme", "runtime", "ci"] and row.split()[-1] == "-"
+    assert key not in listing
+    revoked = run_cli(tmp_path, "revoke", "--id", key_id)
+    assert revoked.returncode == 0 and key_id in revoked.stdout
+    assert run_cli(tmp_path, "list").stdout.splitlines()[1].split()[-1] != "-"
+    unknown = run_cli(tmp_path, "revoke", "--id", "key_nope")
+    assert unknown.returncode == 1 and "no API key with id" in unknown.stderr
+
+
+@pytest.mark.parametrize("days", ["0", "-1", "abc", "40000"], ids=["zero", "negative", "word", "too-many"])
+def test_cli_refuses_a_bad_expiry(tmp_path: Path, days: str) -> None:
+    result = run_cli(tmp_path, "create", "--project", "acme", "--expires-days", days)
+    assert result.returncode == 2 and "EXPIRES" in result.stderr
+    assert not (tmp_path / "api_keys.json").exists()
+
+
+def test_dev_key_is_reused_until_it_stops_working(tmp_path: Path) -> None:
+    first = run_cli(tmp_path, "dev").stdout.strip().splitlines()[-1]
+    second = run_cli(tmp_path, "dev").stdout.strip().splitlines()
+    assert second[-1] == first and second[0].startswith("reusing")
+    assert ApiKeyStore(tmp_path / "api_keys.json").load().check(first).project == "dev"
+    assert oct((tmp_path / "dev_api_key").stat().st_mode & 0o777) == "0o600"
+    key_id = stored(tmp_path / "api_keys.json")["keys"][0]["id"]
+    run_cli(tmp_path, "revoke", "--id", key_id)
+    third = run_cli(tmp_path, "dev").stdout.strip().splitlines()[-1]
+    assert third != first and ApiKeyStore(tmp_path / "api_keys.json").load().check(third).project == "dev"
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[ServiceProcess]:
+    keys = tmp_path / "keys"
+    ensure_keys(keys, now=int(time.time()))
+    with ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys)}, log_path=tmp_path / "service.log") as process:
+        yield process
+
+
+def mint(service: ServiceProcess, key: str) -> httpx.Response:
+    return httpx.post(
+        service.url + "/v3/realtime-sessions", headers={"Authorization": f"Bearer {key}"}, json={}, timeout=10
+    )
+
+
+def refused_with(service: ServiceProcess, key: str, word: str) -> bool:
+    response = mint(service, key)
+    if response.status_code == 200:
+        return False
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (401, "invalid_credentials"), response.text
+    assert word in error["message"] and key not in response.text
+    return True
+
+
+def poll(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_running_service_refuses_a_revoked_key(service: ServiceProcess, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    plain, entry = create_key(keys / "api_keys.json", project="acme", kind="runtime", now=int(time.time()))
+    assert mint(service, plain).status_code == 200
+    result = run_cli(keys, "revoke", "--id", entry.id)
+    assert result.returncode == 0, result.stderr
+    poll(lambda: refused_with(service, plain, "revoked"), "the revoked key to be refused")
+    # The WebSocket's bearer path uses the same check.
+    with pytest.raises(InvalidStatus) as caught:
+        connect(service.ws_url, additional_headers={"Authorization": f"Bearer {plain}"}, open_timeout=10)
+    body = json.loads(caught.value.response.body or b"{}")
+    assert (caught.value.response.status_code, body["error"]["code"]) == (401, "invalid_credentials")
+
+
+def test_a_running_service_refuses_an_expired_key(service: ServiceProcess, tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "api_keys.json"
+    now = int(time.time())
+    plain, _ = create_key(path, project="acme", kind="runtime", now=now, expires_at=now + 4)
+    poll(lambda: mint(service, plain).status_code == 200 or time.time() >= now + 4, "a first mint")
+    poll(lambda: refused_with(service, plain, "expired"), "the expired key to be refused")
+
+
+def test_a_running_service_survives_broken_key_files(service: ServiceProcess, tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "api_keys.json"
+    plain, _ = create_key(path, project="acme", kind="runtime", now=int(time.time()))
+    assert mint(service, plain).status_code == 200
+    for name in ("huge-created-at", "deep-nesting"):
+        path.write_text(BROKEN[name])
+        for _ in range(5):  # each miss looks at the file: never a 500
+            assert mint(service, "oprk-unknown").status_code == 401
+            assert mint(service, plain).status_code == 200
+        poll(lambda: service.log().count("api keys: ") >= 1, "the warning line")
+    log = service.log()
+    assert log.count("api keys: ") == 2
+    assert "Traceback" not in log and " 500" not in log
