@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,27 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
 
+def _proxies(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDRs (or `*` for any), each checked now."""
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        if item != "*":
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"expected addresses or CIDRs separated by commas, got {item!r}") from None
+    return items
+
+
+def _optional_port(raw: str) -> int | None:
+    if not raw.strip():
+        return None
+    port = _int(1)(raw)
+    if port > 65535:
+        raise ValueError(f"expected a port number up to 65535, got {port}")
+    return port
+
+
 def _setting(default: Any, parse: Callable[[str], Any], env: str) -> Any:
     """A settings field read from `REALTIME_<env>` with `parse`."""
     if isinstance(default, tuple | list | dict):
@@ -177,6 +199,8 @@ class Settings:
     dev: bool = _setting(False, _bool, "DEV")
     sealed_tickets: bool = _setting(True, _bool, "SEALED_TICKETS")
     seal_keys_file: Path | None = _setting(None, _optional_path, "SEAL_KEYS_FILE")
+    trusted_proxies: tuple[str, ...] = _setting(("127.0.0.1",), _proxies, "TRUSTED_PROXIES")
+    admin_port: int | None = _setting(None, _optional_port, "ADMIN_PORT")
 
     def __post_init__(self) -> None:
         if self.upstream == "relay" and not self.upstream_url:

@@ -22,6 +22,7 @@ from app.demo import dev_ticket, favicon, page, static
 from app.exceptions import RealtimeError, UnavailableError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
+from app.proxies import AdminListener, ForwardedHeaders
 from app.realtime import realtime
 from app.responses import error_response
 from app.services import Services
@@ -148,7 +149,11 @@ def create_app(
             Exception: _on_unexpected,
         },
         lifespan=lifespan,
-        middleware=[Middleware(EdgeHeader, name=settings.edge_name)] if settings.edge_name else [],
+        middleware=[
+            *([Middleware(EdgeHeader, name=settings.edge_name)] if settings.edge_name else []),
+            Middleware(ForwardedHeaders, trusted=settings.trusted_proxies),
+            *([Middleware(AdminListener, port=settings.admin_port)] if settings.admin_port else []),
+        ],
     )
     # A redirect would make HTTP clients re-send the bearer key elsewhere (SPEC section 2).
     app.router.redirect_slashes = False

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
+import logging
+import logging.config
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -20,6 +27,9 @@ from app.keys import KeySet
 from app.main import create_app
 
 DRAIN_SECONDS = 10
+WORKER_START_GRACE = 10.0  # a worker that dies sooner is broken, not unlucky: stop instead of looping
+PR_SET_PDEATHSIG = 1
+LOG = logging.getLogger("uvicorn.error")
 YOUNG_GC_THRESHOLD = 10_000  # net new container objects between young collections (CPython: 700)
 
 
@@ -53,7 +63,7 @@ def uvicorn_config(app: ASGIApp, *, host: str, port: int, log_level: str, ws_max
         port=port,
         log_config=logs.config(log_level.upper()),
         log_level=log_level,
-        proxy_headers=True,
+        proxy_headers=False,  # app.proxies.ForwardedHeaders, with REALTIME_TRUSTED_PROXIES
         timeout_graceful_shutdown=DRAIN_SECONDS + 5,
         ws_max_size=ws_max_size,
     )
@@ -74,16 +84,125 @@ def tune_gc() -> None:
     gc.set_threshold(YOUNG_GC_THRESHOLD, older, oldest)
 
 
+def listen(config: uvicorn.Config, admin_port: int | None) -> list[socket.socket]:
+    """The listening sockets: the public one (`--host`, `--port`) and, with an admin port, 127.0.0.1:<it>.
+
+    Bound here (not by uvicorn) so that worker processes can share them and so that the admin
+    listener exists; the "Uvicorn running on ..." line is logged as uvicorn does.
+    """
+    sockets = [config.bind_socket()]
+    if admin_port is not None:
+        admin = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        admin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            admin.bind(("127.0.0.1", admin_port))
+        except OSError as exc:
+            admin.close()
+            raise SystemExit(
+                f"error: cannot listen on the admin port 127.0.0.1:{admin_port}: {exc}"
+            ) from None
+        admin.set_inheritable(True)
+        sockets.append(admin)
+        LOG.info("Admin listener (/metrics, /readyz) on http://127.0.0.1:%d", admin_port)
+    return sockets
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: a worker gets SIGTERM when its supervisor dies, so no worker outlives a killed parent."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervise(argv: list[str], sockets: list[socket.socket], workers: int) -> int:
+    """Run `workers` copies of `argv` sharing `sockets`; restart one that dies; SIGTERM/SIGINT drain all.
+
+    Each worker runs in its own session (a terminal's Ctrl-C reaches only this supervisor, which
+    passes it on once) and is told to stop if this process dies.
+    """
+    fds = [sock.fileno() for sock in sockets]
+    command = [*argv, "--worker-fds", ",".join(map(str, fds))]
+    received: list[int] = []
+    failed = False
+
+    def start() -> tuple[subprocess.Popen[bytes], float]:
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            command, pass_fds=fds, start_new_session=True, preexec_fn=_die_with_parent
+        )
+        LOG.info("Started worker process [%d]", process.pid)
+        return process, time.monotonic()
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        for process, _ in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+
+    running = [start() for _ in range(workers)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    deadline = float("inf")
+    while True:
+        if received and deadline == float("inf"):
+            deadline = time.monotonic() + DRAIN_SECONDS + 20
+        for index, (process, started) in enumerate(running):
+            code = process.poll()
+            if code is None or received:
+                continue
+            # Exiting by itself (not killed by a signal) right after the start: broken, not unlucky.
+            if code >= 0 and time.monotonic() - started < WORKER_START_GRACE:
+                LOG.error("worker [%d] exited with %s while starting; stopping", process.pid, code)
+                failed = True
+                on_signal(signal.SIGTERM, None)
+                break
+            LOG.warning("worker [%d] exited with %s; starting another", process.pid, code)
+            running[index] = start()
+        if received and all(process.poll() is not None for process, _ in running):
+            break
+        if time.monotonic() > deadline:
+            for process, _ in running:
+                if process.poll() is None:
+                    LOG.warning("worker [%d] did not stop in time; killing it", process.pid)
+                    process.kill()
+        time.sleep(0.1)
+    for process, _ in running:
+        process.wait()
+    LOG.info("Stopped %d workers", workers)
+    if failed:
+        return 1
+    return 130 if received[0] == signal.SIGINT else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (one per core); needs a redis:// replay store when more than 1",
+    )
+    parser.add_argument("--worker-fds", help=argparse.SUPPRESS)  # set by the supervisor for its workers
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_environ(os.environ)
     except SettingsError as exc:
         print(f"error: invalid setting {exc.message}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and settings.replay_url == "memory://":
+        print(
+            f"error: --workers {args.workers} needs a shared replay store: memory:// keeps used tickets "
+            "inside one process, so each worker would accept the same ticket again. Set "
+            "REALTIME_REPLAY_URL=redis://host:port/db, or run one worker.",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.admin_port is not None and settings.admin_port == args.port:
+        print(f"error: REALTIME_ADMIN_PORT ({settings.admin_port}) must differ from --port", file=sys.stderr)
         return 2
     if settings.jwks_url is None:
         try:
@@ -91,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeySetError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
+    if args.workers > 1:
+        logs.lighten()
+        logging.config.dictConfig(logs.config(args.log_level.upper()))
+        probe = uvicorn.Config(_no_app, host=args.host, port=args.port, log_config=None)
+        shared = listen(probe, settings.admin_port)
+        child = [sys.executable, "-m", "app.serve", "--log-level", args.log_level]
+        return supervise(child, shared, args.workers)
     app = create_app(settings)
     config = uvicorn_config(
         app,
@@ -100,14 +226,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
     )
     server = DrainingServer(config, app=app)
+    sockets: list[socket.socket] | None = None
+    if args.worker_fds:
+        sockets = [socket.socket(fileno=int(fd)) for fd in args.worker_fds.split(",")]
+    elif settings.admin_port is not None:
+        sockets = listen(config, settings.admin_port)
     tune_gc()
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:
         # After a clean shutdown uvicorn raises the SIGINT it caught again, and asyncio's runner
         # turns it into KeyboardInterrupt: exit as a shell does after Ctrl-C, without a traceback.
         return 130
     return 0 if server.started else 1
+
+
+async def _no_app(scope: object, receive: object, send: object) -> None:  # pragma: no cover
+    """The supervisor binds sockets with uvicorn's helper but serves nothing itself."""
 
 
 if __name__ == "__main__":

@@ -40,12 +40,14 @@ class ServiceProcess:
         log_path: Path,
         start_timeout: float = 30.0,
         wrapper: Sequence[str] = (),
+        args: tuple[str, ...] = (),
     ) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
         self.env.update(env)
         self.wrapper = tuple(wrapper)  # e.g. ("faketime", "-f", "-8s"): runs the service under it
         self.log_path = log_path
         self.start_timeout = start_timeout
+        self.args = args  # more `python -m app.serve` options, e.g. ("--workers", "2")
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +63,17 @@ class ServiceProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [*self.wrapper, sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "app.serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *self.args,
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -1,0 +1,140 @@
+"""What the service believes about a request's origin, and which listener answers what.
+
+`ForwardedHeaders` applies `X-Forwarded-Proto`, `-For` and `-Host` only when the connection comes from
+a trusted proxy (`REALTIME_TRUSTED_PROXIES`), so a mint behind a TLS proxy on another host answers a
+`wss://` `ws_url`, and nobody else can make it point elsewhere. `AdminListener` keeps `/metrics` and
+`/readyz` on the admin port (`REALTIME_ADMIN_PORT`) only. Plain ASGI, no framework.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from app import logs
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ADMIN_PATHS = frozenset({"/metrics", "/readyz"})
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TrustedProxies:
+    """A set of addresses and networks; `*` trusts every peer."""
+
+    def __init__(self, items: Iterable[str]) -> None:
+        items = list(items)
+        self.everyone = "*" in items
+        self.networks: list[Network] = [
+            ipaddress.ip_network(item, strict=False) for item in items if item != "*"
+        ]
+
+    def __contains__(self, host: object) -> bool:
+        if self.everyone:
+            return True
+        if not isinstance(host, str):
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def client(self, forwarded_for: str) -> str | None:
+        """The client in an `X-Forwarded-For` chain: the last hop that is not a trusted proxy."""
+        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if hop not in self:
+                return hop
+        return hops[0] if hops else None
+
+
+def _first(value: bytes) -> str:
+    return value.decode("latin-1").split(",")[0].strip()
+
+
+def forwarded(scope: Scope, trusted: TrustedProxies) -> Scope:
+    """`scope` as the trusted proxy saw the request: scheme, client address and `Host`."""
+    proto = forwarded_for = host = None
+    headers = []
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-proto":
+            proto = _first(value).lower()
+        elif name == b"x-forwarded-for":
+            forwarded_for = (
+                value.decode("latin-1")
+                if forwarded_for is None
+                else f"{forwarded_for},{value.decode('latin-1')}"
+            )
+        elif name == b"x-forwarded-host":
+            host = _first(value)
+        headers.append((name, value))
+    scope = dict(scope)
+    if proto in {"http", "https", "ws", "wss"}:
+        secure = proto in {"https", "wss"}
+        if scope["type"] == "websocket":
+            scope["scheme"] = "wss" if secure else "ws"
+        else:
+            scope["scheme"] = "https" if secure else "http"
+    if forwarded_for is not None:
+        client = trusted.client(forwarded_for)
+        if client:
+            scope["client"] = (client, 0)
+    if host is not None and len(host) <= 255 and _HOST.match(host):
+        scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host.encode("latin-1"))]
+    return scope
+
+
+class ForwardedHeaders:
+    """ASGI middleware: believe forwarded headers from trusted proxies only."""
+
+    def __init__(self, app: ASGIApp, *, trusted: Iterable[str]) -> None:
+        self.app = app
+        self.trusted = TrustedProxies(trusted)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            peer = scope.get("client")
+            if peer is not None and peer[0] in self.trusted:
+                scope = forwarded(scope, self.trusted)
+        await self.app(scope, receive, send)
+
+
+class AdminListener:
+    """ASGI middleware: `/metrics` and `/readyz` only on the admin port, nothing else there but `/healthz`."""
+
+    def __init__(self, app: ASGIApp, *, port: int) -> None:
+        self.app = app
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            server = scope.get("server")
+            on_admin = server is not None and server[1] == self.port
+            admin_path = scope["path"] in ADMIN_PATHS
+            if on_admin != admin_path and not (on_admin and scope["path"] == "/healthz"):
+                await _not_found(scope, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _not_found(scope: Scope, send: Send) -> None:
+    if scope["path"] in ADMIN_PATHS:
+        message = f"{scope['path']} is served on the admin port only (REALTIME_ADMIN_PORT)"
+    else:
+        message = "the admin port serves only /metrics, /readyz and /healthz"
+    body = json.dumps({"error": {"code": "not_found", "message": message}}).encode()
+    if scope["type"] == "websocket":
+        logs.DENIED.set(True)  # an ordinary answer, not the ERROR uvicorn logs for an unfinished handshake
+    prefix = "websocket.http" if scope["type"] == "websocket" else "http"
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": f"{prefix}.response.start", "status": 404, "headers": headers})
+    await send({"type": f"{prefix}.response.body", "body": body})
