@@ -54,7 +54,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench $(if $(filter 1 true yes,$(QUICK)),--quick,)
 
 cluster: $(VENV)/.installed
-	$(PY) -m app.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))
+	$(PY) -m app.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))$(if $(filter 1 true yes,$(TLS)), --tls,)
 
 cluster-stop: $(VENV)/.installed
 	$(PY) -m app.cluster stop

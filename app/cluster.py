@@ -1,4 +1,4 @@
-"""`python -m app.cluster start|stop`: minter, two edges, Redis and nginx on one machine (SPEC section 9).
+"""`python -m app.cluster start|stop`: minter, two edges, Redis and nginx on one machine.
 
 Every process runs detached (its own session) with its log in the run directory (`.cluster/`), and
 `state.json` there lists what `start` started, so `stop` stops exactly that and nothing else.
@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import redis
@@ -28,9 +30,9 @@ from app.exceptions import KeySetError, SettingsError
 from app.processes import STATE, ClusterError, Proc, State, alive, free_port, spawn, tail, terminate
 from app.rotation import ensure_keys
 from app.sealkeys import SEAL_FILE
+from app.tls import make_certificates
 
 EDGES = ("edge-1", "edge-2")
-SHARED_REDIS = ("127.0.0.1", 6379)
 START_TIMEOUT = 30.0
 _LISTENING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
 
@@ -112,13 +114,16 @@ def start_redis(state: State, port: int) -> Proc:
     return Proc("redis", proc.pid, port, str(log), "redis-server", argv)
 
 
-def start_nginx(state: State, *, port: int, minter: int, edges: Sequence[int]) -> Proc:
+def start_nginx(
+    state: State, *, port: int, minter: int, edges: Sequence[int], tls: tuple[Path, Path] | None = None
+) -> Proc:
     directory = Path(state.dir)
     binary = nginx.ensure_installed()
     for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (directory / "nginx-temp" / name).mkdir(parents=True, exist_ok=True)
     conf = directory / "nginx.conf"
-    conf.write_text(nginx.config(directory, port=port, minter=minter, edges=edges), encoding="utf-8")
+    text = nginx.config(directory, port=port, minter=minter, edges=edges, tls=tls)
+    conf.write_text(text, encoding="utf-8")
     state.nginx_conf = str(conf)
     log = directory / "nginx.log"
     argv = [binary, "-p", str(directory), "-e", str(directory / "nginx-error.log"), "-c", str(conf)]
@@ -137,8 +142,20 @@ def start_nginx(state: State, *, port: int, minter: int, edges: Sequence[int]) -
     return Proc("nginx", int(pid_file.read_text().strip()), port, str(log), "nginx", argv)
 
 
-def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> State:
-    """Start the fleet in `directory` and return its state; on failure stop what was started."""
+def start(
+    directory: Path,
+    *,
+    port: int,
+    keys_dir: Path,
+    own_redis: bool,
+    replay_url: str | None = None,
+    tls: bool = False,
+) -> State:
+    """Start the fleet in `directory` and return its state; on failure stop what was started.
+
+    The replay store is `replay_url` when given (and not `own_redis`), else a redis-server of the
+    cluster's own with append-only persistence: never someone else's database.
+    """
     directory = directory.resolve()
     keys_dir = keys_dir.resolve()
     old = State.load(directory)
@@ -147,11 +164,17 @@ def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> Sta
     directory.mkdir(parents=True, exist_ok=True)
     ensure_keys(keys_dir, now=int(time.time()))
     nginx_port = port or free_port()
-    state = State(str(directory), f"http://127.0.0.1:{nginx_port}", "", str(keys_dir))
+    scheme = "https" if tls else "http"
+    state = State(str(directory), f"{scheme}://127.0.0.1:{nginx_port}", "", str(keys_dir))
     state.save()
     try:
-        if not own_redis and _redis_answers(*SHARED_REDIS):
-            state.redis_url = "redis://{}:{}/0".format(*SHARED_REDIS)
+        certificates = None
+        if tls:
+            ca, certificate, key = make_certificates(directory)
+            state.ca = str(ca)
+            certificates = (certificate, key)
+        if replay_url and not own_redis:
+            state.redis_url = replay_url
         else:
             redis_proc = start_redis(state, free_port())
             state.procs.append(redis_proc)
@@ -169,14 +192,20 @@ def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> Sta
             for name in EDGES
         ]
         state.procs.append(
-            start_nginx(state, port=nginx_port, minter=minter.port, edges=[edge.port for edge in edges])
+            start_nginx(
+                state,
+                port=nginx_port,
+                minter=minter.port,
+                edges=[edge.port for edge in edges],
+                tls=certificates,
+            )
         )
         state.save()
         nginx = state.procs[-1]
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(state.url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(state.url + "/healthz", timeout=1, verify=_trust(state)).status_code == 200:
                     break
             if time.monotonic() > deadline or not alive(nginx.pid, nginx.marker):
                 raise ClusterError(f"nginx does not answer at {state.url}; log {nginx.log}")
@@ -185,6 +214,11 @@ def start(directory: Path, *, port: int, keys_dir: Path, own_redis: bool) -> Sta
         stop(directory)
         raise
     return state
+
+
+def _trust(state: State) -> ssl.SSLContext | bool:
+    """What a client of this cluster verifies TLS with: its own CA, when it has TLS."""
+    return ssl.create_default_context(cafile=state.ca) if state.ca else True
 
 
 def stop(directory: Path) -> list[str]:
@@ -204,6 +238,16 @@ def stop(directory: Path) -> list[str]:
     return stopped
 
 
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.cluster", description=__doc__)
     parser.add_argument("command", choices=["start", "stop"])
@@ -211,8 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="nginx port; 0 picks a free one (default: PORT or 8080)")
     parser.add_argument("--keys-dir", type=Path, help="signing keys (default: REALTIME_KEYS_DIR or keys)")
     parser.add_argument(
-        "--own-redis", action="store_true", help="start a redis-server even when 127.0.0.1:6379 answers"
+        "--own-redis", action="store_true", help="start a redis-server even when REALTIME_REPLAY_URL is set"
     )
+    parser.add_argument("--tls", action="store_true", help="nginx terminates TLS with a certificate made now")
     args = parser.parse_args(argv)
     try:
         if args.command == "stop":
@@ -222,7 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_environ(os.environ)
         port = args.port if args.port is not None else int(os.environ.get("PORT", "8080"))
         keys_dir: Path = args.keys_dir or settings.keys_dir
-        state = start(args.dir, port=port, keys_dir=keys_dir, own_redis=args.own_redis)
+        replay_url = os.environ.get("REALTIME_REPLAY_URL", "").strip() or None
+        if replay_url == "memory://":
+            raise ClusterError("REALTIME_REPLAY_URL=memory:// cannot be shared by two edges: use redis://")
+        state = start(
+            args.dir,
+            port=port,
+            keys_dir=keys_dir,
+            own_redis=args.own_redis,
+            replay_url=replay_url,
+            tls=args.tls,
+        )
         api_key, _ = create_key(
             settings.api_keys_file or keys_dir / "api_keys.json",
             project="demo",
@@ -235,7 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for proc in state.procs:
         print(f"{proc.name:<7} pid {proc.pid:<7} port {proc.port:<6} log {proc.log}")
-    print(f"replay store {state.redis_url}; stop with `make cluster-stop`")
+    print(f"replay store {_redacted(state.redis_url)}; stop with `make cluster-stop`")
+    if state.ca:
+        print(f"CA certificate {state.ca} (trust it for this cluster: curl --cacert, SSL_CERT_FILE)")
     print(f"CLUSTER_URL={state.url}")
     print(f"CLUSTER_API_KEY={api_key}")
     return 0

@@ -49,6 +49,7 @@ class State:
     redis_url: str
     keys_dir: str
     nginx_conf: str = ""
+    ca: str = ""  # the CA certificate of a TLS cluster
     procs: list[Proc] = field(default_factory=list)
 
     def find(self, name: str) -> Proc | None:

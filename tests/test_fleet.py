@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,12 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from app.processes import alive
 from app.rotation import ensure_keys
 from tests.sealing import signing_kid
+from tests.redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]  # the fixture, imported so pytest finds it
 
 pytestmark = pytest.mark.fleet
 
@@ -78,10 +83,15 @@ class Cluster:
     keys_dir: Path
     url: str
     api_key: str
+    ca: str | None = None  # the CA certificate of a TLS cluster
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://", 1) + "/v3/realtime"
+        return self.url.replace("http", "ws", 1) + "/v3/realtime"
+
+    @property
+    def trust(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca) if self.ca else None
 
     def state(self) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.run_dir / "state.json").read_text())
@@ -98,7 +108,7 @@ class Cluster:
         wait_for(lambda: not alive(proc["pid"], proc["marker"]), what=f"{name} to exit")
 
     def mint(self, client: httpx.Client | None = None) -> str:
-        post = client.post if client is not None else httpx.post
+        post = client.post if client is not None else partial(httpx.post, verify=self.trust or True)
         response = post(
             self.url + "/v3/realtime-sessions",
             headers={"Authorization": f"Bearer {self.api_key}"},
@@ -112,7 +122,12 @@ class Cluster:
         return token
 
     def open(self, ticket: str, *, url: str | None = None) -> ClientConnection:
-        return connect(url or self.ws_url, subprotocols=[f"opper-ticket.{ticket}"], open_timeout=10)  # type: ignore[list-item]
+        return connect(
+            url or self.ws_url,
+            subprotocols=[f"opper-ticket.{ticket}"],  # type: ignore[list-item]
+            open_timeout=10,
+            ssl=self.trust,
+        )
 
     def redeem(self, ticket: str, *, url: str | None = None) -> Outcome:
         """Open a session with `ticket`, start it, close it; never raises."""
@@ -168,13 +183,13 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     require("nginx", "nginx-light")
     started: list[Cluster] = []
 
-    def make(*options: str) -> Cluster:
+    def make(*options: str, env: dict[str, str] | None = None) -> Cluster:
         keys_dir = tmp_path / "keys"
         run_dir = tmp_path / "run"
         result = subprocess.run(
             [sys.executable, "-m", "app.cluster", "start", "--dir", str(run_dir), *options],
             cwd=ROOT,
-            env=cluster_env(keys_dir),
+            env={**cluster_env(keys_dir), **(env or {})},
             capture_output=True,
             text=True,
             timeout=120,
@@ -182,7 +197,11 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         lines = dict(line.split("=", 1) for line in result.stdout.splitlines() if line.startswith("CLUSTER_"))
-        cluster = Cluster(run_dir, keys_dir, lines["CLUSTER_URL"], lines["CLUSTER_API_KEY"])
+        ca = next(
+            (line.split()[2] for line in result.stdout.splitlines() if line.startswith("CA certificate")),
+            None,
+        )
+        cluster = Cluster(run_dir, keys_dir, lines["CLUSTER_URL"], lines["CLUSTER_API_KEY"], ca)
         started.append(cluster)
         return cluster
 
@@ -280,6 +299,44 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     assert large.status_code == 400 and large.json()["error"]["code"] == "ticket_too_large", large.text
     access_log = (cluster.run_dir / "nginx-access.log").read_text()
     assert "/v3/realtime" in access_log and "ticket=" not in access_log
+    # Without REALTIME_REPLAY_URL the cluster runs a Redis of its own, persisting every write.
+    redis_proc = cluster.proc("redis")
+    assert (
+        cluster.state()["redis_url"] == f"redis://127.0.0.1:{redis_proc['port']}/0"
+        and redis_proc["port"] != 6379
+    )
+    client = redis.Redis(port=redis_proc["port"], socket_timeout=5)
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
+    finally:
+        client.close()
+
+
+def test_the_cluster_uses_the_replay_store_it_is_given(
+    make_cluster: Callable[..., Cluster], redis_server: RedisServer
+) -> None:
+    cluster = make_cluster(env={"REALTIME_REPLAY_URL": redis_server.url})
+    state = cluster.state()
+    assert state["redis_url"] == redis_server.url and "redis" not in {p["name"] for p in state["procs"]}
+    ticket = cluster.mint()
+    assert cluster.redeem(ticket).ok and cluster.redeem(ticket).code == "ticket_replayed"
+    with redis_server.client() as client:
+        assert len(client.keys("realtime:jti:*")) == 1
+
+
+def test_tls_cluster_serves_wss_end_to_end(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("--tls")
+    assert cluster.url.startswith("https://127.0.0.1:") and cluster.ca is not None
+    assert Path(cluster.ca).exists() and not (cluster.run_dir / "ca-key.pem").exists()
+    assert oct((cluster.run_dir / "server-key.pem").stat().st_mode & 0o777) == "0o600"
+    ticket = cluster.mint()  # asserts that ws_url is wss://127.0.0.1:<port>/v3/realtime?ticket=...
+    first = cluster.redeem(ticket)
+    assert first.code == "ok" and first.edge in {"edge-1", "edge-2"}
+    assert cluster.redeem(ticket).code == "ticket_replayed"
+    # Without the CA the certificate is refused: TLS is really in the way.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(cluster.url + "/healthz", timeout=10)
 
 
 def run_keys(cluster: Cluster, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
