@@ -108,6 +108,8 @@ def test_demo_page_conversation_microphone_and_screenshot(page: Any) -> None:
     page.click("#connect")
     page.wait_for_function("window.demo.session !== null", timeout=15000)
     assert "openai/gpt-realtime-2" in page.inner_text("#session")
+    # The page says plainly which upstream answers: here the built-in test model.
+    assert "answered by the built-in test model" in page.inner_text("#session")
     page.fill("#text", "hello from Chromium")
     page.press("#text", "Enter")
     page.wait_for_function(
