@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -329,3 +330,51 @@ def test_a_running_service_survives_broken_key_files(service: ServiceProcess, tm
     log = service.log()
     assert log.count("api keys: ") == 2
     assert "Traceback" not in log and " 500" not in log
+
+
+def run_make_run(tmp_path: Path) -> str:
+    """`make run` on port 0: the dev key it printed, after checking that it mints there; then stop it."""
+    venv = tmp_path / "venv"  # stands in for .venv, so make neither creates nor installs one
+    venv.mkdir(exist_ok=True)
+    (venv / ".installed").touch()
+    log = tmp_path / "make-run.log"
+    log.unlink(missing_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [
+                "make",
+                "-s",
+                "run",
+                "PORT=0",
+                f"KEYS_DIR={tmp_path / 'keys'}",
+                f"VENV={venv}",
+                f"PY={sys.executable}",
+            ],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: make, the shell and the server stop together
+        )
+    try:
+        poll(lambda: "Uvicorn running on" in log.read_text(), "make run to serve")
+        text = log.read_text()
+        port = int(text.split("Uvicorn running on http://127.0.0.1:")[1].split()[0])
+        key = next(line for line in text.splitlines() if line.startswith("oprk-"))
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v3/realtime-sessions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        return key
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_make_run_prints_a_usable_dev_key_and_reuses_it(tmp_path: Path) -> None:
+    first = run_make_run(tmp_path)
+    assert run_make_run(tmp_path) == first
+    assert len(stored(tmp_path / "keys" / "api_keys.json")["keys"]) == 1
