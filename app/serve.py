@@ -133,6 +133,8 @@ def supervise(argv: list[str], sockets: list[socket.socket], workers: int) -> in
 
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)
+        for sock in sockets:  # our copy: once the workers close theirs, the port refuses new connections
+            sock.close()
         for process, _ in running:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)

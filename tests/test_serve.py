@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -260,6 +261,14 @@ def workers_of(pid: int) -> list[int]:
     return [int(child) for child in children if alive(int(child), "--worker-fds")]
 
 
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def mint(service: ServiceProcess, key: str) -> str:
     response = httpx.post(
         service.url + "/v3/realtime-sessions", headers={"Authorization": f"Bearer {key}"}, json={}, timeout=10
@@ -309,6 +318,8 @@ def test_workers_share_the_port_and_the_replay_store_and_drain(
             service.signal(signal.SIGTERM)
             event = json.loads(ws.recv(timeout=20))
             assert (event["type"], event["error"]["code"]) == ("session.terminating", "server_shutdown")
+            # Draining: nobody listens any more, so a load balancer moves new handshakes elsewhere.
+            poll(lambda: refuses(service.port), "the port to refuse new connections")
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=20)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
