@@ -23,8 +23,6 @@ DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 # The oldest and newest Kubernetes versions the manifests are checked against (strict schemas).
 VERSIONS = ("1.30.0", "1.34.0")
-# Settings named in the manifests that another part of the service reads (sealed tickets).
-SEAL_SETTINGS = {"REALTIME_SEAL_KEYS_FILE"}
 UVICORN_GRACE = DRAIN_SECONDS + 5  # `timeout_graceful_shutdown` in app.serve
 
 
@@ -75,7 +73,7 @@ def test_kustomization_lists_every_manifest() -> None:
 
 
 def test_every_setting_named_in_the_manifests_exists() -> None:
-    known = {name for name, _ in Settings.variables()} | SEAL_SETTINGS
+    known = {name for name, _ in Settings.variables()}
     named = set(find("ConfigMap", "realtime-settings")["data"])
     for workload in ("realtime-minter", "realtime-edge"):
         for container in pod_spec(find("Deployment", workload))["containers"]:
@@ -234,7 +232,7 @@ def test_systemd_unit_runs_the_service_unprivileged_and_drains(name: str) -> Non
     env_file = values["EnvironmentFile"][0]
     example = DEPLOY / "systemd" / Path(env_file).name
     assert example.exists(), f"{example} (the example of {env_file})"
-    known = {n for n, _ in Settings.variables()} | SEAL_SETTINGS
+    known = {n for n, _ in Settings.variables()}
     named = {
         line.split("=", 1)[0] for line in example.read_text().splitlines() if re.match(r"^[A-Z_]+=", line)
     }

@@ -26,8 +26,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from app.processes import alive
 from app.rotation import ensure_keys
-from tests.sealing import signing_kid
 from tests.redis_server import RedisServer, redis_server
+from tests.sealing import signing_kid
 
 __all__ = ["redis_server"]  # the fixture, imported so pytest finds it
 
