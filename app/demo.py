@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from importlib import resources
 
@@ -27,6 +28,37 @@ def _static(name: str) -> str:
     return resources.files("app").joinpath("static", name).read_text(encoding="utf-8")
 
 
+@functools.cache
+def _served() -> dict[str, str]:
+    """The files `GET /static/{name}` serves, by exact name, with their media types.
+
+    A request names one of these or gets 404: the name from the URL never reaches the file system
+    (a NUL, `..`, a very long name or an odd encoding cannot make the lookup fail).
+    """
+    files = resources.files("app").joinpath("static").iterdir()
+    return {
+        item.name: STATIC_TYPES[suffix]
+        for item in files
+        if item.is_file() and (suffix := item.name[item.name.rfind(".") :]) in STATIC_TYPES
+    }
+
+
+#: Host names the dev mint route answers: the machine itself, with any port. Another name means the
+#: request came through DNS that points at loopback (rebinding) from some other site's page.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    if host is None:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[: name.find("]") + 1]  # "[::1]:8000" -> "[::1]"
+    else:
+        name = name.partition(":")[0]
+    return name.rstrip(".") in LOOPBACK_HOSTS
+
+
 async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-cache"})
 
@@ -37,24 +69,25 @@ async def favicon(request: Request) -> Response:
 
 async def static(request: Request) -> Response:
     name = request.path_params["name"]
-    suffix = name[name.rfind(".") :] if "." in name else ""
-    if suffix not in STATIC_TYPES or "/" in name or name.startswith("."):
+    media_type = _served().get(name)
+    if media_type is None:
         raise HTTPException(404, "no such file")
-    try:
-        text = _static(name)
-    except FileNotFoundError:
-        raise HTTPException(404, "no such file") from None
-    return Response(text, media_type=STATIC_TYPES[suffix], headers={"Cache-Control": "no-cache"})
+    return Response(_static(name), media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 async def dev_ticket(request: Request) -> JSONResponse:
     """Mint a ticket for project `dev` binding a model, with no API key: for the demo page only.
 
     Answers 404 unless `REALTIME_DEV=true` (which `make run` sets): a public deployment never has it.
+    Even then it answers only requests whose `Host` is a loopback name (`127.0.0.1`, `localhost`,
+    `[::1]`, any port), else 404: a page on another site cannot mint through a DNS name rebound to
+    127.0.0.1, since its requests carry that name as `Host`.
     """
     services: Services = request.app.state.services
     if not services.settings.dev:
         raise HTTPException(404, "the dev mint route is off (REALTIME_DEV=false)")
+    if not _is_loopback_host(request.headers.get("host")):
+        raise HTTPException(404, "the dev mint route answers only on a loopback host name")
     model = request.query_params.get("model", DEV_MODEL)
     if len(model) > 200:
         raise InvalidRequestError("model name too long")

@@ -24,7 +24,8 @@
     ├── UnavailableError (503)         retry_after
     │   ├── TicketsDisabledError       tickets_disabled
     │   ├── ReplayStoreUnavailableError replay_store_unavailable
-    │   └── ReplayStoreFullError       replay_store_full
+    │   ├── ReplayStoreFullError       replay_store_full
+    │   └── TooManyConnectionsError    too_many_connections
     ├── ConfigError (400 at the mint, an `error` event in a session)
     │   ├── InvalidConfigError         invalid_config
     │   ├── MissingModelError          missing_model
@@ -212,6 +213,10 @@ class ReplayStoreUnavailableError(UnavailableError):
 
 class ReplayStoreFullError(UnavailableError):
     code = "replay_store_full"
+
+
+class TooManyConnectionsError(UnavailableError):
+    code = "too_many_connections"
 
 
 # Session config (400 at the mint, non-fatal `error` events in a session) ---------------------

@@ -2,24 +2,60 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
+import logging.handlers
+import queue
 import re
-import sys
 import time
-import traceback
 import weakref
 from contextvars import ContextVar
 from typing import TextIO
+from urllib.parse import unquote_plus
 
-# `ticket=<value>` in a path or query string, as uvicorn prints it in access lines and in
-# `"WebSocket /v3/realtime?ticket=..."`; also any bearer token or ticket subprotocol that a
-# library might print with headers.
-_SECRETS = (
-    (re.compile(r"([?&]ticket=)[^&\s\"']*"), r"\1[redacted]"),
-    (re.compile(r"(opper-ticket\.)[A-Za-z0-9_.\-]+"), r"\1[redacted]"),
-    (re.compile(r"((?i:bearer)\s+)[A-Za-z0-9_.~+/\-]+=*"), r"\1[redacted]"),
-)
+# A ticket can reach a line in a query string (uvicorn prints the path with its query in access lines
+# and in `"WebSocket /v3/realtime?ticket=..."`), in a ticket subprotocol, or as a bearer token.
+# Query keys are compared after percent-decoding and case-folding: `?%74icket=` and `?TICKET=` name
+# no ticket for the app, but a client might be lured into one and the value is still a credential.
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;?#\s\"']*)=([^&;#\s\"']*)")
+_SUBPROTOCOL = re.compile(r"((?i:opper-ticket)(?:\.|%2[eE]))[^\s,;&\"']+")
+_BEARER = re.compile(r"((?i:bearer)\s+)[A-Za-z0-9_.~+/\-]+=*")
+_REDACTED = "[redacted]"
+
+# C0 and C1 control characters, DEL and the Unicode line separators: a NUL, an ESC sequence or a
+# newline from a request path, query or header must not forge, hide or colour log lines.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _query_pair(match: re.Match[str]) -> str:
+    if unquote_plus(match.group(2)).strip().lower() != "ticket":
+        return match.group(0)
+    return f"{match.group(1)}{match.group(2)}={_REDACTED}"
+
+
+def redact(text: str) -> str:
+    """`text` with every ticket value and bearer token replaced by `[redacted]`."""
+    lowered = text.lower()
+    # Most lines carry no credential at all: one cheap look before any pattern runs.
+    if "=" in text and ("ticket" in lowered or "%" in text):
+        text = _QUERY_PAIR.sub(_query_pair, text)
+    if "opper-ticket" in lowered:
+        text = _SUBPROTOCOL.sub(r"\1" + _REDACTED, text)
+    if "bearer" in lowered:
+        text = _BEARER.sub(r"\1" + _REDACTED, text)
+    return text
+
+
+def escape_controls(text: str) -> str:
+    r"""`text` with control characters written as `\xNN` (a trailing newline is dropped)."""
+    if text.isprintable():
+        return text
+    return _CONTROL.sub(_escape, text.removesuffix("\n"))
 
 
 #: Set by the WebSocket endpoint once it has answered with a denial response. uvicorn's
@@ -30,17 +66,11 @@ DENIED: ContextVar[bool] = ContextVar("realtime_denied", default=False)
 _AFTER_DENIAL = "ASGI callable returned without completing handshake."
 
 
-def redact(text: str) -> str:
-    # Most lines carry no credential at all: one cheap look before any pattern runs.
-    if "ticket=" not in text and "opper-ticket." not in text and "bearer" not in text.lower():
-        return text
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 class RedactSecrets(logging.Filter):
-    """Rewrites a record's message with secrets removed; drops only uvicorn's line after a denial."""
+    """Rewrites a record's message with secrets removed and control characters escaped.
+
+    Drops only uvicorn's line after a denial.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "redacted", False):
@@ -49,7 +79,7 @@ class RedactSecrets(logging.Filter):
         if message == _AFTER_DENIAL and DENIED.get():
             return False
         # The formatter then reads the finished message instead of formatting it a second time.
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = escape_controls(redact(message)), None
         record.redacted = True
         return True
 
@@ -72,12 +102,11 @@ def install() -> None:
 
 
 def lighten() -> None:
-    """Skip what our format never prints: the caller's frame, thread and process names.
+    """Skip what our format never prints: thread and process names.
 
-    These are the switches the logging documentation lists under "Optimization"; each record then
-    costs a few microseconds less, which is measurable on a handshake. Called by `python -m app.serve`.
+    These are public switches the logging documentation lists under "Optimization"; each record then
+    costs a little less. Called by `python -m app.serve`.
     """
-    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -98,78 +127,98 @@ class Format(logging.Formatter):
         return f"{stamp[1]},{int(record.msecs):03d}"
 
 
-class LineWriter(logging.StreamHandler[TextIO]):
-    """A stream handler that writes the lines logged in one pass of the event loop with one write.
+QUEUE_LINES = 100_000
+STOP_WAIT_SECONDS = 5.0  # at shutdown, how long to wait for room in a full queue for the stop mark
 
-    Under load a handshake logs several lines; writing and flushing each costs more than formatting
-    it. A line logged on the event loop's thread is queued and the queue is written at the end of
-    the loop's current pass (`call_soon`), so lines leave within the same pass, in order. Lines at
-    WARNING and above, lines from other threads and lines logged with no loop running are written at
-    once (with anything queued before them); closing the handler (as `logging.shutdown` does at
-    exit) flushes the queue. Once the server shuts down (`write_through`), every line is written at
-    once: uvicorn ends the process with the signal it caught, and no exit handler runs after it.
+
+class _Listener(logging.handlers.QueueListener):
+    def enqueue_sentinel(self) -> None:
+        # The standard stop mark is put without waiting, which fails on a full (bounded) queue.
+        deadline = time.monotonic() + STOP_WAIT_SECONDS
+        while True:
+            try:
+                super().enqueue_sentinel()
+                return
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+
+class QueueWriter(logging.handlers.QueueHandler):
+    """Writes lines to a stream from a thread of its own: the event loop never waits on a write.
+
+    The standard library's `QueueHandler` formats each record where it is logged (the redaction
+    filter runs there too) and puts the finished line on a queue; a `QueueListener` thread takes
+    lines off it and writes them, in order. At most `capacity` lines wait; beyond that a line is
+    dropped and counted, and the count is written when there is room again. Closing the handler
+    (as `logging.shutdown` does at exit) writes what is queued. Once the server shuts down
+    (`write_through`), the thread is stopped after writing the queue and every later line is
+    written at once: uvicorn ends the process with the signal it caught, and no exit handler runs
+    after it.
     """
 
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__(stream)
-        self._queued: list[str] = []
-        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
+    def __init__(self, stream: TextIO | None = None, *, capacity: int = QUEUE_LINES) -> None:
+        super().__init__(queue.Queue(capacity))
+        self.dropped = 0  # lines lost while the queue was full, not yet reported
+        # The lines arrive formatted; the target's default format prints them as they are.
+        self.target = logging.StreamHandler(stream)
+        self.listener = _Listener(self.queue, self.target)
+        self.listener.start()
         self._write_through = False
         _WRITERS.add(self)
 
-    def write_through(self) -> None:
-        """Write what is queued, and every later line at once."""
-        self._write_through = True
-        self.flush()
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # As the standard `prepare`, without its copy of the record (a measurable part of a line's
+        # cost): each record goes to this one handler, and what follows needs only the line.
+        record.msg = record.message = self.format(record)
+        record.args = record.exc_info = record.exc_text = record.stack_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        # A stream that stops taking lines (a stalled pipe) must neither block the event loop nor
+        # grow memory without bound: past `capacity` queued lines, lines are dropped and counted.
+        try:
+            if self.dropped:
+                note = f"{self.dropped} log lines dropped: the log stream did not keep up"
+                fields = {"name": __name__, "msg": note, "levelno": logging.WARNING, "levelname": "WARNING"}
+                self.queue.put_nowait(self.prepare(logging.makeLogRecord(fields)))
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not self._write_through:
+            super().emit(record)
+            return
         try:
-            line = self.format(record) + self.terminator
+            self.target.handle(self.prepare(record))
         except Exception:  # noqa: BLE001 - logging's contract: report it, never raise into the caller
             self.handleError(record)
-            return
-        self._queued.append(line)
-        if record.levelno < logging.WARNING and not self._write_through:
-            try:
-                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None and self._flush_on is loop:
-                return  # a flush is already due at the end of this pass
-            if loop is not None and self._flush_on is None:
-                self._flush_on = loop
-                loop.call_soon(self.flush)
-                return
-        # At WARNING and above, off the loop, on a second loop (another thread's, or a new one after
-        # the first stopped with a flush still due), or shutting down: write now, with the queue.
-        self.flush()
 
-    def close(self) -> None:
-        self.flush()
-        super().close()
-
-    def flush(self) -> None:
+    def write_through(self) -> None:
+        """Write what is queued, and every later line at once, on the caller's thread."""
         self.acquire()
         try:
-            self._flush_on = None
-            if not self._queued:
-                return
-            text, self._queued = "".join(self._queued), []
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except Exception:  # noqa: BLE001 - as StreamHandler does: report a failing stream, go on
-                if logging.raiseExceptions:
-                    traceback.print_exc(file=sys.stderr)
+            if not self._write_through:
+                self._write_through = True
+                with contextlib.suppress(queue.Full):  # a stream stalled for good: write through anyway
+                    self.listener.stop()  # writes every queued line, then the thread ends
         finally:
             self.release()
 
+    def close(self) -> None:
+        self.write_through()
+        self.target.flush()
+        super().close()
 
-_WRITERS: weakref.WeakSet[LineWriter] = weakref.WeakSet()
+
+_WRITERS: weakref.WeakSet[QueueWriter] = weakref.WeakSet()
 
 
 def write_through() -> None:
-    """Every LineWriter writes what it has queued, and from now on each line at once.
+    """Every QueueWriter writes what it has queued, and from now on each line at once.
 
     Called when the server starts shutting down: after its last lines uvicorn raises the signal it
     caught again, which ends the process without running exit handlers, so nothing may wait.
@@ -189,7 +238,7 @@ def config(level: str = "INFO") -> dict[str, object]:
         },
         "handlers": {
             "stderr": {
-                "()": LineWriter,
+                "()": QueueWriter,
                 "formatter": "plain",
                 "filters": ["redact"],
                 "stream": "ext://sys.stderr",

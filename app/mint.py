@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from starlette.requests import Request
@@ -31,8 +32,9 @@ DEFAULT_TTL, MIN_TTL = 60, 1
 
 async def read_body(request: Request, *, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = (request.headers.get("content-length") or "").lstrip("0")
+    # ASCII digits only (`"²".isdigit()` is true), and no int() of thousands of digits.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise RequestTooLargeError(f"the request body is over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -43,20 +45,65 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Duplicate(ValueError):
+    def __init__(self, member: str) -> None:
+        super().__init__(member)
+        self.member = member
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # `1e400`: Infinity in disguise
+        raise ValueError("number out of range")
+    return value
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Parsers disagree on `{"a": 1, "a": 2}` (first wins, last wins, error): a proxy or a backend that
+    # read the other value would check something else than what is minted. Refuse it.
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _Duplicate(name)
+            seen.add(name)
+    return body
+
+
 # Built once: `json.loads` with options builds a new decoder on every call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_members
+)
+MAX_NAME_IN_MESSAGE = 64
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The JSON object of a mint request; empty means `{}`, `null` values mean absent."""
+    """The JSON object of a mint request; empty means `{}`, `null` values mean absent.
+
+    Raises:
+        InvalidJSONError: not UTF-8/16/32 JSON; `NaN`, `Infinity` or a number beyond a double;
+            nesting deeper than the parser's recursion limit; a member name twice in one object
+            (`details.member` names it); not an object.
+        InvalidRequestError: a top-level member other than `config`, `locked_fields`, `ttl_seconds`.
+    """
     if not raw.strip():
         return {}
     try:
         body = _DECODER.decode(raw.decode(json.detect_encoding(raw)))
+    except _Duplicate as exc:
+        member = (
+            exc.member if len(exc.member) <= MAX_NAME_IN_MESSAGE else exc.member[:MAX_NAME_IN_MESSAGE] + "..."
+        )
+        raise InvalidJSONError(
+            f"the request body has the member {member!r} twice in one object", details={"member": member}
+        ) from None
+    except RecursionError:
+        raise InvalidJSONError("the request body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidJSONError("the request body is not valid JSON") from None
     if not isinstance(body, dict):

@@ -9,6 +9,7 @@ import gc
 import logging
 import logging.config
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,14 +23,18 @@ from starlette.types import ASGIApp
 
 from app import logs
 from app.config import Settings
+from app.connections import Limits, protocol_classes
 from app.exceptions import KeySetError, SettingsError
 from app.keys import KeySet
 from app.main import create_app
+
+logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10
 WORKER_START_GRACE = 10.0  # a worker that dies sooner is broken, not unlucky: stop instead of looping
 PR_SET_PDEATHSIG = 1
 LOG = logging.getLogger("uvicorn.error")
+FD_RESERVE = 256  # descriptors kept for files, Redis, upstreams and the listening sockets
 YOUNG_GC_THRESHOLD = 10_000  # net new container objects between young collections (CPython: 700)
 
 
@@ -54,19 +59,58 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
-def uvicorn_config(app: ASGIApp, *, host: str, port: int, log_level: str, ws_max_size: int) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    ws_max_size: int,
+    ws_compression: bool = False,
+    limits: Limits | None = None,
+) -> uvicorn.Config:
     """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
     logs.lighten()
+    http, ws = protocol_classes(limits or Limits())
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http,
+        ws=ws,
         log_config=logs.config(log_level.upper()),
         log_level=log_level,
         proxy_headers=False,  # app.proxies.ForwardedHeaders, with REALTIME_TRUSTED_PROXIES
         timeout_graceful_shutdown=DRAIN_SECONDS + 5,
         ws_max_size=ws_max_size,
+        # A small compressed frame can inflate to the frame limit inside the edge: off unless asked.
+        ws_per_message_deflate=ws_compression,
     )
+
+
+def connection_limits(settings: Settings) -> Limits:
+    """The connection bounds, with the cap lowered to what the process's descriptor limit allows.
+
+    The soft `RLIMIT_NOFILE` is raised toward the hard one first: past it, `accept()` fails for
+    every client (mint and handshakes alike) until some connection closes, so the cap must bite first.
+    """
+    wanted = settings.max_connections + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    cap = settings.max_connections
+    if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < cap:
+        cap = max(1, soft - FD_RESERVE)
+        logger.warning(
+            "REALTIME_MAX_CONNECTIONS=%d is above what the descriptor limit (%d) allows: capping at %d",
+            settings.max_connections,
+            soft,
+            cap,
+        )
+    return Limits(handshake_timeout=settings.handshake_timeout_seconds, max_connections=cap)
 
 
 def tune_gc() -> None:
@@ -226,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
+        ws_compression=settings.ws_compression,
+        limits=connection_limits(settings),
     )
     server = DrainingServer(config, app=app)
     sockets: list[socket.socket] | None = None

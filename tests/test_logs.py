@@ -1,10 +1,11 @@
-"""The service's log handler: lines of one event-loop pass leave in one write, in order, none lost."""
+"""The service's log handler: lines written off the event loop, in order, none lost; what lines hide."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import logging
+import queue
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import Format, LineWriter, write_through
+from app.logs import Format, QueueWriter, escape_controls, redact, write_through
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -21,14 +22,16 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Recorder(io.StringIO):
-    """A stream that remembers each write separately."""
+    """A stream that remembers each write and the thread that made it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[str] = []
+        self.threads: set[int] = set()
 
     def write(self, text: str) -> int:
         self.writes.append(text)
+        self.threads.add(threading.get_ident())
         return len(text)
 
 
@@ -38,90 +41,72 @@ def stream() -> Recorder:
 
 
 @pytest.fixture
-def logger(stream: Recorder) -> Iterator[logging.Logger]:
-    handler = LineWriter(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+def handler(stream: Recorder) -> Iterator[QueueWriter]:
+    writer = QueueWriter(stream)
+    writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    yield writer
+    writer.close()
+
+
+@pytest.fixture
+def logger(handler: QueueWriter) -> Iterator[logging.Logger]:
     log = logging.getLogger("tests.logs")
     log.propagate = False
     log.setLevel(logging.DEBUG)
     log.addHandler(handler)
     yield log
     log.removeHandler(handler)
-    handler.close()
 
 
 def lines(stream: Recorder) -> list[str]:
     return "".join(stream.writes).splitlines()
 
 
-def test_lines_of_one_loop_pass_leave_together_at_its_end(logger: logging.Logger, stream: Recorder) -> None:
-    async def main() -> tuple[list[str], list[str]]:
-        logger.info("one")
-        logger.info("two %d", 2)
-        logger.info("three")
-        during = list(stream.writes)
-        await asyncio.sleep(0)  # the pass ends; the flush runs before this task resumes
-        return during, list(stream.writes)
-
-    during, after = asyncio.run(main())
-    assert during == []
-    assert after == ["INFO one\nINFO two 2\nINFO three\n"]
-
-
-def test_a_warning_is_written_at_once_after_what_was_queued(logger: logging.Logger, stream: Recorder) -> None:
-    async def main() -> list[str]:
-        logger.info("before")
+def test_lines_logged_on_the_loop_are_written_by_another_thread_in_order(
+    logger: logging.Logger, handler: QueueWriter, stream: Recorder
+) -> None:
+    async def main() -> None:
+        for number in range(500):
+            logger.info("line %d", number)
         logger.warning("trouble")
-        return list(stream.writes)
 
-    assert asyncio.run(main()) == ["INFO before\nWARNING trouble\n"]
-
-
-def test_off_the_loop_a_line_is_written_at_once(logger: logging.Logger, stream: Recorder) -> None:
-    logger.info("no loop here")
-    assert lines(stream) == ["INFO no loop here"]
-
-    thread = threading.Thread(target=logger.info, args=("from a thread",))
-    thread.start()
-    thread.join()
-    assert lines(stream) == ["INFO no loop here", "INFO from a thread"]
+    asyncio.run(main())
+    handler.close()  # what logging.shutdown does at exit: every queued line is written first
+    assert lines(stream) == [f"INFO line {number}" for number in range(500)] + ["WARNING trouble"]
+    assert threading.get_ident() not in stream.threads
 
 
-def test_a_loop_that_stops_with_a_flush_due_loses_nothing(logger: logging.Logger, stream: Recorder) -> None:
-    loop = asyncio.new_event_loop()
+def test_lines_from_several_threads_all_arrive(
+    logger: logging.Logger, handler: QueueWriter, stream: Recorder
+) -> None:
+    def log_many(name: str) -> None:
+        for number in range(200):
+            logger.info("%s %d", name, number)
 
-    async def log_and_stop() -> None:
-        logger.info("last words")
-        loop.stop()
-
-    loop.create_task(log_and_stop())
-    loop.run_forever()  # stops in the pass that logged: the scheduled flush never runs there
-    loop.close()
-    assert stream.writes == []
-
-    async def next_loop() -> None:
-        logger.info("next loop")
-
-    asyncio.run(next_loop())
-    assert lines(stream) == ["INFO last words", "INFO next loop"]
+    threads = [threading.Thread(target=log_many, args=(f"t{index}",)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    handler.close()
+    written = lines(stream)
+    assert len(written) == 800
+    for index in range(4):
+        assert [line for line in written if line.startswith(f"INFO t{index} ")] == [
+            f"INFO t{index} {number}" for number in range(200)
+        ]
 
 
-def test_closing_the_handler_flushes_the_queue(stream: Recorder) -> None:
-    handler = LineWriter(stream)
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "queued", None, None)
-
-    loop = asyncio.new_event_loop()
-
-    async def log_and_stop() -> None:
-        handler.handle(record)
-        loop.stop()
-
-    loop.create_task(log_and_stop())
-    loop.run_forever()  # stops with the flush still due
-    loop.close()
-    assert stream.writes == []
-    handler.close()  # what logging.shutdown does at exit
-    assert lines(stream) == ["queued"]
+def test_an_exception_is_written_with_its_traceback(
+    logger: logging.Logger, handler: QueueWriter, stream: Recorder
+) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("failed")
+    handler.close()
+    text = "".join(stream.writes)
+    assert text.startswith("ERROR failed\nTraceback") and "ValueError: boom" in text
 
 
 @pytest.mark.parametrize("created", [1_700_000_000.0, 1_700_000_000.5, 1_700_000_001.999, 1_700_000_059.0])
@@ -133,16 +118,97 @@ def test_the_cached_timestamp_matches_the_standard_format(created: float) -> Non
     assert ours.format(record) == standard.format(record)
 
 
+def test_a_stalled_stream_blocks_no_caller_and_the_dropped_lines_are_counted() -> None:
+    class Stalled(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.go = threading.Event()
+
+        def write(self, text: str) -> int:
+            self.go.wait(timeout=30)
+            return super().write(text)
+
+    stream = Stalled()
+    writer = QueueWriter(stream, capacity=10)
+    writer.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    records = [logging.LogRecord("x", logging.INFO, __file__, 1, f"line {n}", None, None) for n in range(50)]
+    for record in records:
+        writer.handle(record)  # returns although nothing can be written
+    assert writer.dropped >= 50 - 10 - 1  # the writer thread may hold one line
+    stream.go.set()
+    deadline = time.monotonic() + 30
+    assert isinstance(writer.queue, queue.Queue)
+    while not writer.queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.handle(logging.LogRecord("x", logging.INFO, __file__, 1, "after", None, None))
+    writer.close()
+    written = lines(stream)
+    assert written[0] == "INFO line 0" and written[-1] == "INFO after"
+    assert written[-2].startswith("WARNING ") and written[-2].endswith(
+        "log lines dropped: the log stream did not keep up"
+    )
+
+
 def test_write_through_writes_the_queue_and_every_later_line_at_once(
     logger: logging.Logger, stream: Recorder
 ) -> None:
-    async def main() -> list[str]:
-        logger.info("queued")
+    async def main() -> tuple[list[str], list[str]]:
+        for number in range(100):
+            logger.info("queued %d", number)
         write_through()
+        queued = lines(stream)
         logger.info("after")
-        return list(stream.writes)
+        return queued, lines(stream)
 
-    assert asyncio.run(main()) == ["INFO queued\n", "INFO after\n"]
+    queued, after = asyncio.run(main())
+    assert queued == [f"INFO queued {number}" for number in range(100)]
+    assert after == [*queued, "INFO after"]
+    assert threading.get_ident() in stream.threads  # the line after was written by the caller
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("GET /v3/realtime?ticket=abc.def HTTP/1.1", "GET /v3/realtime?ticket=[redacted] HTTP/1.1"),
+        ("GET /v3/realtime?%74icket=abc HTTP/1.1", "GET /v3/realtime?%74icket=[redacted] HTTP/1.1"),
+        ("GET /v3/realtime?a=1&TICKET=abc", "GET /v3/realtime?a=1&TICKET=[redacted]"),
+        ("GET /x?%54%49%43%4B%45%54=abc&b=2", "GET /x?%54%49%43%4B%45%54=[redacted]&b=2"),
+        ("GET /x?tick%65t=abc", "GET /x?tick%65t=[redacted]"),
+        ("GET /x?tickets=abc&ticketx=1", "GET /x?tickets=abc&ticketx=1"),
+        ("protocols: opper-ticket.eyJ.a-b_c, realtime", "protocols: opper-ticket.[redacted], realtime"),
+        ("OPPER-TICKET%2Eabc", "OPPER-TICKET%2E[redacted]"),
+        ("Authorization: Bearer opk_abc123", "Authorization: Bearer [redacted]"),
+    ],
+    ids=[
+        "plain",
+        "percent",
+        "upper",
+        "all-percent",
+        "percent-inside",
+        "other-keys",
+        "subprotocol",
+        "subprotocol-encoded",
+        "bearer",
+    ],
+)
+def test_redaction(line: str, expected: str) -> None:
+    assert redact(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("GET /a\x1b[2Jb", "GET /a\\x1b[2Jb"),
+        ("x\x00y", "x\\x00y"),
+        ("one\nERROR forged", "one\\x0aERROR forged"),
+        ("del\x7f c1\x9b sep\u2028", "del\\x7f c1\\x9b sep\\u2028"),
+        ("Exception in ASGI application\n", "Exception in ASGI application"),
+        ("plain é ü", "plain é ü"),
+    ],
+    ids=["esc", "nul", "newline", "del-c1-separator", "trailing-newline", "printable"],
+)
+def test_control_characters_are_escaped(text: str, expected: str) -> None:
+    assert escape_controls(text) == expected
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

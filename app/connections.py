@@ -1,0 +1,232 @@
+"""uvicorn's protocol classes with bounds on what one connection may hold before the app sees it.
+
+uvicorn (httptools) waits for a request for as long as the client likes once a byte has arrived, keeps
+every header byte it is sent, and its WebSocket implementation leaves a handshake that websockets
+refused (request line over 8 KiB, a header it cannot parse) unanswered, or answers with a plain-text
+body that quotes the offending header. These subclasses add, per connection:
+
+- a deadline (`REALTIME_HANDSHAKE_TIMEOUT_SECONDS`): armed when the connection opens and whenever the
+  server waits for the client's next request; disarmed once a request is fully read or upgraded to a
+  WebSocket. When it passes, the connection is closed.
+- a cap on open connections per process (`REALTIME_MAX_CONNECTIONS`), HTTP and WebSocket together:
+  beyond it a request or upgrade is answered `503 too_many_connections` without running the app.
+- a bound on a request's head (request line and headers): over `MAX_HEAD_BYTES` it is answered 431.
+- JSON error bodies, never echoing the request, for handshakes refused before the app is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+
+from app import logs
+from app.exceptions import TooManyConnectionsError
+from app.responses import error_response
+
+logger = logging.getLogger(__name__)
+
+#: Request line plus headers. websockets refuses any single line over 8 KiB on its own.
+MAX_HEAD_BYTES = 64 * 1024
+#: After refusing a request mid-upload, how long its remaining bytes are read and dropped: closing a
+#: socket with unread data makes the kernel send a reset, and the client would lose the answer.
+LINGER_SECONDS = 1.0
+
+# What a client is told when the request never reaches the app. The message is fixed per status:
+# nothing from the request is echoed (a malformed `Sec-WebSocket-Protocol` may carry a ticket).
+_REFUSALS: dict[int, tuple[str, str]] = {
+    400: ("invalid_request", "the WebSocket handshake request is malformed"),
+    403: ("forbidden", "the WebSocket handshake was refused"),
+    405: ("method_not_allowed", "a WebSocket handshake must be a GET request"),
+    414: ("request_too_large", "the request line is too long"),
+    426: ("invalid_request", "this endpoint expects a WebSocket upgrade"),
+    431: ("request_too_large", "the request headers are too large"),
+    505: ("invalid_request", "a WebSocket handshake needs HTTP/1.1"),
+}
+
+
+def refusal_body(status: int) -> bytes:
+    """The JSON error body for a request refused before the app: fixed text, nothing echoed."""
+    code, message = _REFUSALS.get(status, ("internal_error", "the server failed; see its log"))
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The per-connection bounds; built from Settings by `app.serve`."""
+
+    handshake_timeout: float = 10.0
+    max_connections: int = 10_000
+
+
+async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer beyond the connection cap: `503 too_many_connections`, before any work."""
+    response = error_response(
+        TooManyConnectionsError("this server has too many open connections; retry shortly", retry_after=1)
+    )
+    response.headers["Connection"] = "close"
+    if scope["type"] == "websocket":
+        await WebSocket(scope, receive, send).send_denial_response(response)
+        logs.DENIED.set(True)  # a denial is an ordinary answer: no ERROR line after it
+    else:
+        await response(scope, receive, send)
+
+
+class RefusingServerProtocol(ServerProtocol):
+    """websockets' handshake, with refusals answered by our JSON error body."""
+
+    def reject(self, status: Any, text: str) -> Response:
+        code = HTTPStatus(status)
+        body = refusal_body(code.value)
+        headers = Headers(
+            [
+                ("Connection", "close"),
+                ("Content-Length", str(len(body))),
+                ("Content-Type", "application/json"),
+                ("Cache-Control", "no-store"),
+            ]
+        )
+        return Response(code.value, code.phrase, headers, body)
+
+
+class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's websockets-sansio protocol with JSON refusals, answered parse failures and the cap."""
+
+    limits: ClassVar[Limits] = Limits()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        conn = self.conn
+        self.conn = RefusingServerProtocol(
+            extensions=conn.available_extensions,
+            max_size=(conn.max_message_size, conn.max_fragment_size),
+            logger=conn.logger,
+        )
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+            # websockets refused the request before it was one (request line or a header too long,
+            # unparsable): its answer is queued, but uvicorn only writes answers to parsed requests.
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.handshake_initiated = self.handshake_complete = self.close_sent = True
+            self.transport.close()
+
+    def handle_connect(self, event: Any) -> None:
+        if len(self.connections) > self.limits.max_connections:
+            self.app = over_capacity
+        super().handle_connect(event)
+
+
+class EdgeHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a per-request deadline, a head-size bound and the cap."""
+
+    limits: ClassVar[Limits] = Limits()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._deadline: asyncio.TimerHandle | None = None
+        self._head_bytes = 0
+        self._in_head = True  # reading a request line and headers
+        self._in_message = False  # reading a request (head or body)
+        self._refused = False
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after a refusal: drop what the client is still sending
+        counting = self._in_head
+        super().data_received(data)
+        if counting and self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_message = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        # uvicorn runs `self.app` for this request; a WebSocket upgrade is counted by its own protocol.
+        over = len(self.connections) > self.limits.max_connections
+        self.app = over_capacity if over else self.config.loaded_app
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._in_message = True, False
+        if self.cycle is not None and self.cycle.response_complete:
+            self._arm()  # answered before it was fully read: now waiting for the next request
+        else:
+            self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # Waiting for the client's next request (uvicorn armed its keep-alive timer), or for the rest
+        # of one already begun: the client has the handshake timeout to deliver it.
+        if not self.transport.is_closing() and (self.timeout_keep_alive_task is not None or self._in_message):
+            self._arm()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()  # from here the WebSocket protocol and the app own the connection
+        super().handle_websocket_upgrade()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.limits.handshake_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            logger.debug("closing a connection that sent no complete request in time")
+            self.transport.close()
+
+    def _refuse(self, status: int) -> None:
+        self._disarm()
+        self._refused = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.transport.close()  # a response is under way: no room for a second one
+            return
+        body = refusal_body(status)
+        head = (
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+def protocol_classes(limits: Limits) -> tuple[type[EdgeHttpProtocol], type[EdgeWebSocketProtocol]]:
+    """The HTTP and WebSocket protocol classes for uvicorn's `http=` and `ws=`, bound to `limits`."""
+
+    class Http(EdgeHttpProtocol):
+        pass
+
+    class WebSocketProtocol(EdgeWebSocketProtocol):
+        pass
+
+    Http.limits = WebSocketProtocol.limits = limits
+    return Http, WebSocketProtocol
