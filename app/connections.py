@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+from starlette.responses import Response as HTTPResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -46,7 +47,7 @@ LINGER_SECONDS = 1.0
 # What a client is told when the request never reaches the app. The message is fixed per status:
 # nothing from the request is echoed (a malformed `Sec-WebSocket-Protocol` may carry a ticket).
 _REFUSALS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request", "the WebSocket handshake request is malformed"),
+    400: ("invalid_request", "the request is malformed"),
     403: ("forbidden", "the WebSocket handshake was refused"),
     405: ("method_not_allowed", "a WebSocket handshake must be a GET request"),
     414: ("request_too_large", "the request line is too long"),
@@ -81,6 +82,17 @@ async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
         logs.DENIED.set(True)  # a denial is an ordinary answer: no ERROR line after it
     else:
         await response(scope, receive, send)
+
+
+async def head_too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to a request whose line and headers exceed `MAX_HEAD_BYTES`: 431, before any work."""
+    response = HTTPResponse(
+        refusal_body(431),
+        status_code=431,
+        media_type="application/json",
+        headers={"Connection": "close", "Cache-Control": "no-store"},
+    )
+    await response(scope, receive, send)
 
 
 class RefusingServerProtocol(ServerProtocol):
@@ -138,6 +150,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)  # type: ignore[arg-type]
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
+        self._heads = 0  # request heads completed on this connection
+        self._head_size = 0  # bytes of the last complete head
         self._in_head = True  # reading a request line and headers
         self._in_message = False  # reading a request (head or body)
         self._refused = False
@@ -150,12 +164,18 @@ class EdgeHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal: drop what the client is still sending
-        counting = self._in_head
+        counting, heads = self._in_head, self._heads
         super().data_received(data)
-        if counting and self._in_head and not self.transport.is_closing():
+        # Only a chunk that left the same head unfinished counts toward it (one that completed a head
+        # and began the next leaves the next one uncounted: at most one read's worth).
+        if counting and heads == self._heads and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to what httptools cannot parse is plain text; ours is the JSON error body.
+        self._refuse(400)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -163,9 +183,16 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes = False, 0
+        self._heads += 1
+        # A head that arrived in one read was not counted by `data_received`: measure it here.
+        self._head_size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         # uvicorn runs `self.app` for this request; a WebSocket upgrade is counted by its own protocol.
-        over = len(self.connections) > self.limits.max_connections
-        self.app = over_capacity if over else self.config.loaded_app
+        if self._head_size > MAX_HEAD_BYTES:
+            self.app = head_too_large
+        elif len(self.connections) > self.limits.max_connections:
+            self.app = over_capacity
+        else:
+            self.app = self.config.loaded_app
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -185,6 +212,9 @@ class EdgeHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # from here the WebSocket protocol and the app own the connection
+        if self._head_size > MAX_HEAD_BYTES:
+            self._refuse(431)
+            return
         super().handle_websocket_upgrade()
 
     def _arm(self) -> None:

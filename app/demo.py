@@ -49,14 +49,15 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
 
 def _is_loopback_host(host: str | None) -> bool:
-    if host is None:
-        return False
-    name = host.strip().lower()
-    if name.startswith("["):
-        name = name[: name.find("]") + 1]  # "[::1]:8000" -> "[::1]"
+    """`Host` names this machine: a loopback name, optionally followed by `:<port>`."""
+    value = (host or "").strip().lower()
+    if value.startswith("["):
+        end = value.find("]") + 1
+        name, port = value[:end], value[end:]
     else:
-        name = name.partition(":")[0]
-    return name.rstrip(".") in LOOPBACK_HOSTS
+        name, colon, digits = value.partition(":")
+        port = colon + digits
+    return name.rstrip(".") in LOOPBACK_HOSTS and (port == "" or (port[0] == ":" and port[1:].isdigit()))
 
 
 async def page(request: Request) -> HTMLResponse:

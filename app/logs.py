@@ -64,6 +64,9 @@ def escape_controls(text: str) -> str:
 #: flag is visible to the filter and that one line is dropped for denials only.
 DENIED: ContextVar[bool] = ContextVar("realtime_denied", default=False)
 _AFTER_DENIAL = "ASGI callable returned without completing handshake."
+#: uvicorn's WARNING lines about a client's malformed request: the client's fault, answered with a
+#: 400 or ignored, so at most INFO (a WARNING is for what an operator should act on).
+_CLIENT_FAULTS = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
 
 
 class RedactSecrets(logging.Filter):
@@ -78,6 +81,8 @@ class RedactSecrets(logging.Filter):
         message = record.getMessage()
         if message == _AFTER_DENIAL and DENIED.get():
             return False
+        if message in _CLIENT_FAULTS and record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
         # The formatter then reads the finished message instead of formatting it a second time.
         record.msg, record.args = escape_controls(redact(message)), None
         record.redacted = True

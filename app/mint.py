@@ -7,7 +7,7 @@ import logging
 import math
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from app.apikeys import bearer_token
@@ -37,11 +37,15 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise RequestTooLargeError(f"the request body is over {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestTooLargeError(f"the request body is over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLargeError(f"the request body is over {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Gone mid-body (it closed, or sent too slowly and was closed): an answer nobody reads.
+        raise InvalidRequestError("the connection closed before the whole request body arrived") from None
     return b"".join(chunks)
 
 
@@ -80,6 +84,23 @@ _DECODER = json.JSONDecoder(
     parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_members
 )
 MAX_NAME_IN_MESSAGE = 64
+#: Deepest nesting of objects and arrays a mint body may have. Real configs (tool parameter schemas
+#: included) stay far below it; a ticket bound to a config hundreds of levels deep would strain every
+#: edge that decodes it and every upstream it is sent to.
+MAX_NESTING = 32
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -87,7 +108,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
 
     Raises:
         InvalidJSONError: not UTF-8/16/32 JSON; `NaN`, `Infinity` or a number beyond a double;
-            nesting deeper than the parser's recursion limit; a member name twice in one object
+            nesting deeper than `MAX_NESTING`; a member name twice in one object
             (`details.member` names it); not an object.
         InvalidRequestError: a top-level member other than `config`, `locked_fields`, `ttl_seconds`.
     """
@@ -103,9 +124,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
             f"the request body has the member {member!r} twice in one object", details={"member": member}
         ) from None
     except RecursionError:
-        raise InvalidJSONError("the request body is nested too deeply") from None
+        raise InvalidJSONError(f"the request body is nested deeper than {MAX_NESTING} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidJSONError("the request body is not valid JSON") from None
+    if _nesting_exceeds(body, MAX_NESTING):
+        raise InvalidJSONError(f"the request body is nested deeper than {MAX_NESTING} levels")
     if not isinstance(body, dict):
         raise InvalidJSONError("the request body must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))

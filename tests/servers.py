@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -41,13 +42,16 @@ class ServiceProcess:
         start_timeout: float = 30.0,
         wrapper: Sequence[str] = (),
         args: tuple[str, ...] = (),
+        nofile: int | None = None,
     ) -> None:
+        """`args` go to `python -m app.serve`; `nofile` sets the process's soft descriptor limit."""
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
         self.env.update(env)
         self.wrapper = tuple(wrapper)  # e.g. ("faketime", "-f", "-8s"): runs the service under it
         self.log_path = log_path
         self.start_timeout = start_timeout
         self.args = args  # more `python -m app.serve` options, e.g. ("--workers", "2")
+        self.nofile = nofile
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -62,6 +66,13 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
+        nofile = self.nofile
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
         self.process = subprocess.Popen(
             [
                 *self.wrapper,
@@ -78,6 +89,7 @@ class ServiceProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
         log.close()
         deadline = time.monotonic() + self.start_timeout
