@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import logging.handlers
 import queue
@@ -10,7 +9,7 @@ import re
 import time
 import weakref
 from contextvars import ContextVar
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import unquote_plus
 
 # A ticket can reach a line in a query string (uvicorn prints the path with its query in access lines
@@ -133,21 +132,41 @@ class Format(logging.Formatter):
 
 
 QUEUE_LINES = 100_000
-STOP_WAIT_SECONDS = 5.0  # at shutdown, how long to wait for room in a full queue for the stop mark
+BATCH_LINES = 1_000  # most lines the writer thread joins into one write
+_NOTHING = object()
+
+
+def _line_record(text: str) -> logging.LogRecord:
+    """A record that prints as `text` under the default format."""
+    return logging.makeLogRecord({"msg": text})
 
 
 class _Listener(logging.handlers.QueueListener):
-    def enqueue_sentinel(self) -> None:
-        # The standard stop mark is put without waiting, which fails on a full (bounded) queue.
-        deadline = time.monotonic() + STOP_WAIT_SECONDS
-        while True:
+    """The writer thread: it takes every line waiting and hands them to the stream in one write."""
+
+    def __init__(self, lines: queue.SimpleQueue[Any], handler: logging.Handler) -> None:
+        super().__init__(lines, handler)
+        self.lines = lines
+        self._held: Any = _NOTHING  # the stop mark, met while batching; returned next
+
+    def dequeue(self, block: bool) -> logging.LogRecord:
+        if self._held is not _NOTHING:
+            mark, self._held = self._held, _NOTHING
+            return mark  # type: ignore[no-any-return]
+        first = self.lines.get(block)
+        if not isinstance(first, str):
+            return first  # type: ignore[no-any-return]
+        batch = [first]
+        while len(batch) < BATCH_LINES:
             try:
-                super().enqueue_sentinel()
-                return
-            except queue.Full:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+                item = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, str):
+                self._held = item
+                break
+            batch.append(item)
+        return _line_record("\n".join(batch))
 
 
 class QueueWriter(logging.handlers.QueueHandler):
@@ -155,50 +174,49 @@ class QueueWriter(logging.handlers.QueueHandler):
 
     The standard library's `QueueHandler` formats each record where it is logged (the redaction
     filter runs there too) and puts the finished line on a queue; a `QueueListener` thread takes
-    lines off it and writes them, in order. At most `capacity` lines wait; beyond that a line is
-    dropped and counted, and the count is written when there is room again. Closing the handler
-    (as `logging.shutdown` does at exit) writes what is queued. Once the server shuts down
-    (`write_through`), the thread is stopped after writing the queue and every later line is
-    written at once: uvicorn ends the process with the signal it caught, and no exit handler runs
-    after it.
+    the lines waiting off it and writes them, in order, with one write. At most `capacity` lines
+    wait; beyond that a line is dropped and counted, and the count is written when there is room
+    again. Closing the handler (as `logging.shutdown` does at exit) writes what is queued. Once the
+    server shuts down (`write_through`), the thread is stopped after writing the queue and every
+    later line is written at once: uvicorn ends the process with the signal it caught, and no exit
+    handler runs after it.
     """
 
     def __init__(self, stream: TextIO | None = None, *, capacity: int = QUEUE_LINES) -> None:
-        super().__init__(queue.Queue(capacity))
+        lines: queue.SimpleQueue[Any] = queue.SimpleQueue()  # in C, no Python-level lock
+        super().__init__(lines)
+        self.lines, self.capacity = lines, capacity
         self.dropped = 0  # lines lost while the queue was full, not yet reported
-        # The lines arrive formatted; the target's default format prints them as they are.
+        # Lines arrive formatted; the target's default format prints them as they are.
         self.target = logging.StreamHandler(stream)
-        self.listener = _Listener(self.queue, self.target)
+        self.listener = _Listener(lines, self.target)
         self.listener.start()
         self._write_through = False
         _WRITERS.add(self)
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # As the standard `prepare`, without its copy of the record (a measurable part of a line's
-        # cost): each record goes to this one handler, and what follows needs only the line.
-        record.msg = record.message = self.format(record)
-        record.args = record.exc_info = record.exc_text = record.stack_info = None
-        return record
+    def prepare(self, record: logging.LogRecord) -> str:
+        # The finished line, not a copy of the record: the thread needs nothing else.
+        return self.format(record)
 
-    def enqueue(self, record: logging.LogRecord) -> None:
+    def enqueue(self, record: Any) -> None:
         # A stream that stops taking lines (a stalled pipe) must neither block the event loop nor
         # grow memory without bound: past `capacity` queued lines, lines are dropped and counted.
-        try:
-            if self.dropped:
-                note = f"{self.dropped} log lines dropped: the log stream did not keep up"
-                fields = {"name": __name__, "msg": note, "levelno": logging.WARNING, "levelname": "WARNING"}
-                self.queue.put_nowait(self.prepare(logging.makeLogRecord(fields)))
-                self.dropped = 0
-            self.queue.put_nowait(record)
-        except queue.Full:
+        if self.lines.qsize() >= self.capacity:
             self.dropped += 1
+            return
+        if self.dropped:
+            note = f"{self.dropped} log lines dropped: the log stream did not keep up"
+            fields = {"name": __name__, "msg": note, "levelno": logging.WARNING, "levelname": "WARNING"}
+            self.lines.put(self.prepare(logging.makeLogRecord(fields)))
+            self.dropped = 0
+        self.lines.put(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self._write_through:
             super().emit(record)
             return
         try:
-            self.target.handle(self.prepare(record))
+            self.target.handle(_line_record(self.prepare(record)))
         except Exception:  # noqa: BLE001 - logging's contract: report it, never raise into the caller
             self.handleError(record)
 
@@ -208,8 +226,7 @@ class QueueWriter(logging.handlers.QueueHandler):
         try:
             if not self._write_through:
                 self._write_through = True
-                with contextlib.suppress(queue.Full):  # a stream stalled for good: write through anyway
-                    self.listener.stop()  # writes every queued line, then the thread ends
+                self.listener.stop()  # writes every queued line, then the thread ends
         finally:
             self.release()
 
