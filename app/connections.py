@@ -9,7 +9,8 @@ body that quotes the offending header. These subclasses add, per connection:
   server waits for the client's next request; disarmed once a request is fully read or upgraded to a
   WebSocket. When it passes, the connection is closed.
 - a cap on open connections per process (`REALTIME_MAX_CONNECTIONS`), HTTP and WebSocket together:
-  beyond it a request or upgrade is answered `503 too_many_connections` without running the app.
+  beyond it a request or upgrade is answered `503 too_many_connections` without running the app
+  (and must arrive within a second); past the cap plus `OVERFLOW`, connections are closed unread.
 - a bound on a request's head (request line and headers): over `MAX_HEAD_BYTES` it is answered 431.
 - JSON error bodies, never echoing the request, for handshakes refused before the app is called.
 """
@@ -40,6 +41,11 @@ logger = logging.getLogger(__name__)
 
 #: Request line plus headers. websockets refuses any single line over 8 KiB on its own.
 MAX_HEAD_BYTES = 64 * 1024
+#: Connections past the cap are still accepted so that a request can be answered 503; they get this
+#: long to send it. Past the cap plus `OVERFLOW` a new connection is closed at once, unread: the
+#: descriptors kept in reserve (for Redis, upstreams, files) are not for clients.
+OVERFLOW_DEADLINE_SECONDS = 1.0
+OVERFLOW = 128
 #: After refusing a request mid-upload, how long its remaining bytes are read and dropped: closing a
 #: socket with unread data makes the kernel send a reset, and the client would lose the answer.
 LINGER_SECONDS = 1.0
@@ -155,7 +161,11 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._in_head = True  # reading a request line and headers
         self._in_message = False  # reading a request (head or body)
         self._refused = False
-        self._arm()
+        open_connections = len(self.connections)
+        if open_connections > self.limits.max_connections + OVERFLOW:
+            self.transport.abort()
+            return
+        self._arm(OVERFLOW_DEADLINE_SECONDS if open_connections > self.limits.max_connections else None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -217,9 +227,12 @@ class EdgeHttpProtocol(HttpToolsProtocol):
             return
         super().handle_websocket_upgrade()
 
-    def _arm(self) -> None:
+    def _arm(self, seconds: float | None = None) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(self.limits.handshake_timeout, self._expire)
+        timeout = (
+            self.limits.handshake_timeout if seconds is None else min(seconds, self.limits.handshake_timeout)
+        )
+        self._deadline = self.loop.call_later(timeout, self._expire)
 
     def _disarm(self) -> None:
         if self._deadline is not None:

@@ -21,6 +21,8 @@ def test_defaults_match_the_spec() -> None:
     assert settings.replay_url == "memory://" and settings.replay_memory_max == 100_000
     assert settings.max_frame_bytes == 1_048_576 and settings.upstream == "local"
     assert settings.tickets_enabled and settings.ws_url_enabled and not settings.dev
+    assert not settings.ws_compression
+    assert settings.handshake_timeout_seconds == 10 and settings.max_connections == 10_000
 
 
 def test_variables_are_parsed() -> None:
@@ -51,6 +53,11 @@ def test_variables_are_parsed() -> None:
         ("REALTIME_UPSTREAM", "carrier-pigeon"),
         ("REALTIME_IDLE_TIMEOUT_SECONDS", "nan"),
         ("REALTIME_ISSUER", "  "),
+        ("REALTIME_WS_COMPRESSION", "deflate"),
+        ("REALTIME_HANDSHAKE_TIMEOUT_SECONDS", "0"),
+        ("REALTIME_HANDSHAKE_TIMEOUT_SECONDS", "inf"),
+        ("REALTIME_MAX_CONNECTIONS", "0"),
+        ("REALTIME_MAX_CONNECTIONS", "lots"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str) -> None:

@@ -23,7 +23,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
+from app import serve
 from app.apikeys import create_key
+from app.config import Settings
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -265,8 +267,10 @@ def test_connections_beyond_the_cap_get_503_before_any_work(tmp_path: Path) -> N
     with service, ExitStack() as held:
         ticket = running.mint()
         offset = len(service.log())
-        for _ in range(20):
+        originals = [
             held.enter_context(socket.create_connection(("127.0.0.1", running.port), timeout=DEADLINE))
+            for _ in range(20)
+        ]
         refused = httpx.post(
             service.url + "/v3/realtime-sessions",
             headers={"Authorization": f"Bearer {running.api_key}"},
@@ -281,6 +285,15 @@ def test_connections_beyond_the_cap_get_503_before_any_work(tmp_path: Path) -> N
             )
         assert denied.value.response.status_code == 503
         assert error_code(bytes(denied.value.response.body or b"")) == "too_many_connections"
+        # Idle connections past the cap are closed within a second (past the cap + 128, unread);
+        # those within the cap keep their full handshake timeout.
+        extra = [socket.create_connection(("127.0.0.1", running.port), timeout=DEADLINE) for _ in range(200)]
+        for sock in extra:
+            with sock:
+                read_until_closed(sock)
+        originals[0].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            originals[0].recv(1)  # still open: neither data nor end of stream
         held.close()  # the held connections go; the ticket was never looked at, so it still redeems
         until = time.monotonic() + DEADLINE
         while httpx.get(service.url + "/healthz", timeout=DEADLINE).status_code != 200:
@@ -536,3 +549,23 @@ def test_the_log_holds_no_ticket_and_no_raw_control_character(tmp_path: Path) ->
     assert not any(char in log for char in "\x85\x9b\x1b\x00")
     assert "one\\x85two\\x9b31mthree" in log
     assert_quiet(log)
+
+
+@pytest.mark.parametrize(
+    ("limits", "raised_to", "cap"),
+    [
+        ((1024, 1_048_576), 10_256, 10_000),
+        ((1024, 2000), 2000, 1744),
+        ((65_536, 65_536), None, 10_000),
+    ],
+    ids=["raised-to-fit", "hard-limit-lowers-the-cap", "already-enough"],
+)
+def test_the_descriptor_limit_is_raised_or_the_cap_lowered(
+    monkeypatch: pytest.MonkeyPatch, limits: tuple[int, int], raised_to: int | None, cap: int
+) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: calls.append(value))
+    result = serve.connection_limits(Settings(max_connections=10_000, handshake_timeout_seconds=3))
+    assert result.max_connections == cap and result.handshake_timeout == 3
+    assert calls == ([] if raised_to is None else [(raised_to, limits[1])])
