@@ -55,14 +55,18 @@ class _Duplicate(ValueError):
         self.member = member
 
 
+class _NotANumber(ValueError):
+    """A literal JSON has no room for: `NaN`, `Infinity`, or a number beyond a double."""
+
+
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotANumber(name)
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (math.inf, -math.inf):  # `1e400`: Infinity in disguise
-        raise ValueError("number out of range")
+        raise _NotANumber(text if len(text) <= 32 else text[:32] + "...")
     return value
 
 
@@ -122,6 +126,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         )
         raise InvalidJSONError(
             f"the request body has the member {member!r} twice in one object", details={"member": member}
+        ) from None
+    except _NotANumber as exc:
+        raise InvalidJSONError(
+            f"the request body has {exc}: JSON numbers must be finite and fit a double"
         ) from None
     except RecursionError:
         raise InvalidJSONError(f"the request body is nested deeper than {MAX_NESTING} levels") from None
