@@ -81,13 +81,15 @@ async def dev_ticket(request: Request) -> JSONResponse:
 
     Answers 404 unless `REALTIME_DEV=true` (which `make run` sets): a public deployment never has it.
     Even then it answers only requests whose `Host` is a loopback name (`127.0.0.1`, `localhost`,
-    `[::1]`, any port), else 404: a page on another site cannot mint through a DNS name rebound to
-    127.0.0.1, since its requests carry that name as `Host`.
+    `[::1]`, any port) and that carry no `X-Forwarded-Host`, else 404: a page on another site cannot
+    mint through a DNS name rebound to 127.0.0.1, since its requests carry that name as `Host`.
     """
     services: Services = request.app.state.services
     if not services.settings.dev:
         raise HTTPException(404, "the dev mint route is off (REALTIME_DEV=false)")
-    if not _is_loopback_host(request.headers.get("host")):
+    # `X-Forwarded-Host` from a trusted proxy (127.0.0.1 by default) replaces `Host`, and a page can
+    # set it on its own same-origin requests: with it, the name the browser used is unknown.
+    if "x-forwarded-host" in request.headers or not _is_loopback_host(request.headers.get("host")):
         raise HTTPException(404, "the dev mint route answers only on a loopback host name")
     model = request.query_params.get("model", DEV_MODEL)
     if len(model) > 200:

@@ -521,6 +521,25 @@ def test_the_dev_route_answers_only_loopback_host_names(
         assert error_code(body) == "not_found"
 
 
+@pytest.mark.parametrize(
+    "forwarded_host",
+    ["localhost", "127.0.0.1:8000", "evil.example"],
+    ids=["loopback", "loopback-port", "other"],
+)
+def test_the_dev_route_refuses_a_forwarded_host(edge: Edge, quiet: None, forwarded_host: str) -> None:
+    """A page can set `X-Forwarded-Host`, and the test client's 127.0.0.1 is a trusted proxy by
+    default: the header must not turn a rebound name into a loopback one."""
+    raw = exchange(
+        edge.port,
+        (
+            "POST /dev/ticket HTTP/1.1\r\nHost: evil.example\r\n"
+            f"X-Forwarded-Host: {forwarded_host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ).encode(),
+    )
+    answered, _, body = parse(raw)
+    assert answered == 404 and error_code(body) == "not_found"
+
+
 # 4. Logs ------------------------------------------------------------------------------------------
 
 
