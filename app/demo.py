@@ -10,11 +10,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from app.binding import prepare_binding
 from app.exceptions import InvalidRequestError
 from app.mint import DEFAULT_TTL, issue_ticket, require_signer
 from app.responses import NO_STORE
 from app.services import Services
-from app.session import prepare_binding
 from app.tickets import rfc3339
 
 logger = logging.getLogger(__name__)

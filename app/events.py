@@ -100,19 +100,29 @@ ClientEvent = Annotated[
 CLIENT_EVENTS: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # RFC 8259 has no NaN or Infinity; Python accepts them
+
+
+_decode = json.JSONDecoder(parse_constant=_no_constant).decode
+
+
 def parse_event(frame: str | bytes) -> ClientEvent:
     """One client frame as a typed event.
 
     Raises:
-        InvalidEventError: binary, not JSON, not an object, no or unknown `type`, a missing or
+        InvalidEventError: binary, not JSON (`NaN` and `Infinity` included), nested too deeply,
+            not an object, no or unknown `type`, a missing or
             mistyped member; the message says which.
     """
     if isinstance(frame, bytes):
         raise InvalidEventError("binary frames are not part of the protocol: send JSON text frames")
     try:
-        raw = json.loads(frame)
+        raw = _decode(frame)
     except ValueError:
         raise InvalidEventError("the frame is not JSON") from None
+    except RecursionError:
+        raise InvalidEventError("the frame nests too deeply") from None
     if not isinstance(raw, dict):
         raise InvalidEventError("the frame is not a JSON object")
     if "type" not in raw:

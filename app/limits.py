@@ -1,16 +1,18 @@
-"""A session's time limits (SPEC 6.4): the start deadline, the idle timeout and the maximum duration.
+"""A session's limits (SPEC 6.4): time (start, idle, maximum), the client's rate, the memory budget.
 
-Pure: the session records when it opened, started and last heard a frame, and asks for the next
-deadline and whether a limit has passed; the timer that acts on the answers is the session's.
+Pure counters on the session's clock: the session core records what happened and asks what to do;
+nothing here waits or keeps time by itself.
 """
 
 from __future__ import annotations
 
 from app.config import Settings
 
+EXCESS_SECONDS = 5.0  # how long a client may stay over its rate before the session ends
+
 
 class Limits:
-    """The limits of one session, opened at `opened_at` (seconds on the session's clock)."""
+    """The time limits of one session, opened at `opened_at` (seconds on the session's clock)."""
 
     def __init__(self, settings: Settings, *, opened_at: float) -> None:
         self._start = settings.start_timeout_seconds
@@ -36,3 +38,75 @@ class Limits:
         if now >= self.last_frame + self._idle:
             return "idle_timeout", f"no frame from the client for {self._idle:g} s"
         return None
+
+
+class Bucket:
+    """A token bucket refilled at `rate` per second, holding at most one second's worth (the burst).
+
+    A frame is always taken (it has been read already); the bucket may go below zero, and the next
+    read waits until it is back at zero.
+    """
+
+    def __init__(self, rate: float, *, now: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self._at = now
+
+    def refill(self, now: float) -> None:
+        if now > self._at:
+            self.tokens = min(self.rate, self.tokens + (now - self._at) * self.rate)
+            self._at = now
+
+    def take(self, amount: float) -> None:
+        self.tokens -= amount
+
+    def ready_at(self) -> float:
+        """When the bucket is back at zero (now, if it is not below)."""
+        return self._at + max(0.0, -self.tokens) / self.rate
+
+
+class Rate:
+    """The client's frame and byte rate: back-pressure while over it, an end when that lasts.
+
+    The client is over its rate while each frame leaves a bucket below zero (the next read has to
+    wait); a frame that leaves both buckets at or above zero ends the excess.
+    """
+
+    def __init__(self, settings: Settings, *, now: float) -> None:
+        self._frames = Bucket(settings.max_frames_per_second, now=now)
+        self._bytes = Bucket(settings.max_bytes_per_second, now=now)
+        self.over_since: float | None = None
+
+    def admit(self, size: int, now: float) -> bool:
+        """Count a frame of `size` bytes read at `now`; False once the excess has lasted too long."""
+        self._frames.refill(now)
+        self._bytes.refill(now)
+        self._frames.take(1)
+        self._bytes.take(size)
+        if self._frames.tokens >= 0 and self._bytes.tokens >= 0:
+            self.over_since = None
+            return True
+        if self.over_since is None:
+            self.over_since = now
+        return now - self.over_since < EXCESS_SECONDS
+
+    def read_after(self) -> float:
+        """The earliest moment the next client frame may be read."""
+        return max(self._frames.ready_at(), self._bytes.ready_at())
+
+
+class Budget:
+    """Bytes a session holds, by where they are held, against one limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def hold(self, where: str, size: int) -> bool:
+        """Record that `where` now holds `size` bytes; False when the session is over its budget."""
+        self._held[where] = size
+        return self.total <= self.limit
+
+    @property
+    def total(self) -> int:
+        return sum(self._held.values())

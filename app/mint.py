@@ -11,6 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from app.apikeys import bearer_token
+from app.binding import Binding, prepare_binding
 from app.exceptions import (
     InvalidJSONError,
     InvalidRequestError,
@@ -20,7 +21,6 @@ from app.exceptions import (
 from app.keys import MAX_TICKET_SECONDS, SigningKey
 from app.responses import NO_STORE
 from app.services import Services
-from app.session import Binding, prepare_binding
 from app.tickets import IssuedTicket, issue, rfc3339
 
 logger = logging.getLogger(__name__)

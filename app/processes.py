@@ -52,9 +52,6 @@ class State:
     ca: str = ""  # the CA certificate of a TLS cluster
     procs: list[Proc] = field(default_factory=list)
 
-    def find(self, name: str) -> Proc | None:
-        return next((proc for proc in self.procs if proc.name == name), None)
-
     def save(self) -> None:
         path = Path(self.dir) / STATE
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")

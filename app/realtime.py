@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from app import logs
 from app.apikeys import bearer_token
+from app.binding import Binding
+from app.driver import SessionDriver, new_session_id
 from app.events import encode_event
 from app.exceptions import (
     AmbiguousTicketError,
@@ -25,10 +27,9 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
-from app.protocol import Session
 from app.responses import error_response
 from app.services import Services
-from app.session import Binding
+from app.session import SessionCore
 from app.tickets import Ticket, verify
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class WebSocketTransport:
     async def receive(self) -> str | bytes | None:
         try:
             message = await self._websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, WebSocketDisconnected):
             return None
         if message["type"] == "websocket.disconnect":
             return None
@@ -150,14 +151,14 @@ class WebSocketTransport:
         text = event if isinstance(event, str) else encode_event(event)
         try:
             await self._websocket.send_text(text)
-        except (WebSocketDisconnect, OSError, RuntimeError):
+        except (WebSocketDisconnect, WebSocketDisconnected):
             # The client vanished mid-send: nothing to tell it; receive() reports it gone next.
             logger.debug("send to a closed WebSocket dropped")
 
     async def close(self, code: int, reason: str = "") -> None:
         try:
             await self._websocket.close(code, reason)
-        except RuntimeError:
+        except (WebSocketDisconnect, WebSocketDisconnected):
             pass  # already closed by the client or the server: nothing left to say
 
 
@@ -197,16 +198,18 @@ async def realtime(websocket: WebSocket) -> None:
     services.metrics.active_sessions.inc()
     try:
         await websocket.accept(subprotocol=credentials.subprotocol())
-        session = Session(
-            WebSocketTransport(websocket),
+        core = SessionCore(
+            new_session_id(),
             project=project,
             binding=binding,
             settings=services.settings,
             registry=services.registry,
-            upstream=services.upstream,
-            clock=services.clock,
+            now=services.clock.now(),
         )
-        await services.sessions.run(session)  # the project's slot was `hold`-ed above
+        driver = SessionDriver(
+            core, WebSocketTransport(websocket), upstream=services.upstream, clock=services.clock
+        )
+        await services.sessions.run(driver)  # the project's slot was `hold`-ed above
     finally:
         services.metrics.active_sessions.dec()
         services.sessions.release(project)

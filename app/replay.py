@@ -75,7 +75,6 @@ class MemoryReplayStore:
     """One process's store: a bounded TTL cache that refuses rather than evict a live entry."""
 
     def __init__(self, *, maxsize: int, leeway: int, clock: Callable[[], float]) -> None:
-        self._clock = clock
         self._leeway = leeway
         # The value is exp + leeway. TLRUCache drops an item once `now >= ttu`, but the verifier still
         # accepts the ticket at `now == exp + leeway`: hold the entry through that instant too.

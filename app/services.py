@@ -12,8 +12,8 @@ from app.config import Settings
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource
 from app.metrics import Metrics
 from app.models import ModelRegistry
+from app.registry import SessionRegistry
 from app.replay import ReplayStore, open_replay_store
-from app.sessions import Sessions
 from app.skew import SkewWatch
 from app.upstreams import make_upstream, served_registry
 from app.upstreams.base import Upstream
@@ -32,7 +32,7 @@ class Services:
     keys: KeySource
     api_keys: ApiKeyStore
     replay: ReplayStore
-    sessions: Sessions
+    sessions: SessionRegistry
     upstream: Upstream
     seal_keys: SealKeySource
     skew: SkewWatch
@@ -76,7 +76,7 @@ class Services:
             keys=keys,
             api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
             replay=replay,
-            sessions=Sessions(),
+            sessions=SessionRegistry(),
             upstream=upstream or make_upstream(settings, dropped=metrics.provider_event_dropped),
             seal_keys=seal_keys,
             skew=skew,

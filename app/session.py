@@ -1,250 +1,281 @@
-"""Session config: the schema (SPEC 6.2), the overlay of a ticket's binding (6.3), checks against a model.
+"""The session protocol (SPEC section 6) as a sans-I/O core: fed frames, upstream events and the time.
 
-Pure functions over plain JSON values; the mint and the WebSocket session both use them.
+    core = SessionCore(session_id, project=..., binding=..., settings=..., registry=..., now=t)
+    core.receive_client(frame, now)    a client frame             -> actions
+    core.receive_upstream(event, now)  an upstream event          -> actions
+    core.connected(now) / core.upstream_failed(message)           -> actions
+    core.holding(where, size)          bytes held somewhere       -> actions
+    core.tick(now)                     time passed (or shutdown)  -> actions
+    core.next_deadline(), core.read_after()
 
-    parse_config(raw)            schema check, unknown fields and wrong types are `invalid_config`
-    prepare_binding(cfg, locked) what a ticket binds: non-zero fields of `cfg`, plus locked names
-    overlay(client, binding)     the effective config: bound fields win, locked-unbound forced to zero
-    check_capabilities(cfg, reg) the model can do what the config asks (in `app.models`)
-    check_update(old, new, info) one-shot fields stay as they were after the start
-    start_config / update_config the effective config of a session.start / session.update
+Actions: `SendClient`, `SendUpstream`, `Connect` (open the upstream with this effective config),
+`Close` (no word) and `Terminate` (`session.terminating`, then close). After a `Close` or
+`Terminate` the core is over: `ending` holds it and every call returns nothing. No awaits, no
+tasks, no sockets: `app.driver` runs the core over a WebSocket and an upstream.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+import json
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
+from app.binding import Binding, describe, start_config, update_config
+from app.config import Settings
+from app.events import SessionStart, SessionUpdate, error_event, parse_event
 from app.exceptions import (
-    FieldNotUpdatableError,
-    InvalidConfigError,
-    InvalidRequestError,
-    UnknownLockedFieldError,
+    AlreadyStartedError,
+    ConfigError,
+    InvalidEventError,
+    RealtimeError,
+    SessionNotStartedError,
+    SessionUpdateUnsupportedError,
 )
-from app.models import ModelInfo, ModelRegistry, check_capabilities
+from app.limits import Budget, Limits, Rate
+from app.models import ModelInfo, ModelRegistry
+from app.upstreams.base import SessionInfo
 
-_STRICT = ConfigDict(strict=True, extra="forbid")
-Text = Annotated[str, Field(max_length=65_536)]
-
-
-class TurnDetection(BaseModel):
-    model_config = _STRICT
-    type: Literal["server_vad", "semantic_vad", "none"] | None = None
-    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
-    prefix_padding_ms: Annotated[int, Field(ge=0)] | None = None
-    silence_duration_ms: Annotated[int, Field(ge=0)] | None = None
-
-
-class Tool(BaseModel):
-    model_config = _STRICT
-    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-    description: Text | None = None
-    parameters: dict[str, Any] | None = None
+# WebSocket close codes (RFC 6455 section 7.4.1).
+NORMAL, POLICY, TOO_BIG, SERVER_ERROR, RESTART = 1000, 1008, 1009, 1011, 1012
+CLOSE_CODES = {
+    "start_timeout": POLICY,
+    "session_overloaded": POLICY,
+    "rate_limited": POLICY,
+    "upstream_error": SERVER_ERROR,
+    "server_shutdown": RESTART,
+}
+Event = dict[str, Any]
 
 
-class SessionConfig(BaseModel):
-    """The schema of `config` in the mint body, `session.start` and `session.update`."""
-
-    model_config = _STRICT
-    model: Annotated[str, Field(max_length=200)] | None = None
-    instructions: Text | None = None
-    voice: Annotated[str, Field(max_length=100)] | None = None
-    modalities: list[Literal["audio", "text"]] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh"] | None = None
-    input_audio_format: Literal["pcm16"] | None = None
-    output_audio_format: Literal["pcm16"] | None = None
-    input_transcription: bool | None = None
-    input_transcription_model: Annotated[str, Field(max_length=200)] | None = None
-    output_transcription: bool | None = None
-    turn_detection: TurnDetection | None = None
-    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
-    translation_target_language: (
-        Annotated[str, Field(pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")] | None
-    ) = None
+@dataclass(frozen=True, slots=True)
+class SendClient:
+    event: Event | str  # a `str` is an event already encoded (a relayed frame)
 
 
-CONFIG_FIELDS: tuple[str, ...] = tuple(SessionConfig.model_fields)
-BOOLEAN_FIELDS = frozenset({"input_transcription", "output_transcription"})
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    event: Event
 
 
-def is_zero(value: Any) -> bool:
-    """`""`, `false`, `0`, `0.0`, `[]`, `{}` and `null` are zero values (SPEC section 2)."""
-    return value is None or (isinstance(value, str | bool | int | float | list | dict) and not value)
+@dataclass(frozen=True, slots=True)
+class Connect:
+    info: SessionInfo
 
 
-def parse_config(raw: Any) -> dict[str, Any]:
-    """Check `raw` against the schema; return its fields, `null` ones dropped, values as sent.
-
-    Raises:
-        InvalidConfigError: not an object, an unknown field, a wrong type or a value out of range;
-            the message and `field` name the offending field.
-    """
-    if not isinstance(raw, dict):
-        raise InvalidConfigError("config must be a JSON object")
-    try:
-        SessionConfig.model_validate(raw)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "config"
-        name = str(error["loc"][0]) if error["loc"] else None
-        reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
-        raise InvalidConfigError(
-            f"config.{where}: {reason}", field=name, details={"field": name} if name else None
-        ) from None
-    modalities = raw.get("modalities")
-    if modalities and len(set(modalities)) != len(modalities):
-        raise InvalidConfigError(
-            "config.modalities: list each modality once", field="modalities", details={"field": "modalities"}
-        )
-    return {name: value for name, value in raw.items() if value is not None}
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
 
 
-def zero_of(name: str) -> Any:
-    """The effective value of a field forced to zero: `false` for booleans, else absent (None)."""
-    return False if name in BOOLEAN_FIELDS else None
-
-
-@dataclass(frozen=True)
-class Binding:
-    """What a ticket fixes: `config` (bound non-zero values) and `locked` (names, bound or forced)."""
-
-    config: dict[str, Any] = field(default_factory=dict)
-    locked: tuple[str, ...] = ()
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    code: str
+    message: str
 
     @property
-    def forced(self) -> frozenset[str]:
-        """Locked names without a bound value: forced to their zero value."""
-        return frozenset(name for name in self.locked if name not in self.config)
+    def close_code(self) -> int:
+        return CLOSE_CODES.get(self.code, NORMAL)
+
+    @property
+    def event(self) -> Event:
+        return {"type": "session.terminating", "error": {"code": self.code, "message": self.message}}
 
 
-def overlay(client: dict[str, Any], binding: Binding | None) -> dict[str, Any]:
-    """The effective config: the client's, every bound field overwritten, locked-unbound forced to zero.
-
-    Silent by design: an attempted override is not an error. Lists and objects are replaced whole.
-    """
-    effective = dict(client)
-    if binding is None:
-        return effective
-    effective.update(binding.config)
-    for name in binding.forced:
-        zero = zero_of(name)
-        if zero is None:
-            effective.pop(name, None)
-        else:
-            effective[name] = zero
-    return effective
+Action = SendClient | SendUpstream | Connect | Close | Terminate
+Ending = Close | Terminate
 
 
-def check_update(before: dict[str, Any], after: dict[str, Any], info: ModelInfo) -> None:
-    """A `session.update` may not change the model or the model's one-shot fields.
+def frame_size(frame: str | bytes) -> int:
+    """Bytes on the wire: a text frame's UTF-8 length (encoded only when it could matter)."""
+    if isinstance(frame, bytes):
+        return len(frame)
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
-    Raises:
-        FieldNotUpdatableError: naming the field that would change.
-    """
-    for name in ("model", *info.fixed_after_start):
-        if before.get(name) != after.get(name) and not (
-            is_zero(before.get(name)) and is_zero(after.get(name))
-        ):
-            raise FieldNotUpdatableError(
-                f"{name} is fixed once the session has started on {info.id}",
-                field=name,
-                details={"field": name},
+
+class SessionCore:
+    """One session from the first frame to the end, as state and rules only."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        project: str,
+        binding: Binding | None,
+        settings: Settings,
+        registry: ModelRegistry,
+        now: float,
+    ) -> None:
+        self.id = session_id
+        self.project = project
+        self._binding = binding
+        self._registry = registry
+        self._max_frame = settings.max_frame_bytes
+        self._limits = Limits(settings, opened_at=now)
+        self._rate = Rate(settings, now=now)
+        self._budget = Budget(settings.session_memory_bytes)
+        self._connecting = False
+        self._shutdown = False
+        self._upstream_ending: str | None = None
+        self.config: Event = {}
+        self.model: ModelInfo | None = None
+        self.ending: Ending | None = None
+        self.over = False  # ended, or the client went
+
+    @property
+    def started(self) -> bool:
+        return self._limits.started
+
+    # Time ------------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When `tick` next has something to check (start deadline, idle timeout, maximum length)."""
+        return self._limits.deadline()
+
+    def read_after(self) -> float:
+        """The earliest moment the next client frame may be read (the rate limit's back-pressure)."""
+        return self._rate.read_after()
+
+    def tick(self, now: float) -> list[Action]:
+        """Time has passed, or a shutdown was asked for: end the session if a limit says so."""
+        if self.over:
+            return []
+        if self._shutdown:
+            return self._end(
+                Terminate("server_shutdown", "the server is shutting down; reconnect with a new ticket")
             )
+        passed = self._limits.passed(now)
+        return [] if passed is None else self._end(Terminate(*passed))
 
+    def shutdown(self) -> None:
+        """Ask for the end; the next `tick` ends the session with `server_shutdown`."""
+        self._shutdown = True
 
-def start_config(
-    config: Any, binding: Binding | None, registry: ModelRegistry
-) -> tuple[dict[str, Any], ModelInfo]:
-    """A `session.start`'s effective config (6.3) and its model.
+    # The client ------------------------------------------------------------------------------
 
-    Raises:
-        ConfigError: the schema, or a model that cannot do the effective config.
-    """
-    effective = overlay(parse_config(config), binding)
-    return effective, check_capabilities(effective, registry)
+    def client_gone(self) -> None:
+        self.over = True
 
+    def receive_client(self, frame: str | bytes, now: float) -> list[Action]:
+        """One client frame: size and rate first, then the protocol."""
+        if self.over:
+            return []
+        self._limits.last_frame = now
+        size = frame_size(frame)
+        if size > self._max_frame:
+            return self._end(Close(TOO_BIG, "frame too large"))
+        if not self._rate.admit(size, now):
+            return self._end(
+                Terminate("rate_limited", "the client sent faster than its rate limit for too long")
+            )
+        if not self.started:
+            return self._before_start(frame)
+        try:
+            event = parse_event(frame)
+            if isinstance(event, SessionStart):
+                raise AlreadyStartedError("the session has already started; use session.update")
+            if isinstance(event, SessionUpdate):
+                return self._update(event.config)
+        except RealtimeError as exc:
+            return [SendClient(error_event(exc))]
+        return [SendUpstream(event.model_dump(exclude_none=True))]
 
-def update_config(
-    config: dict[str, Any],
-    model: ModelInfo,
-    changes: Any,
-    binding: Binding | None,
-    registry: ModelRegistry,
-) -> tuple[dict[str, Any], ModelInfo]:
-    """The effective config after a `session.update` (`null` removes a field), and its model.
+    def _before_start(self, frame: str | bytes) -> list[Action]:
+        if self._connecting:
+            return []  # the driver reads no frame while it connects; nothing to do with one
+        try:
+            event = parse_event(frame)
+        except InvalidEventError:
+            event = None
+        if not isinstance(event, SessionStart):
+            error = SessionNotStartedError("the first event must be session.start")
+            return [SendClient(error_event(error)), *self._end(Close(POLICY, "session not started"))]
+        try:
+            config, model = start_config(
+                {} if event.config is None else event.config, self._binding, self._registry
+            )
+        except ConfigError as exc:
+            return [SendClient(error_event(exc))]  # the client may try again until the deadline
+        self.config, self.model, self._connecting = config, model, True
+        return [Connect(SessionInfo(self.id, self.project, config, model))]
 
-    Raises:
-        ConfigError: as `start_config`, or a change to the model or a one-shot field.
-    """
-    parsed = parse_config(changes)
-    nulls = {name for name, value in changes.items() if value is None}
-    merged = {name: value for name, value in {**config, **parsed}.items() if name not in nulls}
-    effective = overlay(merged, binding)
-    info = check_capabilities(effective, registry)
-    check_update(config, effective, model)
-    return effective, info
+    def _update(self, changes: Any) -> list[Action]:
+        assert self.model is not None  # noqa: S101 - updates come after the start
+        if not self.model.session_update:
+            raise SessionUpdateUnsupportedError(
+                f"{self.model.id} ignores session.update: set the config in session.start"
+            )
+        before = self.config
+        self.config, self.model = update_config(before, self.model, changes, self._binding, self._registry)
+        delta: Event = {name: None for name in before if name not in self.config}
+        delta.update(self.config)
+        return [
+            SendUpstream({"type": "session.update", "config": delta}),
+            SendClient({"type": "session.updated"}),
+        ]
 
+    # The upstream ----------------------------------------------------------------------------
 
-def prepare_binding(config: Any, locked_fields: Any, registry: ModelRegistry) -> Binding:
-    """What a mint request binds, checked now so mistakes surface at the backend (SPEC section 2).
+    def connected(self, now: float) -> list[Action]:
+        """The upstream took the session: tell the client `session.started`."""
+        if self.over:
+            return []
+        assert self.model is not None  # noqa: S101 - connected follows Connect
+        self._limits.started = True
+        self._connecting = False
+        return [SendClient(describe(self.id, self.config, self.model, self._binding))]
 
-    Raises:
-        InvalidRequestError: `config` not an object, `locked_fields` not a list of strings.
-        InvalidConfigError: schema failures, or `model` locked without being bound.
-        UnknownLockedFieldError: a locked name that is not a config field.
-        UnknownModelError and the unsupported_* errors: a bound model that cannot do the bound config.
-    """
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise InvalidRequestError("config must be a JSON object", details={"field": "config"})
-    if locked_fields is None:
-        locked_fields = []
-    if not isinstance(locked_fields, list) or not all(isinstance(name, str) for name in locked_fields):
-        raise InvalidRequestError(
-            "locked_fields must be a list of config field names", details={"field": "locked_fields"}
+    def upstream_failed(self, message: str) -> list[Action]:
+        """The upstream could not be reached, refused, or went: close as it announced, else a failure.
+
+        An upstream that sent its own `session.terminating` (already passed on) is closed with the
+        close code of that announcement, whatever its socket did next.
+        """
+        if self.over:
+            return []
+        if self._upstream_ending is not None:
+            code = self._upstream_ending
+            return self._end(Close(CLOSE_CODES.get(code, NORMAL), code))
+        return self._end(Terminate("upstream_error", message))
+
+    def upstream_ended(self) -> list[Action]:
+        """The upstream closed the session cleanly."""
+        return self.upstream_failed("the upstream ended the session without a reason")
+
+    def receive_upstream(self, event: Event | str) -> list[Action]:
+        """One upstream event, to the client as it is; a relayed frame must be a JSON object with a type."""
+        if self.over:
+            return []
+        decoded: Any = event
+        if isinstance(event, str):
+            try:
+                decoded = json.loads(event)
+            except (ValueError, RecursionError):
+                decoded = None
+        if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+            return self.upstream_failed("the upstream sent a frame that is not an event")
+        if decoded["type"] == "session.terminating":
+            error = decoded.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            self._upstream_ending = code if isinstance(code, str) and code else "upstream_error"
+        return [SendClient(event)]
+
+    # Memory ----------------------------------------------------------------------------------
+
+    def holding(self, where: str, size: int) -> list[Action]:
+        """`where` (the upstream's queues, an outbox) now holds `size` bytes of this session."""
+        if self.over or self._budget.hold(where, size):
+            return []
+        return self._end(
+            Terminate(
+                "session_overloaded",
+                f"the session holds more than its {self._budget.limit} bytes: read the events sent to you",
+            )
         )
-    parsed = parse_config(config)
-    for name in locked_fields:
-        if name not in CONFIG_FIELDS:
-            raise UnknownLockedFieldError(name)
-    locked = tuple(dict.fromkeys(locked_fields))
-    bound = {name: value for name, value in parsed.items() if not is_zero(value)}
-    if "model" in locked and "model" not in bound:
-        raise InvalidConfigError(
-            "model is locked but not bound: the ticket could never start a session", field="model"
-        )
-    binding = Binding(bound, locked)
-    if "model" in bound:
-        check_capabilities(overlay({}, binding), registry)
-    return binding
 
+    # The end ---------------------------------------------------------------------------------
 
-def effective_defaults(config: dict[str, Any], info: ModelInfo) -> dict[str, Any]:
-    """`config` with the defaults of 6.3 and the model's filled in where a field is absent."""
-    full = dict(config)
-    full.setdefault("voice", info.default_voice)
-    full.setdefault("modalities", list(info.modalities))
-    full.setdefault("turn_detection", {"type": "server_vad"})
-    full.setdefault("input_audio_format", "pcm16")
-    full.setdefault("output_audio_format", "pcm16")
-    return full
-
-
-def describe(
-    session_id: str, config: dict[str, Any], info: ModelInfo, binding: Binding | None
-) -> dict[str, Any]:
-    """The `session.started` event: effective model and voice (null when forced to zero), rates."""
-    forced = binding.forced if binding else frozenset()
-    return {
-        "type": "session.started",
-        "session_id": session_id,
-        "model": info.id,
-        "voice": None if "voice" in forced else config.get("voice") or info.default_voice,
-        "input_sample_rate": info.input_sample_rate,
-        "output_sample_rate": info.output_sample_rate,
-        "audio_format": "pcm16",
-    }
+    def _end(self, ending: Ending) -> list[Action]:
+        self.ending = ending
+        self.over = True
+        return [ending]

@@ -23,6 +23,8 @@ def test_defaults_match_the_spec() -> None:
     assert settings.tickets_enabled and settings.ws_url_enabled and not settings.dev
     assert not settings.ws_compression
     assert settings.handshake_timeout_seconds == 10 and settings.max_connections == 10_000
+    assert settings.session_memory_bytes == 8_388_608
+    assert (settings.max_frames_per_second, settings.max_bytes_per_second) == (200, 2_097_152)
 
 
 def test_variables_are_parsed() -> None:
@@ -58,6 +60,9 @@ def test_variables_are_parsed() -> None:
         ("REALTIME_HANDSHAKE_TIMEOUT_SECONDS", "inf"),
         ("REALTIME_MAX_CONNECTIONS", "0"),
         ("REALTIME_MAX_CONNECTIONS", "lots"),
+        ("REALTIME_SESSION_MEMORY_BYTES", "1000"),
+        ("REALTIME_MAX_FRAMES_PER_SECOND", "0"),
+        ("REALTIME_MAX_BYTES_PER_SECOND", "fast"),
     ],
 )
 def test_invalid_values_name_the_variable(variable: str, value: str) -> None:

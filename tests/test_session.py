@@ -25,11 +25,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.clock import FakeClock, SystemClock
 from app.config import Settings
+from app.driver import SessionDriver
 from app.exceptions import UpstreamError
 from app.main import create_app
 from app.models import ModelRegistry
-from app.protocol import Session
 from app.services import Services
+from app.session import SessionCore
 from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalUpstream
 
@@ -653,19 +654,20 @@ def test_a_finished_session_is_freed_by_reference_counting(settings: Settings) -
     collector.
     """
 
-    async def one_session() -> tuple[weakref.ref[Session], list[Event | str]]:
+    async def one_session() -> tuple[weakref.ref[SessionDriver], list[Event | str]]:
         transport = ScriptedTransport([json.dumps({"type": "session.start", "config": VALID})])
-        session = Session(
-            transport,
+        clock = SystemClock()
+        core = SessionCore(
+            "sess_1",
             project="proj_test",
             binding=None,
             settings=settings,
             registry=ModelRegistry.load(),
-            upstream=LocalUpstream(),
-            clock=SystemClock(),
+            now=clock.now(),
         )
-        await session.run()
-        return weakref.ref(session), transport.sent
+        driver = SessionDriver(core, transport, upstream=LocalUpstream(), clock=clock)
+        await driver.run()
+        return weakref.ref(driver), transport.sent
 
     gc.collect()
     gc.disable()

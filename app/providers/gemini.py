@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from app.binding import effective_defaults
 from app.exceptions import SessionUpdateUnsupportedError, UnsupportedEventError
 from app.models import ModelInfo
 from app.providers.base import known
-from app.session import effective_defaults
 
 TRANSCRIPT_MAX_CHARS = 65_536  # an input transcript is flushed whole; past this it is cut
 PENDING_TOOL_CALLS = 64  # tool call ids kept to name their results; the oldest go first

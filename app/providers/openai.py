@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.binding import effective_defaults
 from app.exceptions import UnsupportedEventError
 from app.models import ModelInfo
 from app.providers.base import effective, known, upstream_error
-from app.session import effective_defaults
 
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 

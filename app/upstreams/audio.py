@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from functools import cache
 
+import numpy
+
 WINDOW_MS = 20  # the detector's window
 
 
@@ -23,26 +25,24 @@ def tone(rate: int, milliseconds: int, frequency: float = 440.0, amplitude: floa
     return samples.tobytes()
 
 
-def pcm16(audio: bytes) -> array.array[int]:
-    """The samples of PCM16 little-endian mono audio (a trailing odd byte is dropped)."""
-    samples = array.array("h")
-    samples.frombytes(audio[: len(audio) - len(audio) % 2])
-    if sys.byteorder == "big":
-        samples.byteswap()
-    return samples
-
-
 def duration_ms(audio: bytes, rate: int) -> float:
     return len(audio) // 2 * 1000 / rate
 
 
 def windows(audio: bytes, rate: int) -> Iterator[tuple[float, float]]:
-    """(length in ms, RMS energy in [0, 1]) of each `WINDOW_MS` window of `audio`; the last may be shorter."""
-    samples = pcm16(audio)
+    """(length in ms, RMS energy in [0, 1]) of each `WINDOW_MS` window of `audio`; the last may be shorter.
+
+    Vectorised: the detector runs on every appended frame, and a Python loop over samples cost
+    about 20 ms per 750 KB frame, held on the event loop; numpy takes about a tenth of that.
+    """
+    samples = numpy.frombuffer(audio, dtype="<i2", count=len(audio) // 2).astype(numpy.float64)
     window = max(1, rate * WINDOW_MS // 1000)
-    for start in range(0, len(samples), window):
-        chunk = samples[start : start + window]
-        yield (
-            len(chunk) * 1000 / rate,
-            math.sqrt(sum(sample * sample for sample in chunk) / len(chunk)) / 32768,
-        )
+    whole = len(samples) // window * window
+    squares = numpy.square(samples)
+    energies = numpy.sqrt(squares[:whole].reshape(-1, window).mean(axis=1)) / 32768
+    length = window * 1000 / rate
+    for energy in energies.tolist():
+        yield length, energy
+    if whole < len(samples):
+        rest = squares[whole:]
+        yield len(rest) * 1000 / rate, math.sqrt(float(rest.mean())) / 32768

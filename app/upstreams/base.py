@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from app.models import ModelInfo
 
@@ -37,6 +37,18 @@ class UpstreamConnection(Protocol):
             UpstreamError: the upstream failed.
         """
         ...
+
+
+@runtime_checkable
+class Buffered(Protocol):
+    """Optional for a connection: what it holds for the session, counted against its memory budget.
+
+    A connection that queues events or input (a model's turn buffers, an outbox waiting for the
+    client) implements it; the session asks after every event in either direction and ends with
+    `session_overloaded` past `REALTIME_SESSION_MEMORY_BYTES`.
+    """
+
+    def buffered_bytes(self) -> int: ...
 
 
 class Upstream(Protocol):

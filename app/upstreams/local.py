@@ -13,15 +13,15 @@ import base64
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from app.binding import effective_defaults
 from app.clock import Clock
-from app.session import effective_defaults
 from app.upstreams.audio import duration_ms, tone, windows
 from app.upstreams.base import SessionInfo
 
@@ -30,6 +30,7 @@ DEFAULT_SILENCE_MS = 500
 REPLY_AUDIO_MS = 600
 AUDIO_CHUNK_MS = 100
 CONFIG_COMMAND = "/config"
+EVENT_BYTES = 256  # what a queued event (speech, transcript, error) is counted as
 
 
 @dataclass
@@ -43,6 +44,10 @@ class Turn:
 
     def empty(self) -> bool:
         return not (self.texts or self.audio_ms or self.images or self.tool_results)
+
+    def size(self) -> int:
+        """Bytes held (text and tool results; audio is counted, not kept)."""
+        return sum(map(len, self.texts)) + sum(len(name) + len(result) for name, result in self.tool_results)
 
 
 class LocalConnection:
@@ -64,6 +69,12 @@ class LocalConnection:
         self._speaking = False
         self._silence_ms = 0.0
         self._quiet_ms = 0.0
+        self._turn_bytes = 0  # what the turn being gathered holds
+        self._reply_bytes = 0  # what the response in flight holds (its turn)
+
+    def buffered_bytes(self) -> int:
+        """What this connection holds: the turn being gathered, the one answered, queued events."""
+        return self._turn_bytes + self._reply_bytes + len(self._outbox) * EVENT_BYTES
 
     # Client events -----------------------------------------------------------------------
 
@@ -80,11 +91,14 @@ class LocalConnection:
             self._config = effective_defaults(self._session.config, self._session.model)
         elif kind == "text.input":
             self._turn.texts.append(event["text"])
+            self._turn_bytes += len(event["text"])
         elif kind == "image.input":
             self._turn.images += 1
         elif kind == "tool.result":
             name = self._calls.pop(event["tool_call_id"], "unknown")
-            self._turn.tool_results.append((name, str(event["tool_result"])))
+            result = str(event["tool_result"])
+            self._turn.tool_results.append((name, result))
+            self._turn_bytes += len(name) + len(result)
         elif kind == "audio.append":
             self._hear(base64.b64decode(event["audio"]))
         elif kind == "audio.commit":
@@ -162,6 +176,7 @@ class LocalConnection:
             self._error("a response is already in progress: cancel it or wait for response.completed")
             return
         turn, self._turn = self._turn, Turn()
+        self._reply_bytes, self._turn_bytes = self._turn_bytes, 0
         self._cancelled = False
         self._cancel = asyncio.Event()
         self._response = self._respond(turn)
@@ -172,20 +187,42 @@ class LocalConnection:
                 return str(tool["name"])
         return None
 
-    def _reply_text(self, turn: Turn) -> str:
-        parts = []
+    def _reply_pieces(self, turn: Turn) -> Iterator[tuple[str, ...]]:
+        """The reply's sentences, each as strings the turn already holds (never one whole reply)."""
         for name, result in turn.tool_results:
-            parts.append(f"The tool {name} returned {result}.")
+            yield ("The tool ", name, " returned ", result, ".")
         for text in turn.texts:
             if text.strip() == CONFIG_COMMAND:
-                parts.append(json.dumps(self._session.config, sort_keys=True, separators=(",", ":")))
+                yield (json.dumps(self._session.config, sort_keys=True, separators=(",", ":")),)
             else:
-                parts.append(f"You said: {text}")
+                yield ("You said: ", text)
         if turn.audio_ms:
-            parts.append(f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.")
+            yield (f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.",)
         if turn.images:
-            parts.append(f"I see {turn.images} image{'s' if turn.images > 1 else ''}.")
-        return " ".join(parts) or "Hello from the local model."
+            yield (f"I see {turn.images} image{'s' if turn.images > 1 else ''}.",)
+
+    def _reply_parts(self, turn: Turn) -> Iterator[str]:
+        """The reply's sentences joined by spaces, as a stream of strings."""
+        first = True
+        for piece in self._reply_pieces(turn):
+            if not first:
+                yield " "
+            first = False
+            yield from piece
+        if first:
+            yield "Hello from the local model."
+
+    def _reply_deltas(self, turn: Turn) -> Iterator[str]:
+        """The reply as deltas of one word each, the space after a word kept with it."""
+        pending = ""  # the start of a word cut by the end of a part: at most one word
+        for part in self._reply_parts(turn):
+            start = 0
+            while (space := part.find(" ", start)) >= 0:
+                yield pending + part[start : space + 1]
+                pending, start = "", space + 1
+            pending += part[start:]
+        if pending:
+            yield pending
 
     def _deadline(self) -> float:
         """When the next delta is due: `pace` from now, on the clock when one is given."""
@@ -244,21 +281,7 @@ class LocalConnection:
             }
             yield {"type": "response.completed", "status": "completed"}
             return
-        deltas: list[dict[str, Any]] = []
-        modalities = self._config["modalities"]
-        # `/config` is a diagnostic: answered in text even when the session has no text modality.
-        if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
-            words = self._reply_text(turn).split(" ")
-            last = len(words) - 1
-            deltas += [
-                {"type": "text.delta", "delta": word if index == last else word + " "}
-                for index, word in enumerate(words)
-            ]
-        if "audio" in modalities:
-            rate = self._session.model.output_sample_rate
-            chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
-            deltas += [{"type": "audio.delta", "audio": chunk}] * (REPLY_AUDIO_MS // AUDIO_CHUNK_MS)
-        for delta in deltas:
+        for delta in self._deltas(turn):
             deadline = self._deadline()
             while not await self._wait(deadline):
                 yield None
@@ -267,6 +290,19 @@ class LocalConnection:
                 return
             yield delta
         yield {"type": "response.completed", "status": "completed"}
+
+    def _deltas(self, turn: Turn) -> Iterator[dict[str, Any]]:
+        """The deltas of a reply, made one at a time as they go out."""
+        modalities = self._config["modalities"]
+        # `/config` is a diagnostic: answered in text even when the session has no text modality.
+        if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
+            for word in self._reply_deltas(turn):
+                yield {"type": "text.delta", "delta": word}
+        if "audio" in modalities:
+            rate = self._session.model.output_sample_rate
+            chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
+            for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
+                yield {"type": "audio.delta", "audio": chunk}
 
     async def receive(self) -> dict[str, Any] | None:
         while True:
@@ -277,6 +313,7 @@ class LocalConnection:
                     event = await anext(self._response)
                 except StopAsyncIteration:
                     self._response = None
+                    self._reply_bytes = 0
                     continue
                 if event is not None:
                     return event

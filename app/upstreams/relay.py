@@ -28,9 +28,8 @@ RECEIVE_QUEUE_FRAMES = 16
 
 
 class RelayConnection:
-    def __init__(self, websocket: ClientConnection, *, timeout: float) -> None:
+    def __init__(self, websocket: ClientConnection) -> None:
         self._websocket = websocket
-        self._timeout = timeout
 
     async def send(self, event: dict[str, Any]) -> None:
         # No timer per frame: a send waits only when the write buffer is over its high-water mark,
@@ -122,7 +121,7 @@ class RelayUpstream:
     async def connect(self, session: SessionInfo) -> AsyncIterator[RelayConnection]:
         websocket = await self._open()
         try:
-            connection = RelayConnection(websocket, timeout=self._timeout)
+            connection = RelayConnection(websocket)
             await self._start(connection, session)
             yield connection
         finally:

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
-import anyio
-
+from app.driver import SessionDriver
 from app.exceptions import TooManySessionsError
-from app.protocol import Session
 
 
-class Sessions:
-    """The open sessions of this process: counted per project, drained on shutdown."""
+class SessionRegistry:
+    """The open sessions of this process: counted per project, all drained at once on shutdown."""
 
     def __init__(self) -> None:
-        self._open: set[Session] = set()
+        self._open: set[SessionDriver] = set()
         self._held: Counter[str] = Counter()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     @property
     def active(self) -> int:
@@ -42,18 +43,25 @@ class Sessions:
             del self._held[project]
 
     async def drain(self, *, timeout: float) -> None:
-        """Tell every open session `server_shutdown` (close 1012) and wait for them to end."""
-        for session in list(self._open):
-            await session.terminate(
-                "server_shutdown", "the server is shutting down; reconnect with a new ticket"
-            )
-        with anyio.move_on_after(timeout):
-            while self._open:
-                await anyio.sleep(0.01)
+        """Tell every open session `server_shutdown` (close 1012) at once; wait up to `timeout` in all.
 
-    async def run(self, session: Session) -> None:
-        self._open.add(session)
+        Each session says its last word and closes in its own task, so clients that stop reading
+        cost the drain one deadline, not one each.
+        """
+        for driver in list(self._open):
+            driver.shutdown()
         try:
-            await session.run()
+            async with asyncio.timeout(timeout):
+                await self._empty.wait()
+        except TimeoutError:
+            return
+
+    async def run(self, driver: SessionDriver) -> None:
+        self._open.add(driver)
+        self._empty.clear()
+        try:
+            await driver.run()
         finally:
-            self._open.discard(session)
+            self._open.discard(driver)
+            if not self._open:
+                self._empty.set()
