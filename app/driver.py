@@ -120,12 +120,11 @@ class SessionDriver:
         else:
             code, reason = ending.code, ending.reason
         try:
+            # Both under one timeout: a client that stops reading blocks the close frame as well.
             async with asyncio.timeout(CLOSE_SECONDS):
-                try:
-                    if isinstance(ending, Terminate):
-                        await self._transport.send(ending.event)
-                finally:
-                    await self._transport.close(code, reason)
+                if isinstance(ending, Terminate):
+                    await self._transport.send(ending.event)
+                await self._transport.close(code, reason)
         except TimeoutError:
             logger.info(
                 "session %s: its close took over %g s; left to the server", self.core.id, CLOSE_SECONDS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import ctypes
 import gc
@@ -27,6 +28,7 @@ from app.connections import Limits, protocol_classes
 from app.exceptions import KeySetError, SettingsError
 from app.keys import KeySet
 from app.main import create_app
+from app.websocket import bounded_protocol
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +70,14 @@ def uvicorn_config(
     ws_max_size: int,
     ws_compression: bool = False,
     limits: Limits | None = None,
+    pings_per_second: float | None = None,
 ) -> uvicorn.Config:
     """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
     logs.lighten()
-    http, ws = protocol_classes(limits or Limits())
+    http, edge_ws = protocol_classes(limits or Limits())
+    ws: type[asyncio.Protocol] = edge_ws
+    if pings_per_second is not None:  # reading tied to the write buffer, pings rate-limited
+        ws = bounded_protocol(edge_ws, pings_per_second=pings_per_second)
     return uvicorn.Config(
         app,
         host=host,
@@ -272,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
         ws_compression=settings.ws_compression,
         limits=connection_limits(settings),
+        pings_per_second=settings.max_frames_per_second,
     )
     server = DrainingServer(config, app=app)
     sockets: list[socket.socket] | None = None

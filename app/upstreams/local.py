@@ -279,6 +279,7 @@ class LocalConnection:
                 "tool_name": tool,
                 "tool_arguments": arguments,
             }
+            self._reply_bytes = 0
             yield {"type": "response.completed", "status": "completed"}
             return
         for delta in self._deltas(turn):
@@ -286,9 +287,11 @@ class LocalConnection:
             while not await self._wait(deadline):
                 yield None
             if self._cancelled:
+                self._reply_bytes = 0
                 yield {"type": "response.completed", "status": "cancelled"}
                 return
             yield delta
+        self._reply_bytes = 0
         yield {"type": "response.completed", "status": "completed"}
 
     def _deltas(self, turn: Turn) -> Iterator[dict[str, Any]]:
