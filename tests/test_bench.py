@@ -39,7 +39,7 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
         floors = [row for row in results["cases"][name]["rows"] if row["what"].startswith("floor: ")]
         assert len(floors) == 1 and floors[0]["value"] > 0, (name, floors)
     table = (tmp_path / "results.md").read_text()
-    assert all(f"{number}. " in table for number in range(1, 7))
+    assert all(f"{number}. " in table for number in range(1, 8))
     # The provider case: its pass-through floor and the translation cost per audio frame.
     rows = {row["what"]: row["value"] for row in results["cases"]["providers"]["rows"]}
     assert rows["floor: pass-through relay to the same fake, round trips"] > 0

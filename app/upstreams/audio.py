@@ -33,16 +33,16 @@ def windows(audio: bytes, rate: int) -> Iterator[tuple[float, float]]:
     """(length in ms, RMS energy in [0, 1]) of each `WINDOW_MS` window of `audio`; the last may be shorter.
 
     Vectorised: the detector runs on every appended frame, and a Python loop over samples cost
-    about 20 ms per 750 KB frame, held on the event loop; numpy takes about a tenth of that.
+    about 20 ms per 750 KB frame, held on the event loop; numpy takes about 0.2 ms.
     """
-    samples = numpy.frombuffer(audio, dtype="<i2", count=len(audio) // 2).astype(numpy.float64)
+    samples = numpy.frombuffer(audio, dtype="<i2", count=len(audio) // 2)
     window = max(1, rate * WINDOW_MS // 1000)
     whole = len(samples) // window * window
-    squares = numpy.square(samples)
-    energies = numpy.sqrt(squares[:whole].reshape(-1, window).mean(axis=1)) / 32768
+    blocks = samples[:whole].reshape(-1, window).astype(numpy.float32)
+    energies = numpy.sqrt(numpy.einsum("ij,ij->i", blocks, blocks) / window) / 32768
     length = window * 1000 / rate
     for energy in energies.tolist():
         yield length, energy
     if whole < len(samples):
-        rest = squares[whole:]
-        yield len(rest) * 1000 / rate, math.sqrt(float(rest.mean())) / 32768
+        rest = samples[whole:].astype(numpy.float64)
+        yield len(rest) * 1000 / rate, math.sqrt(float(numpy.dot(rest, rest)) / len(rest)) / 32768
