@@ -37,7 +37,8 @@ from app.services import Services
 from app.session import SessionCore
 from app.upstreams.audio import windows
 from app.upstreams.base import SessionInfo
-from app.upstreams.local import LocalConnection, LocalUpstream, Turn
+from app.upstreams.local import LocalConnection, LocalUpstream
+from app.upstreams.turn import Turn, reply_words
 
 Event = dict[str, Any]
 
@@ -774,3 +775,29 @@ def test_the_energy_detector_matches_the_definition() -> None:
         want.append((len(chunk) * 1000 / rate, math.sqrt(sum(x * x for x in chunk) / len(chunk)) / 32768))
     assert [ms for ms, _ in got] == [ms for ms, _ in want]
     assert [energy for _, energy in got] == pytest.approx([energy for _, energy in want])
+
+
+@pytest.mark.parametrize(
+    "turn",
+    [
+        Turn(texts=["hello there"]),
+        Turn(texts=["a  b ", "/config"], tool_results=[("t", "r s")]),
+        Turn(audio_ms=1000, images=2),
+        Turn(),
+    ],
+    ids=["text", "spaces-config-tool", "audio-images", "empty"],
+)
+def test_reply_words_are_the_reply_split_after_each_space(turn: Turn) -> None:
+    config = {"model": OPENAI}
+    sentences = [f"The tool {name} returned {result}." for name, result in turn.tool_results]
+    for text in turn.texts:
+        compact = json.dumps(config, separators=(",", ":"))
+        sentences.append(compact if text == "/config" else f"You said: {text}")
+    if turn.audio_ms:
+        sentences.append(f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.")
+    if turn.images:
+        sentences.append(f"I see {turn.images} images.")
+    reply = " ".join(sentences) or "Hello from the local model."
+    words = list(reply_words(turn, config))
+    assert "".join(words) == reply
+    assert all(word.count(" ") <= 1 and (" " not in word or word.endswith(" ")) for word in words)

@@ -15,7 +15,6 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -24,30 +23,13 @@ from app.binding import effective_defaults
 from app.clock import Clock
 from app.upstreams.audio import duration_ms, tone, windows
 from app.upstreams.base import SessionInfo
+from app.upstreams.turn import Turn, reply_words
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SILENCE_MS = 500
 REPLY_AUDIO_MS = 600
 AUDIO_CHUNK_MS = 100
-CONFIG_COMMAND = "/config"
 EVENT_BYTES = 256  # what a queued event (speech, transcript, error) is counted as
-
-
-@dataclass
-class Turn:
-    """What the user has given since the last response."""
-
-    texts: list[str] = field(default_factory=list)
-    audio_ms: float = 0.0
-    images: int = 0
-    tool_results: list[tuple[str, str]] = field(default_factory=list)
-
-    def empty(self) -> bool:
-        return not (self.texts or self.audio_ms or self.images or self.tool_results)
-
-    def size(self) -> int:
-        """Bytes held (text and tool results; audio is counted, not kept)."""
-        return sum(map(len, self.texts)) + sum(len(name) + len(result) for name, result in self.tool_results)
 
 
 class LocalConnection:
@@ -187,43 +169,6 @@ class LocalConnection:
                 return str(tool["name"])
         return None
 
-    def _reply_pieces(self, turn: Turn) -> Iterator[tuple[str, ...]]:
-        """The reply's sentences, each as strings the turn already holds (never one whole reply)."""
-        for name, result in turn.tool_results:
-            yield ("The tool ", name, " returned ", result, ".")
-        for text in turn.texts:
-            if text.strip() == CONFIG_COMMAND:
-                yield (json.dumps(self._session.config, sort_keys=True, separators=(",", ":")),)
-            else:
-                yield ("You said: ", text)
-        if turn.audio_ms:
-            yield (f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.",)
-        if turn.images:
-            yield (f"I see {turn.images} image{'s' if turn.images > 1 else ''}.",)
-
-    def _reply_parts(self, turn: Turn) -> Iterator[str]:
-        """The reply's sentences joined by spaces, as a stream of strings."""
-        first = True
-        for piece in self._reply_pieces(turn):
-            if not first:
-                yield " "
-            first = False
-            yield from piece
-        if first:
-            yield "Hello from the local model."
-
-    def _reply_deltas(self, turn: Turn) -> Iterator[str]:
-        """The reply as deltas of one word each, the space after a word kept with it."""
-        pending = ""  # the start of a word cut by the end of a part: at most one word
-        for part in self._reply_parts(turn):
-            start = 0
-            while (space := part.find(" ", start)) >= 0:
-                yield pending + part[start : space + 1]
-                pending, start = "", space + 1
-            pending += part[start:]
-        if pending:
-            yield pending
-
     def _deadline(self) -> float:
         """When the next delta is due: `pace` from now, on the clock when one is given."""
         return (anyio.current_time() if self._clock is None else self._clock.now()) + self._pace
@@ -298,8 +243,8 @@ class LocalConnection:
         """The deltas of a reply, made one at a time as they go out."""
         modalities = self._config["modalities"]
         # `/config` is a diagnostic: answered in text even when the session has no text modality.
-        if "text" in modalities or any(text.strip() == CONFIG_COMMAND for text in turn.texts):
-            for word in self._reply_deltas(turn):
+        if "text" in modalities or turn.asks_for_config():
+            for word in reply_words(turn, self._session.config):
                 yield {"type": "text.delta", "delta": word}
         if "audio" in modalities:
             rate = self._session.model.output_sample_rate

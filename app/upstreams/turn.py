@@ -1,0 +1,73 @@
+"""The local model's turns: what the user gave since the last response, and the reply to it.
+
+The reply is a stream of words made from strings the turn already holds: a megabyte of input
+never becomes a megabyte-sized reply string, let alone a list of a million delta events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_COMMAND = "/config"
+
+
+@dataclass
+class Turn:
+    """What the user has given since the last response."""
+
+    texts: list[str] = field(default_factory=list)
+    audio_ms: float = 0.0
+    images: int = 0
+    tool_results: list[tuple[str, str]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.texts or self.audio_ms or self.images or self.tool_results)
+
+    def asks_for_config(self) -> bool:
+        return any(text.strip() == CONFIG_COMMAND for text in self.texts)
+
+
+def _sentences(turn: Turn, config: dict[str, Any]) -> Iterator[tuple[str, ...]]:
+    """The reply's sentences, each as strings the turn already holds."""
+    for name, result in turn.tool_results:
+        yield ("The tool ", name, " returned ", result, ".")
+    for text in turn.texts:
+        if text.strip() == CONFIG_COMMAND:
+            yield (json.dumps(config, sort_keys=True, separators=(",", ":")),)
+        else:
+            yield ("You said: ", text)
+    if turn.audio_ms:
+        yield (f"I heard {turn.audio_ms / 1000:.1f} seconds of audio.",)
+    if turn.images:
+        yield (f"I see {turn.images} image{'s' if turn.images > 1 else ''}.",)
+
+
+def _parts(turn: Turn, config: dict[str, Any]) -> Iterator[str]:
+    """The sentences joined by spaces, as a stream of strings."""
+    first = True
+    for sentence in _sentences(turn, config):
+        if not first:
+            yield " "
+        first = False
+        yield from sentence
+    if first:
+        yield "Hello from the local model."
+
+
+def reply_words(turn: Turn, config: dict[str, Any]) -> Iterator[str]:
+    """The reply to `turn` as text deltas of one word each, the space after a word kept with it.
+
+    `config` is what `/config` answers with (the session's effective config).
+    """
+    pending = ""  # the start of a word cut by the end of a part: at most one word
+    for part in _parts(turn, config):
+        start = 0
+        while (space := part.find(" ", start)) >= 0:
+            yield pending + part[start : space + 1]
+            pending, start = "", space + 1
+        pending += part[start:]
+    if pending:
+        yield pending
