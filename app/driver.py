@@ -136,13 +136,14 @@ class SessionDriver:
     async def _watch_clock(self) -> None:
         """Wake at the core's next deadline (or when nudged) and let it check its limits."""
         while True:
+            # Checked before each wait: a shutdown asked before this task first ran is not lost.
+            await self._apply(self.core.tick(self._clock.now()))
             self._nudge.clear()
             timer = self._clock.call_at(self.core.next_deadline(), self._nudge.set)
             try:
                 await self._nudge.wait()
             finally:
                 timer.cancel()
-            await self._apply(self.core.tick(self._clock.now()))
 
     async def _converse(self) -> None:
         """Client frames until a valid start, then the upstream's connection and both directions."""

@@ -25,10 +25,15 @@ from bench.procs import ROOT, Server, rss_bytes
 # 4. Relay ---------------------------------------------------------------------------------------
 
 
+# The relay case measures the relay, not the per-session rate limit (200 frames/s by default),
+# which its closed loops would otherwise hit within a second.
+UNLIMITED = {"REALTIME_MAX_FRAMES_PER_SECOND": "1000000", "REALTIME_MAX_BYTES_PER_SECOND": str(1 << 40)}
+
+
 def case_relay(plan: Plan) -> CaseResult:
     upstream_keys, upstream_key = new_keys(plan.workdir, "upstream")
     edge_keys, edge_key = new_keys(plan.workdir, "edge")
-    with service(plan, "upstream", upstream_keys) as upstream:
+    with service(plan, "upstream", upstream_keys, **UNLIMITED) as upstream:
         edge = service(
             plan,
             "edge",
@@ -36,6 +41,7 @@ def case_relay(plan: Plan) -> CaseResult:
             REALTIME_UPSTREAM="relay",
             REALTIME_UPSTREAM_URL=upstream.ws_url,
             REALTIME_UPSTREAM_API_KEY=upstream_key,
+            **UNLIMITED,
         )
         floor = bare(
             plan, "floor-relay", "--relay-to", upstream.ws_url, env={"BENCH_RELAY_KEY": upstream_key}

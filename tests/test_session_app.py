@@ -801,3 +801,32 @@ def test_reply_words_are_the_reply_split_after_each_space(turn: Turn) -> None:
     words = list(reply_words(turn, config))
     assert "".join(words) == reply
     assert all(word.count(" ") <= 1 and (" " not in word or word.endswith(" ")) for word in words)
+
+
+def test_a_shutdown_asked_before_the_session_ran_is_not_lost(settings: Settings) -> None:
+    """The drain may reach a session whose tasks have not started yet."""
+
+    class SilentClient(ScriptedTransport):
+        async def receive(self) -> str | bytes | None:
+            await asyncio.Event().wait()  # never sends a frame, never goes
+            return None
+
+    async def scenario() -> list[Event | str]:
+        transport = SilentClient([])
+        clock = SystemClock()
+        core = SessionCore(
+            "sess_1",
+            project="p",
+            binding=None,
+            settings=settings,
+            registry=ModelRegistry.load(),
+            now=clock.now(),
+        )
+        driver = SessionDriver(core, transport, upstream=LocalUpstream(), clock=clock)
+        driver.shutdown()
+        async with asyncio.timeout(10):
+            await driver.run()
+        return transport.sent
+
+    sent = asyncio.run(scenario())
+    assert [event["type"] for event in sent if isinstance(event, dict)] == ["session.terminating"]
