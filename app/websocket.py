@@ -1,4 +1,6 @@
-"""The WebSocket protocol uvicorn runs for the edge: its websockets-sansio one, with bounded buffers.
+"""Bounds on what a WebSocket connection may make the edge buffer, over uvicorn's websockets-sansio.
+
+`bounded_protocol(base)` lays these over the edge's protocol class (`app.connections`).
 
 uvicorn's protocol answers every ping at once and writes it whatever the write buffer holds, and
 stops reading only while a data message waits for the app. A client that sends pings and never
