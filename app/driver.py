@@ -26,7 +26,7 @@ from app.session import (
     SessionCore,
     Terminate,
 )
-from app.upstreams.base import Buffered, SessionInfo, Upstream, UpstreamConnection
+from app.upstreams.base import Buffered, Filling, SessionInfo, Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class SessionDriver:
         while True:
             # Checked before each wait: a shutdown asked before this task first ran is not lost.
             await self._apply(self.core.tick(self._clock.now()))
+            await self._account()
             self._nudge.clear()
             timer = self._clock.call_at(self.core.next_deadline(), self._nudge.set)
             try:
@@ -154,6 +155,9 @@ class SessionDriver:
             async with self._upstream.connect(info) as connection:
                 self._connection = connection
                 self._buffered = connection if isinstance(connection, Buffered) else None
+                if self._buffered is not None and isinstance(connection, Filling):
+                    # Its reader fills it while this task may wait on the client: the clock task checks.
+                    connection.on_growth(self._nudge.set)
                 await self._apply(self.core.connected(self._clock.now()))
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._from_upstream(connection))

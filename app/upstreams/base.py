@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -49,6 +50,17 @@ class Buffered(Protocol):
     """
 
     def buffered_bytes(self) -> int: ...
+
+
+@runtime_checkable
+class Filling(Protocol):
+    """Optional for a `Buffered` connection whose buffers grow between the session's events.
+
+    A connection that reads its upstream in a task of its own fills its queue while the session
+    waits on a slow client; it calls `notify` after each growth so the budget is checked at once.
+    """
+
+    def on_growth(self, notify: Callable[[], None]) -> None: ...
 
 
 class Upstream(Protocol):

@@ -3,8 +3,9 @@
 The translation is `app.providers` (pure); this module only does the I/O. One WebSocket per session,
 authenticated by a header (the key is never in the URL). The start waits for the provider's
 acknowledgement within the upstream timeout. A reader task turns provider messages into server
-events on a bounded queue; when the queue is full it stops reading, so a slow browser slows the
-provider (websockets' own receive queue is bounded too). A send that waits longer than the timeout
+events on a bounded outbox whose bytes count against the session's memory budget; when the outbox is
+full it stops reading, so a slow browser slows the provider (websockets' own receive queue holds one
+frame). A send that waits longer than the timeout
 for the provider to read means the provider stopped reading: the session ends.
 """
 
@@ -29,11 +30,13 @@ from app.models import ModelInfo
 from app.providers import Translator, translator_for
 from app.providers.base import redact
 from app.upstreams.base import SessionInfo
+from app.upstreams.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_EVENTS = 16  # server events translated and not yet taken by the session
-RECEIVE_QUEUE_FRAMES = 4  # provider frames websockets buffers before it stops reading the socket
+RECEIVE_QUEUE_FRAMES = 1  # provider frames websockets buffers before it stops reading: the reader drains it
+ERROR_BYTES = 256  # what an error event of ours (an event the provider cannot take) is counted as
 MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
 
 Dropped = Callable[[str, str], None]
@@ -111,9 +114,16 @@ class ProviderConnection:
         self._provider = endpoint.provider
         self._timeout = timeout
         self._dropped = dropped
-        self._outbox: asyncio.Queue[dict[str, Any] | UpstreamError] = asyncio.Queue(OUTBOX_EVENTS)
+        self._outbox: Outbox[dict[str, Any] | UpstreamError] = Outbox(OUTBOX_EVENTS)
         self._reader: asyncio.Task[None] | None = None
         self._failure: UpstreamError | None = None
+
+    def buffered_bytes(self) -> int:
+        """The events translated and not yet taken, counted as the provider frames they came from."""
+        return self._outbox.held
+
+    def on_growth(self, notify: Callable[[], None]) -> None:
+        self._outbox.on_growth(notify)
 
     async def start(self) -> None:
         """Configure the provider's session and wait for its acknowledgement (the caller times it)."""
@@ -142,7 +152,7 @@ class ProviderConnection:
         try:
             messages = self._translator.to_provider(event)
         except (ProtocolError, SessionUpdateUnsupportedError) as exc:
-            await self._outbox.put(error_event(exc))  # non-fatal: the browser hears why
+            await self._outbox.put(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
             return
         for message in messages:
             await self._send_message(message)
@@ -170,6 +180,10 @@ class ProviderConnection:
         return item
 
     async def _next_message(self, when: str) -> dict[str, Any]:
+        return (await self._next_frame(when))[0]
+
+    async def _next_frame(self, when: str) -> tuple[dict[str, Any], int]:
+        """The provider's next message, decoded, and the size of its frame."""
         try:
             frame = await self._websocket.recv()
         except ConnectionClosed as exc:
@@ -180,7 +194,7 @@ class ProviderConnection:
             message = None
         if not isinstance(message, dict):
             raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
-        return message
+        return message, len(frame)
 
     def _translate(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
         try:
@@ -198,11 +212,13 @@ class ProviderConnection:
         """Provider messages to the outbox until the provider closes or fails (then its error)."""
         try:
             while True:
-                message = await self._next_message("mid-session")
-                for event in self._translate(message) or ():
-                    await self._outbox.put(event)
+                message, size = await self._next_frame("mid-session")
+                events = self._translate(message) or []
+                # The frame's size is held until its last event is taken: its events share its data.
+                for index, event in enumerate(events, 1):
+                    await self._outbox.put(event, size if index == len(events) else 0)
         except UpstreamError as exc:
-            await self._outbox.put(exc)
+            await self._outbox.put(exc, 0)
 
 
 class ProvidersUpstream:

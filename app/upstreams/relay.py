@@ -2,16 +2,19 @@
 
 The upstream is told the **effective** config in its `session.start` and authenticated with the
 server-side key from configuration (never the browser's ticket). Back-pressure is end to end: each
-send waits for the socket's write buffer to drain and websockets' receive queue is bounded, so a slow
-side slows the other instead of filling memory. Every wait has a timeout; failures are UpstreamError.
+send waits for the socket's write buffer to drain; a reader task moves the upstream's frames to a
+bounded outbox whose bytes count against the session's memory budget, and stops reading while it is
+full (websockets' own receive queue holds one frame), so a slow side slows the other instead of
+filling memory. Every wait has a timeout; failures are UpstreamError.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -21,15 +24,33 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidH
 from app.events import encode_event
 from app.exceptions import UpstreamError
 from app.upstreams.base import SessionInfo
+from app.upstreams.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
-RECEIVE_QUEUE_FRAMES = 16
+OUTBOX_FRAMES = 16  # frames read from the upstream and not yet taken by the session
+RECEIVE_QUEUE_FRAMES = 1  # frames websockets buffers before it stops reading: the reader drains it
+
+
+def _closed(exc: ConnectionClosed) -> UpstreamError:
+    return UpstreamError(f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})")
 
 
 class RelayConnection:
+    """One relayed session. Once started, a reader task moves frames to a bounded, counted outbox."""
+
     def __init__(self, websocket: ClientConnection) -> None:
         self._websocket = websocket
+        self._outbox: Outbox[str | UpstreamError | None] = Outbox(OUTBOX_FRAMES)
+        self._reader: asyncio.Task[None] | None = None
+        self._ended: UpstreamError | None = None
+
+    def buffered_bytes(self) -> int:
+        """The frames read and not yet relayed (websockets holds at most `RECEIVE_QUEUE_FRAMES` more)."""
+        return self._outbox.held
+
+    def on_growth(self, notify: Callable[[], None]) -> None:
+        self._outbox.on_growth(notify)
 
     async def send(self, event: dict[str, Any]) -> None:
         # No timer per frame: a send waits only when the write buffer is over its high-water mark,
@@ -37,27 +58,53 @@ class RelayConnection:
         try:
             await self._websocket.send(encode_event(event))
         except ConnectionClosed as exc:
-            raise UpstreamError(
-                f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})"
-            ) from None
+            raise _closed(exc) from None
 
     async def receive(self) -> str | None:
         """The upstream's next frame as received: relayed unchanged, not decoded and re-encoded."""
+        if self._ended is not None:
+            raise self._ended
+        item = await self._outbox.get()
+        if isinstance(item, UpstreamError):
+            self._ended = item
+            raise item
+        return item
+
+    def start_reading(self) -> None:
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def _read(self) -> None:
+        """Frames to the outbox until the upstream closes (then None) or fails (then its error)."""
+        try:
+            while True:
+                frame = await self._frame()
+                if frame is None:
+                    await self._outbox.put(None, 0)
+                    return
+                await self._outbox.put(frame, len(frame))
+        except UpstreamError as exc:
+            await self._outbox.put(exc, 0)
+
+    async def _frame(self) -> str | None:
         try:
             frame = await self._websocket.recv()
         except ConnectionClosedOK:
             return None
         except ConnectionClosed as exc:
-            raise UpstreamError(
-                f"the upstream closed the connection ({exc.rcvd.code if exc.rcvd else 1006})"
-            ) from None
+            raise _closed(exc) from None
         if not isinstance(frame, str) or not frame.startswith("{"):
             raise UpstreamError("the upstream sent a frame that is not a JSON object")
         return frame
 
     async def receive_event(self) -> dict[str, Any] | None:
-        """The upstream's next frame, decoded (while the session starts)."""
-        frame = await self.receive()
+        """The upstream's next frame, decoded (while the session starts, before the reader runs)."""
+        frame = await self._frame()
         if frame is None:
             return None
         try:
@@ -123,7 +170,11 @@ class RelayUpstream:
         try:
             connection = RelayConnection(websocket)
             await self._start(connection, session)
-            yield connection
+            connection.start_reading()
+            try:
+                yield connection
+            finally:
+                await connection.stop_reading()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 await websocket.close()
