@@ -156,8 +156,8 @@ class SessionDriver:
                 self._connection = connection
                 self._buffered = connection if isinstance(connection, Buffered) else None
                 if self._buffered is not None and isinstance(connection, Filling):
-                    # Its reader fills it while this task may wait on the client: the clock task checks.
-                    connection.on_growth(self._nudge.set)
+                    # Its reader fills it while this task may wait on the client.
+                    connection.on_growth(self._grown)
                 await self._apply(self.core.connected(self._clock.now()))
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._from_upstream(connection))
@@ -200,6 +200,11 @@ class SessionDriver:
             self.core.client_gone()
             raise Ended
         return frame
+
+    def _grown(self) -> None:
+        """The connection's buffers grew: past the budget, wake the clock task to end the session."""
+        if self._buffered is not None and not self.core.fits("upstream", self._buffered.buffered_bytes()):
+            self._nudge.set()
 
     async def _account(self) -> None:
         """Count what the upstream connection holds against the session's budget."""

@@ -107,6 +107,10 @@ class Budget:
         self._held[where] = size
         return self.total <= self.limit
 
+    def fits(self, where: str, size: int) -> bool:
+        """Whether the session would be within its budget were `where` to hold `size` bytes."""
+        return self.total - self._held.get(where, 0) + size <= self.limit
+
     @property
     def total(self) -> int:
         return sum(self._held.values())

@@ -5,6 +5,7 @@
     core.receive_upstream(event, now)  an upstream event          -> actions
     core.connected(now) / core.upstream_failed(message)           -> actions
     core.holding(where, size)          bytes held somewhere       -> actions
+    core.fits(where, size)             would that be within the budget (asks only)
     core.tick(now)                     time passed (or shutdown)  -> actions
     core.next_deadline(), core.read_after()
 
@@ -261,6 +262,10 @@ class SessionCore:
         return [SendClient(event)]
 
     # Memory ----------------------------------------------------------------------------------
+
+    def fits(self, where: str, size: int) -> bool:
+        """Whether `holding(where, size)` would leave the session within its budget (asks only)."""
+        return self._budget.fits(where, size)
 
     def holding(self, where: str, size: int) -> list[Action]:
         """`where` (the upstream's queues, an outbox) now holds `size` bytes of this session."""

@@ -528,6 +528,18 @@ def test_the_memory_budget_ends_an_overloaded_session() -> None:
     assert isinstance(ending, Terminate) and (ending.code, ending.close_code) == ("session_overloaded", 1008)
 
 
+def test_fits_asks_the_budget_without_holding() -> None:
+    core = make(bind(), session_memory_bytes=100_000)
+    start(core, VALID)
+    assert core.holding("outbox", 40_000) == []
+    assert core.fits("upstream", 60_000)
+    assert not core.fits("upstream", 60_001)
+    assert core.holding("upstream", 60_000) == []
+    assert core.fits("upstream", 60_000)  # replaced, not added
+    assert not core.fits("outbox", 40_001)
+    assert core.holding("outbox", 40_000) == []  # asking held nothing
+
+
 def test_frames_within_the_burst_are_read_at_once() -> None:
     core = make(bind(), max_frames_per_second=10)
     start(core, VALID)  # the start is the first of ten
