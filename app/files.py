@@ -76,7 +76,6 @@ class Reloading(Generic[T]):
     ) -> None:
         self.path = path
         self.value = initial
-        self.loads = 0
         self._load = load
         self._what = what
         self._size = size
@@ -98,7 +97,6 @@ class Reloading(Generic[T]):
             raise KeySetError(f"cannot read {self.path} ({exc.strerror or exc})") from None
         self.value, self._stamp, self._problem = value, current, None
         self._checked = self._clock()
-        self.loads += 1
         return value
 
     def check(self) -> T:

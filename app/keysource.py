@@ -69,10 +69,6 @@ class DirectoryKeySource:
             stat=_stat,
         )
 
-    @property
-    def reloads(self) -> int:
-        return self._manifest.loads
-
     def load(self) -> KeySet:
         """Load now (start-up); raises KeySetError when the set is missing, broken or unreadable."""
         return self._manifest.load_now()
@@ -117,10 +113,6 @@ class SealKeySource:
             interval=check_interval,
             stat=_stat,
         )
-
-    @property
-    def reloads(self) -> int:
-        return self._file.loads
 
     def load(self) -> SealKeySet:
         """Load now (start-up); a missing file gives an empty set, a broken one raises KeySetError."""
