@@ -20,7 +20,6 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from app.base64url import b64url
 from app.exceptions import KeySetError
 from app.files import atomic_write
-from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, thumbprint
+from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, promote, thumbprint
 from app.sealkeys import SEAL_FILE, ensure_seal_keys, rotate_seal_keys
 
 LOCK_FILE = ".lock"
@@ -157,14 +156,7 @@ def _rotate(directory: Path, *, now: int, min_published: int) -> KeySet:
             f"{min_published}s: REALTIME_KEY_PUBLISH_SECONDS), or now with `make rotate FORCE=1`"
         )
     fresh = _new_key("next", now, directory)
-    keys: list[SigningKey] = []
-    for key in current.keys:
-        if key.kid == promoted.kid:
-            keys.append(replace(key, state="active", state_since=now))
-        elif key.state == "active":
-            keys.append(replace(key, state="retiring", state_since=now))
-        else:
-            keys.append(key)
+    keys = promote(current.keys, promoted.kid, now=now)
     keys.append(fresh)
     _write_manifest(directory, keys)
     rotate_seal_keys(directory / SEAL_FILE, now=now)  # seal keys: same life cycle

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.base64url import b64url, b64url_decode
 from app.exceptions import KeySetError
 from app.files import atomic_write
-from app.keys import STATES, State
+from app.keys import STATES, State, promote
 
 SEAL_FILE = "seal.json"
 SEAL_ALGORITHM = "A256KW"
@@ -151,14 +151,7 @@ def rotate_seal_keys(path: Path, *, now: int) -> SealKeySet:
     if not current.in_state("next") or not current.in_state("active"):
         return ensure_seal_keys(path, now=now)[0]
     promoted = current.in_state("next")[0]
-    keys: list[SealKey] = []
-    for key in current.keys:
-        if key.kid == promoted.kid:
-            keys.append(replace(key, state="active", state_since=now))
-        elif key.state == "active":
-            keys.append(replace(key, state="retiring", state_since=now))
-        else:
-            keys.append(key)
+    keys = promote(current.keys, promoted.kid, now=now)
     keys.append(_new_key("next", now))
     _write(path, keys)
     return SealKeySet(tuple(keys))

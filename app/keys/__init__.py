@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -28,6 +29,36 @@ from app.exceptions import KeySetError
 
 State = Literal["next", "active", "retiring"]
 STATES: tuple[State, ...] = ("next", "active", "retiring")
+
+
+class _StagedKey(Protocol):
+    """A key with a place in the life cycle: a signing key or a seal key (frozen dataclasses)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+    @property
+    def kid(self) -> str: ...
+
+    @property
+    def state(self) -> State: ...
+
+
+StagedKey = TypeVar("StagedKey", bound=_StagedKey)
+
+
+def promote(keys: Iterable[StagedKey], kid: str, *, now: int) -> list[StagedKey]:
+    """One rotation step: `kid` (the next key) becomes active, the active key retiring; others stay."""
+    stepped = []
+    for key in keys:
+        if key.kid == kid:
+            stepped.append(replace(key, state="active", state_since=now))
+        elif key.state == "active":
+            stepped.append(replace(key, state="retiring", state_since=now))
+        else:
+            stepped.append(key)
+    return stepped
+
+
 MANIFEST = "jwks.json"
 #: A ticket lives at most this long (SPEC section 3), so a retiring key is needed this long at least.
 MAX_TICKET_SECONDS = 300
