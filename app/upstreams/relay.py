@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -76,8 +76,7 @@ class RelayConnection:
     async def stop_reading(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._reader
+            await asyncio.wait([self._reader])  # a cancellation of this task still propagates
 
     async def _read(self) -> None:
         """Frames to the outbox until the upstream closes (then None) or fails (then its error)."""
@@ -90,6 +89,10 @@ class RelayConnection:
                 await self._outbox.put(frame, len(frame))
         except UpstreamError as exc:
             await self._outbox.put(exc, 0)
+        except Exception:
+            # A bug here must end the session, not leave it waiting on an outbox nobody fills.
+            logger.exception("the relay's reader failed")
+            await self._outbox.put(UpstreamError("the connection to the upstream failed"), 0)
 
     async def _frame(self) -> str | None:
         try:
