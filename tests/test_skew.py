@@ -169,10 +169,20 @@ def test_a_slow_edge_never_accepts_a_used_ticket_again(pair: SkewedPair) -> None
         results[ticket].append(redeem(pair.slow, ticket))
     # After exp + leeway by the real clock, and still before exp + leeway by the slow edge's.
     wait_until(exp + 5 + 1)
+    in_window = 0
     for ticket in first_right + first_slow:
-        results[ticket].extend(redeem(pair.slow, ticket) for _ in range(5))
+        for _ in range(3):
+            at = time.time()
+            outcome = redeem(pair.slow, ticket)
+            if outcome == "ticket_expired" and at > exp + 5 + SLOW - 1:
+                # On a loaded machine the loop can outlast the window: past exp + leeway by the slow
+                # edge's own clock, an expired answer is right and says nothing about the store.
+                continue
+            in_window += 1
+            results[ticket].append(outcome)
+    assert in_window > 0, "no redemption fell inside the skew window; the test proved nothing"
     upgrades = Counter(outcome for outcomes in results.values() for outcome in outcomes)
-    print(f"\nskewed edges ({SLOW} s): {dict(upgrades)}")
+    print(f"\nskewed edges ({SLOW} s): {dict(upgrades)}, {in_window} in the window")
     for outcomes in results.values():
         assert outcomes.count("upgraded") == 1, outcomes
         assert outcomes[0] == "upgraded"
