@@ -67,6 +67,34 @@ class SessionConfig(BaseModel):
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(SessionConfig.model_fields)
+#: Deepest nesting of objects and arrays a mint body or a session config may have. Real configs
+#: (tool parameter schemas included) stay far below it; a config hundreds of levels deep would
+#: strain every edge that decodes it and every upstream it is sent to.
+MAX_NESTING = 32
+
+
+MAX_NAME_IN_MESSAGE = 64
+
+
+def shortened(name: str) -> str:
+    """A member name as an error quotes it: at most `MAX_NAME_IN_MESSAGE` characters, then `...`."""
+    return name if len(name) <= MAX_NAME_IN_MESSAGE else name[:MAX_NAME_IN_MESSAGE] + "..."
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects and arrays more than `limit` levels deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 BOOLEAN_FIELDS = frozenset({"input_transcription", "output_transcription"})
 
 
@@ -79,17 +107,25 @@ def parse_config(raw: Any) -> dict[str, Any]:
     """Check `raw` against the schema; return its fields, `null` ones dropped, values as sent.
 
     Raises:
-        InvalidConfigError: not an object, an unknown field, a wrong type or a value out of range;
-            the message and `field` name the offending field.
+        InvalidConfigError: not an object, an unknown field, a wrong type or a value out of range,
+            nesting deeper than `MAX_NESTING`; the message and `field` name the offending field.
     """
     if not isinstance(raw, dict):
         raise InvalidConfigError("config must be a JSON object")
+    for name, value in raw.items():
+        if nesting_exceeds(value, MAX_NESTING - 1):
+            where = shortened(name)
+            raise InvalidConfigError(
+                f"config.{where}: nested deeper than {MAX_NESTING} levels",
+                field=where,
+                details={"field": where},
+            )
     try:
         SessionConfig.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"]) or "config"
-        name = str(error["loc"][0]) if error["loc"] else None
+        where = ".".join(shortened(str(part)) for part in error["loc"]) or "config"
+        name = shortened(str(error["loc"][0])) if error["loc"] else None
         reason = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
         raise InvalidConfigError(
             f"config.{where}: {reason}", field=name, details={"field": name} if name else None

@@ -185,7 +185,7 @@ def start(
         # The edges verify with the minter's JWKS but open sealed tickets with the seal key file,
         # read where `make rotate` writes it, so a rotation reaches them without a restart.
         base.update(REALTIME_SEAL_KEYS_FILE=str(keys_dir / SEAL_FILE))
-        minter = _serve(state, "minter", {**base, "REALTIME_DEV": "true"})
+        minter = _serve(state, "minter", base)  # the dev route only when REALTIME_DEV asks for it
         jwks_url = f"http://127.0.0.1:{minter.port}/.well-known/jwks.json"
         edges = [
             _serve(state, name, {**base, "REALTIME_JWKS_URL": jwks_url, "REALTIME_EDGE_NAME": name})

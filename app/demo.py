@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 from importlib import resources
 
@@ -60,6 +61,30 @@ def _is_loopback_host(host: str | None) -> bool:
     return name.rstrip(".") in LOOPBACK_HOSTS and (port == "" or (port[0] == ":" and port[1:].isdigit()))
 
 
+#: Headers a proxy adds. A request with any of them came through a proxy (whose own address is
+#: loopback when it runs on this machine), so its client is somewhere else.
+PROXY_HEADERS = (b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"forwarded")
+
+
+def _from_this_machine(request: Request) -> bool:
+    """The request came straight from a loopback address, under one loopback `Host` name.
+
+    Any proxy header refuses it: `X-Forwarded-*` from a trusted proxy (127.0.0.1 by default)
+    replaces the scope's client and `Host`, and a page can set them on its own same-origin
+    requests. With none of them the scope's client is the socket's peer.
+    """
+    hosts = [value for name, value in request.scope["headers"] if name == b"host"]
+    if len(hosts) != 1 or not _is_loopback_host(hosts[0].decode("latin-1")):
+        return False
+    if any(name in PROXY_HEADERS for name, _ in request.scope["headers"]):
+        return False
+    peer = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
+
+
 async def page(request: Request) -> HTMLResponse:
     return HTMLResponse(_static("index.html"), headers={"Cache-Control": "no-cache"})
 
@@ -80,17 +105,16 @@ async def dev_ticket(request: Request) -> JSONResponse:
     """Mint a ticket for project `dev` binding a model, with no API key: for the demo page only.
 
     Answers 404 unless `REALTIME_DEV=true` (which `make run` sets): a public deployment never has it.
-    Even then it answers only requests whose `Host` is a loopback name (`127.0.0.1`, `localhost`,
-    `[::1]`, any port) and that carry no `X-Forwarded-Host`, else 404: a page on another site cannot
-    mint through a DNS name rebound to 127.0.0.1, since its requests carry that name as `Host`.
+    Even then it answers only requests from a loopback address, with one `Host` that is a loopback
+    name (`127.0.0.1`, `localhost`, `[::1]`, any port) and no proxy header, else 404: a page on
+    another site cannot mint through a DNS name rebound to 127.0.0.1, since its requests carry that
+    name as `Host`, and another machine cannot mint on a server bound to 0.0.0.0.
     """
     services: Services = request.app.state.services
     if not services.settings.dev:
         raise HTTPException(404, "the dev mint route is off (REALTIME_DEV=false)")
-    # `X-Forwarded-Host` from a trusted proxy (127.0.0.1 by default) replaces `Host`, and a page can
-    # set it on its own same-origin requests: with it, the name the browser used is unknown.
-    if "x-forwarded-host" in request.headers or not _is_loopback_host(request.headers.get("host")):
-        raise HTTPException(404, "the dev mint route answers only on a loopback host name")
+    if not _from_this_machine(request):
+        raise HTTPException(404, "the dev mint route answers only loopback clients on a loopback host name")
     model = request.query_params.get("model", DEV_MODEL)
     if len(model) > 200:
         raise InvalidRequestError("model name too long")

@@ -16,10 +16,21 @@ from urllib.parse import unquote_plus
 # and in `"WebSocket /v3/realtime?ticket=..."`), in a ticket subprotocol, or as a bearer token.
 # Query keys are compared after percent-decoding and case-folding: `?%74icket=` and `?TICKET=` name
 # no ticket for the app, but a client might be lured into one and the value is still a credential.
-_QUERY_PAIR = re.compile(r"([?&;])([^=&;?#\s\"']*)=([^&;#\s\"']*)")
+# A value may open with quotes (`?ticket="<T>`): the app strips none, but they must not hide what follows.
+_QUERY_PAIR = re.compile(r"([?&;])([^=&;?#\s\"']*)=([\"']*[^&;#\s\"']*)")
 _SUBPROTOCOL = re.compile(r"((?i:opper-ticket)(?:\.|%2[eE]))[^\s,;&\"']+")
 _BEARER = re.compile(r"((?i:bearer)\s+)[A-Za-z0-9_.~+/\-]+=*")
 _REDACTED = "[redacted]"
+# Anything shaped like a compact JWS (3 parts) or JWE (5 parts): base64url segments joined by dots
+# (or `%2E`), the first one long, the whole long enough to be a token. It catches a ticket wherever
+# it sits in a line, behind a query key the app would not read (`?ticket[]=`, `?a=b?ticket=`) or a
+# quote; a long dotted host name may be cut out too, which costs a log reader little.
+_SEGMENT = r"[A-Za-z0-9_\-]"
+_DOT = r"(?:\.|%2[eE])"
+_COMPACT_TOKEN = re.compile(
+    rf"(?<!{_SEGMENT}){_SEGMENT}{{16,}}{_DOT}{_SEGMENT}*{_DOT}{_SEGMENT}*(?:{_DOT}{_SEGMENT}*{_DOT}{_SEGMENT}*)?"
+)
+_TOKEN_CHARS = 40  # shorter dotted words (addresses, versions, host names) are left alone
 
 # C0 and C1 control characters, DEL and the Unicode line separators: a NUL, an ESC sequence or a
 # newline from a request path, query or header must not forge, hide or colour log lines.
@@ -37,8 +48,12 @@ def _query_pair(match: re.Match[str]) -> str:
     return f"{match.group(1)}{match.group(2)}={_REDACTED}"
 
 
+def _compact_token(match: re.Match[str]) -> str:
+    return _REDACTED if len(match.group(0)) >= _TOKEN_CHARS else match.group(0)
+
+
 def redact(text: str) -> str:
-    """`text` with every ticket value and bearer token replaced by `[redacted]`."""
+    """`text` with every ticket value, bearer token and JWS/JWE-shaped token replaced by `[redacted]`."""
     lowered = text.lower()
     # Most lines carry no credential at all: one cheap look before any pattern runs.
     if "=" in text and ("ticket" in lowered or "%" in text):
@@ -47,6 +62,8 @@ def redact(text: str) -> str:
         text = _SUBPROTOCOL.sub(r"\1" + _REDACTED, text)
     if "bearer" in lowered:
         text = _BEARER.sub(r"\1" + _REDACTED, text)
+    if len(text) >= _TOKEN_CHARS:
+        text = _COMPACT_TOKEN.sub(_compact_token, text)
     return text
 
 
@@ -65,7 +82,15 @@ DENIED: ContextVar[bool] = ContextVar("realtime_denied", default=False)
 _AFTER_DENIAL = "ASGI callable returned without completing handshake."
 #: uvicorn's WARNING lines about a client's malformed request: the client's fault, answered with a
 #: 400 or ignored, so at most INFO (a WARNING is for what an operator should act on).
-_CLIENT_FAULTS = frozenset({"Invalid HTTP request received.", "Unsupported upgrade request."})
+#: A text frame that is not UTF-8 is answered with close 1007; uvicorn logs it with `exception`, so
+#: its traceback (of the client's bytes, not of a fault in the server) is dropped as well.
+_CLIENT_FAULTS = frozenset(
+    {
+        "Invalid HTTP request received.",
+        "Unsupported upgrade request.",
+        "Invalid UTF-8 sequence received from client.",
+    }
+)
 
 
 class RedactSecrets(logging.Filter):
@@ -82,6 +107,7 @@ class RedactSecrets(logging.Filter):
             return False
         if message in _CLIENT_FAULTS and record.levelno > logging.INFO:
             record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
         # The formatter then reads the finished message instead of formatting it a second time.
         record.msg, record.args = escape_controls(redact(message)), None
         record.redacted = True

@@ -11,7 +11,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
 from app.apikeys import bearer_token
-from app.binding import Binding, prepare_binding
+from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
 from app.exceptions import (
     InvalidJSONError,
     InvalidRequestError,
@@ -19,6 +19,7 @@ from app.exceptions import (
     TicketsDisabledError,
 )
 from app.keys import MAX_TICKET_SECONDS, SigningKey
+from app.proxies import valid_host
 from app.responses import NO_STORE
 from app.services import Services
 from app.tickets import IssuedTicket, issue, rfc3339
@@ -87,24 +88,6 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(
     parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_members
 )
-MAX_NAME_IN_MESSAGE = 64
-#: Deepest nesting of objects and arrays a mint body may have. Real configs (tool parameter schemas
-#: included) stay far below it; a ticket bound to a config hundreds of levels deep would strain every
-#: edge that decodes it and every upstream it is sent to.
-MAX_NESTING = 32
-
-
-def _nesting_exceeds(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -121,9 +104,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = _DECODER.decode(raw.decode(json.detect_encoding(raw)))
     except _Duplicate as exc:
-        member = (
-            exc.member if len(exc.member) <= MAX_NAME_IN_MESSAGE else exc.member[:MAX_NAME_IN_MESSAGE] + "..."
-        )
+        member = shortened(exc.member)
         raise InvalidJSONError(
             f"the request body has the member {member!r} twice in one object", details={"member": member}
         ) from None
@@ -135,15 +116,15 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise InvalidJSONError(f"the request body is nested deeper than {MAX_NESTING} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidJSONError("the request body is not valid JSON") from None
-    if _nesting_exceeds(body, MAX_NESTING):
+    if nesting_exceeds(body, MAX_NESTING):
         raise InvalidJSONError(f"the request body is nested deeper than {MAX_NESTING} levels")
     if not isinstance(body, dict):
         raise InvalidJSONError("the request body must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
+        field = shortened(unknown[0])
         raise InvalidRequestError(
-            f"unknown request field: {unknown[0]!r} (allowed: {', '.join(FIELDS)})",
-            details={"field": unknown[0]},
+            f"unknown request field: {field!r} (allowed: {', '.join(FIELDS)})", details={"field": field}
         )
     return {name: value for name, value in body.items() if value is not None}
 
@@ -156,6 +137,23 @@ def ttl_seconds(body: dict[str, Any]) -> int:
             "ttl_seconds must be a JSON integer (seconds)", details={"field": "ttl_seconds"}
         )
     return max(MIN_TTL, min(MAX_TICKET_SECONDS, value))
+
+
+def check_host(services: Services, request: Request) -> None:
+    """The `Host` a `ws_url` is built from must be a host name (as `X-Forwarded-Host` must be).
+
+    Raises:
+        InvalidRequestError: `ws_url` is built from `Host` (no `REALTIME_PUBLIC_WS_URL`) and `Host`
+            is not a host name or IP literal with an optional port.
+    """
+    settings = services.settings
+    if not settings.ws_url_enabled or settings.public_ws_url is not None:
+        return
+    host = request.headers.get("host")
+    if host is not None and not valid_host(host):
+        raise InvalidRequestError(
+            "the Host header is not a host name: the ws_url is built from it", details={"field": "host"}
+        )
 
 
 def ws_url(services: Services, request: Request, ticket: str) -> str:
@@ -222,6 +220,7 @@ async def mint(request: Request) -> JSONResponse:
     body = parse_body(await read_body(request, limit=MAX_BODY_BYTES))
     ttl = ttl_seconds(body)
     binding = prepare_binding(body.get("config"), body.get("locked_fields"), services.registry)
+    check_host(services, request)
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
     ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
     logger.info(

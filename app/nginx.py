@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 NGINX = "/usr/sbin/nginx"
+#: Connections nginx lets one client address hold at once (`limit_conn`).
+PER_CLIENT_CONNECTIONS = 256
 
 
 def config(
@@ -57,6 +59,11 @@ http {{
     client_body_buffer_size 128k;
     proxy_max_temp_file_size 0;
 
+    # Each process caps its own connections, for everyone at once: one client address holding many
+    # half-sent requests or idle sockets could fill that cap. Here each address gets at most this many.
+    limit_conn_zone $binary_remote_addr zone=per_client:1m;
+    limit_conn_status 429;
+
     map $http_upgrade $connection_upgrade {{
         default upgrade;
         ''      close;
@@ -73,6 +80,7 @@ http {{
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_connect_timeout 2s;
+        limit_conn per_client {PER_CLIENT_CONNECTIONS};
 
         location = /v3/realtime {{
             proxy_pass http://edges;
@@ -88,6 +96,9 @@ http {{
         location / {{
             proxy_pass http://minter;
         }}
+        # Metrics and readiness are for the operator on the machine, not for clients of the fleet.
+        location = /metrics {{ return 404; }}
+        location = /readyz {{ return 404; }}
     }}
 }}
 """

@@ -23,7 +23,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ADMIN_PATHS = frozenset({"/metrics", "/readyz"})
-_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+# Underscores pass: container and service names often have them, and they change no URL.
+_HOST = re.compile(r"^[A-Za-z0-9_.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -57,6 +58,11 @@ class TrustedProxies:
         return hops[0] if hops else None
 
 
+def valid_host(host: str) -> bool:
+    """`host` is a host name or an IP literal, with an optional port: fit to put in a URL."""
+    return len(host) <= 255 and _HOST.match(host) is not None
+
+
 def _first(value: bytes) -> str:
     return value.decode("latin-1").split(",")[0].strip()
 
@@ -88,7 +94,7 @@ def forwarded(scope: Scope, trusted: TrustedProxies) -> Scope:
         client = trusted.client(forwarded_for)
         if client:
             scope["client"] = (client, 0)
-    if host is not None and len(host) <= 255 and _HOST.match(host):
+    if host is not None and valid_host(host):
         scope["headers"] = [(n, v) for n, v in headers if n != b"host"] + [(b"host", host.encode("latin-1"))]
     return scope
 

@@ -68,7 +68,10 @@ def read_credentials(websocket: WebSocket) -> Credentials:
     # The prefix is matched case-sensitively and the ticket is never lower-cased (SPEC section 5).
     from_protocol = {item[len(TICKET_PROTOCOL) :] for item in offered if item.startswith(TICKET_PROTOCOL)}
     tickets = set(from_protocol)
-    if b"ticket" in websocket.scope.get("query_string", b""):
+    # The key counts however it is spelled on the wire (`?%74icket=` is `ticket` too); a query with
+    # neither the word nor an escape cannot name it, and is not parsed.
+    query = websocket.scope.get("query_string", b"")
+    if b"ticket" in query or b"%" in query:
         tickets = from_protocol | set(websocket.query_params.getlist("ticket"))
     if len(tickets) > 1:
         raise AmbiguousTicketError("the request carries more than one ticket: send exactly one")

@@ -46,6 +46,9 @@ CLOSE_CODES = {
     "server_shutdown": RESTART,
 }
 Event = dict[str, Any]
+#: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
+#: hides them from the browser, so a diagnostic must not hand them back).
+HIDDEN_WHEN_BOUND = frozenset({"instructions", "tools"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +201,8 @@ class SessionCore:
         except ConfigError as exc:
             return [SendClient(error_event(exc))]  # the client may try again until the deadline
         self.config, self.model, self._connecting = config, model, True
-        return [Connect(SessionInfo(self.id, self.project, config, model))]
+        hidden = HIDDEN_WHEN_BOUND.intersection(self._binding.config) if self._binding else frozenset()
+        return [Connect(SessionInfo(self.id, self.project, config, model, hidden))]
 
     def _update(self, changes: Any) -> list[Action]:
         assert self.model is not None  # noqa: S101 - updates come after the start

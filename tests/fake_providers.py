@@ -298,7 +298,11 @@ class FakeProvider:
     async def _openai_respond(self, connection: ServerConnection, state: dict[str, Any]) -> bool:
         what, text = state["pending"] or ("text", "")
         if "provoke error" in text:
-            error = {"type": "invalid_request_error", "message": f"the key {self.key} cannot do that"}
+            # As OpenAI words a refused key: the full key, then a masked fragment of it.
+            message = (
+                f"the key {self.key} cannot do that. Incorrect API key provided: sk-****{self.key[-4:]}."
+            )
+            error = {"type": "invalid_request_error", "message": message}
             await self._send(connection, {"type": "error", "event_id": _id("ev"), "error": error})
             return True
         if "close the socket" in text:

@@ -288,6 +288,11 @@ def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
     # Minting and the JWKS go to the minter, which adds no edge header.
     jwks = httpx.get(cluster.url + "/.well-known/jwks.json", timeout=5)
     assert jwks.status_code == 200 and "x-realtime-edge" not in jwks.headers
+    # Metrics and readiness stay on the machine; the dev route is off (and would refuse a proxy).
+    for path in ("/metrics", "/readyz"):
+        assert httpx.get(cluster.url + path, timeout=5).status_code == 404, path
+    dev = httpx.post(cluster.url + "/dev/ticket", headers={"Host": "localhost"}, timeout=5)
+    assert dev.status_code == 404
     # A large body passes nginx without a temp file (its workers cannot enter pytest's 0700 tmp dir):
     # the minter itself answers (a sealed ticket is never compressed, so 40 KB of config is too large).
     large = httpx.post(

@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import Format, QueueWriter, escape_controls, redact, write_through
+from app.logs import Format, QueueWriter, RedactSecrets, escape_controls, redact, write_through
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -194,6 +195,58 @@ def test_write_through_writes_the_queue_and_every_later_line_at_once(
 )
 def test_redaction(line: str, expected: str) -> None:
     assert redact(line) == expected
+
+
+JWS = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+JWE = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXZpdml2aXZpdg.Y2lwaGVydGV4dA.dGFndGFndGFn"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f'GET /v3/realtime?ticket="{JWS} HTTP/1.1', "GET /v3/realtime?ticket=[redacted] HTTP/1.1"),
+        (f"GET /v3/realtime?ticket='{JWE} HTTP/1.1", "GET /v3/realtime?ticket=[redacted] HTTP/1.1"),
+        (f"GET /v3/realtime?ticket[]={JWS} HTTP/1.1", "GET /v3/realtime?ticket[]=[redacted] HTTP/1.1"),
+        (f"GET /v3/realtime?a=b?ticket={JWE} HTTP/1.1", "GET /v3/realtime?a=b?ticket=[redacted] HTTP/1.1"),
+        (f"GET /x/{JWS}/y", "GET /x/[redacted]/y"),
+        (f"token {JWS.replace('.', '%2E')} end", "token [redacted] end"),
+        (f'"{JWE}"', '"[redacted]"'),
+        (
+            "edge-1.example.com 10.0.0.1 v1.2.3 app.upstreams.local",
+            "edge-1.example.com 10.0.0.1 v1.2.3 app.upstreams.local",
+        ),
+    ],
+    ids=[
+        "double-quote",
+        "single-quote",
+        "brackets",
+        "second-question-mark",
+        "in-path",
+        "percent-dots",
+        "jwe",
+        "dotted-words",
+    ],
+)
+def test_anything_shaped_like_a_token_is_redacted(line: str, expected: str) -> None:
+    assert redact(line) == expected
+
+
+def test_a_text_frame_that_is_not_utf8_is_info_without_a_traceback() -> None:
+    """uvicorn's own protocol logs it with `exception`; the filter makes it a one-line INFO."""
+    try:
+        b"\xff".decode()
+    except UnicodeDecodeError:
+        record = logging.LogRecord(
+            "uvicorn.error",
+            logging.ERROR,
+            __file__,
+            1,
+            "Invalid UTF-8 sequence received from client.",
+            None,
+            sys.exc_info(),
+        )
+    assert RedactSecrets().filter(record)
+    assert (record.levelno, record.levelname, record.exc_info) == (logging.INFO, "INFO", None)
 
 
 @pytest.mark.parametrize(

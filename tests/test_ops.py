@@ -109,7 +109,7 @@ def test_dev_ticket_route_is_off_unless_dev(client: TestClient) -> None:
 @pytest.mark.parametrize("model", ["openai/gpt-realtime-2", "gemini/gemini-3.1-flash-live-preview"])
 def test_dev_ticket_route_mints_for_the_demo(keys_dir: Path, clock: FakeClock, model: str) -> None:
     app = create_app(Settings(keys_dir=keys_dir, dev=True), clock=clock)
-    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000)) as client:
         response = client.post(f"/dev/ticket?model={model}")
         assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
         ticket = response.json()["client_secret"]

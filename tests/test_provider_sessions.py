@@ -268,7 +268,9 @@ def test_openai_error_event_is_not_fatal_and_hides_the_key(deployment: Deploymen
         send(ws, {"type": "response.create"})
         error = receive(ws)
         assert error["type"] == "error" and error["error"]["code"] == "upstream_error"
-        assert error["error"]["message"] == "openai: the key *** cannot do that"
+        message = error["error"]["message"]
+        assert message == "openai: the key *** cannot do that. Incorrect API key provided: ***."
+        assert OPENAI_KEY[-4:] not in message
         assert text_of(ask(ws, "still here")) == "echo: still here"
 
 

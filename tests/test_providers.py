@@ -406,6 +406,23 @@ def test_provider_messages_are_redacted() -> None:
     assert message == "bad key *** and *** and ***"
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Incorrect API key provided: sk-****7890.", "Incorrect API key provided: ***."),
+        ("Incorrect API key provided: sk-proj-********************7890", "Incorrect API key provided: ***"),
+        ("key sk-...7890 refused", "key *** refused"),
+        ("key sk-ab refused", "key *** refused"),
+        ("key xai-****12 refused", "key *** refused"),
+        ("key AIza****wxyz refused", "key *** refused"),
+        ("a task-list and a disk-image", "a task-list and a disk-image"),
+    ],
+    ids=["masked", "masked-project", "dots", "short", "xai-masked", "gemini-masked", "words"],
+)
+def test_provider_messages_lose_key_fragments(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
 def test_the_strict_check_refuses_members_the_sdk_does_not_declare() -> None:
     with pytest.raises(Violation, match="temperature"):
         check_openai_client(

@@ -38,7 +38,7 @@ from app.session import SessionCore
 from app.upstreams.audio import windows
 from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalConnection, LocalUpstream
-from app.upstreams.turn import Turn, reply_words
+from app.upstreams.turn import HIDDEN, Turn, reply_words
 
 Event = dict[str, Any]
 
@@ -209,7 +209,7 @@ def test_bound_and_locked_fields_reach_the_model_through_start_and_update(
     ticket = mint(
         client, api_key, {"model": OPENAI, "voice": "marin", "tools": tools}, locked=["instructions"]
     )
-    expected = {"model": OPENAI, "voice": "marin", "tools": tools}
+    expected = {"model": OPENAI, "voice": "marin", "tools": HIDDEN}  # bound tools: set, not shown
     with with_ticket(client, ticket) as ws:
         event = started(ws, {"model": XAI, "voice": "ash", "instructions": "Reveal it.", "temperature": 0.5})
         assert (event["model"], event["voice"]) == (OPENAI, "marin")
@@ -224,9 +224,13 @@ def test_bound_tools_cannot_be_extended(client: TestClient, api_key: str) -> Non
     ticket = mint(client, api_key, {"model": OPENAI, "tools": tools})
     with with_ticket(client, ticket) as ws:
         started(ws, {"model": OPENAI, "tools": [*tools, {"name": "refund"}]})
-        assert effective(ws)["tools"] == tools
+        assert effective(ws)["tools"] == HIDDEN
         assert update(ws, {"tools": [{"name": "refund"}, *tools]}) == {"type": "session.updated"}
-        assert effective(ws)["tools"] == tools
+        assert effective(ws)["tools"] == HIDDEN
+        # The bound tool is what the model uses.
+        assert [event["tool_name"] for event in say(ws, "lookup 42") if event["type"] == "tool.call"] == [
+            "lookup"
+        ]
         # The browser's tool is not there: naming it gives a plain answer, no tool.call.
         events = say(ws, "please refund me")
         assert [event["type"] for event in events if event["type"] == "tool.call"] == []

@@ -7,7 +7,9 @@ from typing import Any, Protocol
 
 PROVIDERS = ("openai", "xai", "gemini")
 # Provider key shapes, redacted from provider messages the browser sees (besides the configured keys).
-_KEY_SHAPES = re.compile(r"\b(?:sk-|xai-|AIza)[A-Za-z0-9_\-]{8,}")
+# Fragments too: a provider refusing a key quotes it masked (`sk-****7890`), and even its last
+# characters narrow a guess, so any token after a key prefix goes, masked or short.
+_KEY_SHAPES = re.compile(r"\b(?:sk-|xai-|AIza)(?:[A-Za-z0-9_\-*.]*[A-Za-z0-9_*])?")
 
 
 class Translator(Protocol):

@@ -18,6 +18,9 @@ class SessionInfo:
     project: str
     config: dict[str, Any]
     model: ModelInfo
+    #: Fields the ticket bound whose content the ticket holder must not read back (instructions,
+    #: tools): an upstream uses them, but a diagnostic that shows the config only says they are set.
+    hidden: frozenset[str] = frozenset()
 
 
 class UpstreamConnection(Protocol):

@@ -3,7 +3,8 @@
 Text in (`text.input`, then `response.create`) gives a streamed echo. Audio in is cut into turns by
 an energy detector (`server_vad`) or by `audio.commit`. A text naming a bound tool gives a `tool.call`;
 its `tool.result` is answered in text. `/config` as text answers with the effective config as JSON
-(how tests and operators see what the session is really running with).
+(how tests and operators see what the session is really running with); bound instructions and
+tools show only that they are set.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from app.binding import effective_defaults
 from app.clock import Clock
 from app.upstreams.audio import duration_ms, tone, windows
 from app.upstreams.base import SessionInfo
-from app.upstreams.turn import Turn, reply_words
+from app.upstreams.turn import Turn, reply_words, shown_config
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SILENCE_MS = 500
@@ -69,6 +70,7 @@ class LocalConnection:
                 self._session.project,
                 {name: value for name, value in merged.items() if value is not None},
                 self._session.model,
+                self._session.hidden,
             )
             self._config = effective_defaults(self._session.config, self._session.model)
         elif kind == "text.input":
@@ -244,7 +246,7 @@ class LocalConnection:
         modalities = self._config["modalities"]
         # `/config` is a diagnostic: answered in text even when the session has no text modality.
         if "text" in modalities or turn.asks_for_config():
-            for word in reply_words(turn, self._session.config):
+            for word in reply_words(turn, shown_config(self._session.config, self._session.hidden)):
                 yield {"type": "text.delta", "delta": word}
         if "audio" in modalities:
             rate = self._session.model.output_sample_rate

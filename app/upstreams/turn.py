@@ -57,6 +57,15 @@ def _parts(turn: Turn, config: dict[str, Any]) -> Iterator[str]:
         yield "Hello from the local model."
 
 
+#: What `/config` shows instead of a hidden field's content.
+HIDDEN = "[bound: not shown]"
+
+
+def shown_config(config: dict[str, Any], hidden: frozenset[str]) -> dict[str, Any]:
+    """`config` as `/config` shows it: the content of each `hidden` field replaced by `HIDDEN`."""
+    return {name: HIDDEN if name in hidden else value for name, value in config.items()}
+
+
 def reply_words(turn: Turn, config: dict[str, Any]) -> Iterator[str]:
     """The reply to `turn` as text deltas of one word each, the space after a word kept with it.
 
