@@ -31,6 +31,9 @@ _COMPACT_TOKEN = re.compile(
     rf"(?<!{_SEGMENT}){_SEGMENT}{{16,}}{_DOT}{_SEGMENT}*{_DOT}{_SEGMENT}*(?:{_DOT}{_SEGMENT}*{_DOT}{_SEGMENT}*)?"
 )
 _TOKEN_CHARS = 40  # shorter dotted words (addresses, versions, host names) are left alone
+# The cheap first look: a dot right after 16 base64url characters. Searching for the dot first is
+# several times faster than trying the token pattern at every position of every line.
+_TOKEN_DOT = re.compile(rf"\.(?<={_SEGMENT}{{16}}\.)|%2[eE](?<={_SEGMENT}{{16}}%2[eE])")
 
 # C0 and C1 control characters, DEL and the Unicode line separators: a NUL, an ESC sequence or a
 # newline from a request path, query or header must not forge, hide or colour log lines.
@@ -62,7 +65,7 @@ def redact(text: str) -> str:
         text = _SUBPROTOCOL.sub(r"\1" + _REDACTED, text)
     if "bearer" in lowered:
         text = _BEARER.sub(r"\1" + _REDACTED, text)
-    if len(text) >= _TOKEN_CHARS:
+    if len(text) >= _TOKEN_CHARS and _TOKEN_DOT.search(text):
         text = _COMPACT_TOKEN.sub(_compact_token, text)
     return text
 
