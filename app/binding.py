@@ -67,13 +67,13 @@ class SessionConfig(BaseModel):
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(SessionConfig.model_fields)
+BOOLEAN_FIELDS = frozenset({"input_transcription", "output_transcription"})
+
 #: Deepest nesting of objects and arrays a mint body or a session config may have. Real configs
 #: (tool parameter schemas included) stay far below it; a config hundreds of levels deep would
 #: strain every edge that decodes it and every upstream it is sent to.
 MAX_NESTING = 32
-
-
-MAX_NAME_IN_MESSAGE = 64
+MAX_NAME_IN_MESSAGE = 64  # longest member name an error message quotes whole
 
 
 def shortened(name: str) -> str:
@@ -93,9 +93,6 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children)
     return False
-
-
-BOOLEAN_FIELDS = frozenset({"input_transcription", "output_transcription"})
 
 
 def is_zero(value: Any) -> bool:

@@ -201,7 +201,8 @@ class SessionCore:
         except ConfigError as exc:
             return [SendClient(error_event(exc))]  # the client may try again until the deadline
         self.config, self.model, self._connecting = config, model, True
-        hidden = HIDDEN_WHEN_BOUND.intersection(self._binding.config) if self._binding else frozenset()
+        bound = self._binding.config if self._binding is not None else {}
+        hidden = HIDDEN_WHEN_BOUND.intersection(bound)
         return [Connect(SessionInfo(self.id, self.project, config, model, hidden))]
 
     def _update(self, changes: Any) -> list[Action]:
