@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, help="sessions to hold in the scale case")
     args = parser.parse_args(argv)
     limit = raise_nofile()
-    count = args.sessions or (200 if args.quick else 5000)
+    count = args.sessions or (200 if args.quick else 10_000)
     if count + 100 > limit:
         print(f"warning: open-file limit {limit} is below {count} sessions", file=sys.stderr)
     started = time.perf_counter()

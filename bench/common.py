@@ -137,6 +137,29 @@ def bare(plan: Plan, name: str, *args: str, env: dict[str, str] | None = None) -
     return Server("bench.bare", env=env or {}, log_path=plan.workdir / f"{name}.log", args=args)
 
 
+def peer(plan: Plan, name: str, keys_dir: Path, api_key: str) -> Server:
+    """The naive peer (`python -m bench.peer`) with the same keys and API key as the service."""
+    return Server(
+        "bench.peer",
+        env={"BENCH_PEER_API_KEY": f"{api_key}={PROJECT}"},
+        log_path=plan.workdir / f"{name}.log",
+        args=("--keys-dir", str(keys_dir)),
+    )
+
+
+def at_least(value: float, target: float) -> tuple[str, bool]:
+    """A row's target text and whether `value` meets it."""
+    return f"≥ {target:g}", value >= target
+
+
+def at_most(value: float, target: float) -> tuple[str, bool]:
+    return f"≤ {target:g}", value <= target
+
+
+def below(value: float, target: float) -> tuple[str, bool]:
+    return f"< {target:g}", value < target
+
+
 def signer_of(keys_dir: Path) -> SigningKey:
     signer = KeySet.load(keys_dir).signer
     assert signer is not None and signer.private_key is not None
