@@ -19,6 +19,7 @@ from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.demo import dev_ticket, favicon, page, static
+from app.dispatch import App
 from app.exceptions import RealtimeError, UnavailableError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
@@ -129,7 +130,10 @@ def create_app(
         finally:
             await services.aclose()
 
-    app = Starlette(
+    app = App(
+        # The two hot routes skip Starlette's layers (app.dispatch); their Routes below stay for the rest.
+        direct={("POST", "/v3/realtime-sessions"): mint},
+        direct_websockets={"/v3/realtime": realtime},
         routes=[
             Route("/v3/realtime-sessions", mint, methods=["POST"]),
             WebSocketRoute("/v3/realtime", realtime),
