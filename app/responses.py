@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from starlette.responses import JSONResponse
+import json
+from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse as _StarletteJSONResponse
 
 from app.exceptions import AuthenticationError, RealtimeError, UnavailableError
 
 NO_STORE = {"Cache-Control": "no-store"}
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Starlette's JSON response, rendered by orjson: the same compact UTF-8 JSON in a fraction of
+    the time (Starlette's `json.dumps` with options builds a new encoder for every response).
+
+    orjson refuses what it cannot write exactly (an integer over 64 bits, a key that is not a
+    string): those rare bodies are written by the standard library, as Starlette would.
+    """
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return orjson.dumps(content)
+        except TypeError:
+            return _ENCODER.encode(content).encode("utf-8")
 
 
 def error_response(error: RealtimeError) -> JSONResponse:
