@@ -10,12 +10,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, providers, sessions
+from bench import abuse, cases, common, providers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse")
+NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "scale": lambda: sessions.case_scale(plan, count),
             "providers": lambda: providers.case_providers(plan),
             "abuse": lambda: abuse.case_abuse(plan),
+            "workers": lambda: workers.case_workers(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}

@@ -23,6 +23,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants (a supervisor and its workers), from /proc/<pid>/task/*/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue  # the task ended meanwhile
+    return found
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process (/proc/<pid>/statm, second field)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
