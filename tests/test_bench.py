@@ -36,8 +36,21 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
             assert isinstance(row["value"], int | float) and math.isfinite(row["value"]), (name, row)
     # The floors (the bare baselines plus only the signature, or only passing frames) ran too.
     for name in ("mint", "redemption", "relay"):
-        floors = [row for row in results["cases"][name]["rows"] if row["what"].startswith("floor: ")]
+        floors = [row for row in results["cases"][name]["rows"] if "floor" in row["what"]]
         assert len(floors) == 1 and floors[0]["value"] > 0, (name, floors)
+        assert results["cases"][name]["data"]["floor"]["errors"] == 0, name
+    # The naive peer ran beside the mint and the handshake.
+    for name, what in (("mint", "mint / naive peer throughput"), ("redemption", "handshakes / naive peer")):
+        rows = [row for row in results["cases"][name]["rows"] if row["what"].startswith(what)]
+        assert len(rows) == 1 and rows[0]["value"] > 0, (name, rows)
+        assert results["cases"][name]["data"]["peer"]["errors"] == 0, name
+    # Every row with a target says whether it was met; rows without one say nothing.
+    targets = [row for case in results["cases"].values() for row in case["rows"] if row["target"]]
+    assert len(targets) >= 9
+    for row in targets:
+        assert row["met"] in (True, False) or row["target"] == "reported", row
+    workers = results["cases"]["workers"]["data"]
+    assert workers["processes"] == workers["workers"] + 1  # the supervisor and its workers
     table = (tmp_path / "results.md").read_text()
     assert all(f"{number}. " in table for number in range(1, 8))
     # The provider case: its pass-through floor and the translation cost per audio frame.
