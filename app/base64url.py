@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
-_ALPHABET = re.compile(r"[A-Za-z0-9_-]*")
+_URLSAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+# The bits of the last character that carry no data, by the segment's length modulo 4: they must
+# be zero, or the same bytes would have a second spelling.
+_UNUSED_BITS = (0, 0, 0x0F, 0x03)
 
 
 def b64url(data: bytes) -> str:
@@ -17,15 +20,22 @@ def b64url(data: bytes) -> str:
 def b64url_decode(segment: str) -> bytes:
     """Decode strict base64url: the URL-safe alphabet only, no padding, canonical trailing bits.
 
+    The checks are C-speed byte operations (deleting the alphabet leaves nothing; the last
+    character's unused bits are zero) rather than a regular expression and a second encoding: the
+    signature and payload of every ticket pass through here on the handshake.
+
     Raises:
         ValueError: `segment` is not strict base64url.
     """
-    if len(segment) % 4 == 1 or not _ALPHABET.fullmatch(segment):
+    if not segment.isascii():
         raise ValueError("not base64url")
-    try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except binascii.Error:
-        raise ValueError("not base64url") from None
-    if b64url(data) != segment:  # other trailing bits would give a second spelling of the same bytes
+    raw = segment.encode("ascii")
+    rest = len(raw) % 4
+    if rest == 1 or raw.translate(None, _URLSAFE):
+        raise ValueError("not base64url")
+    if rest and _URLSAFE.index(raw[-1]) & _UNUSED_BITS[rest]:
         raise ValueError("not canonical base64url")
-    return data
+    try:
+        return binascii.a2b_base64(raw.translate(_TO_STANDARD) + b"=="[: -rest % 4], strict_mode=True)
+    except binascii.Error:  # not reached for a string that passed the checks above
+        raise ValueError("not base64url") from None
