@@ -31,6 +31,7 @@ from bench.common import (
     new_keys,
     peer,
     per_call,
+    sealer_of,
     service,
     signer_of,
     summary,
@@ -46,7 +47,8 @@ def case_mint(plan: Plan) -> CaseResult:
     keys_dir, api_key = new_keys(plan.workdir, "mint")
     body = json.dumps(MINT_BODY)
     headers = {"Authorization": f"Bearer {api_key}"}
-    with service(plan, "mint", keys_dir) as server:
+    plain_service = service(plan, "mint-plain", keys_dir, REALTIME_SEALED_TICKETS="false")
+    with service(plan, "mint", keys_dir) as server, plain_service as plain:
         sample = _one_post(server.port, body, headers)
         template = plan.workdir / "mint-response.json"
         template.write_text(sample)
@@ -67,7 +69,7 @@ def case_mint(plan: Plan) -> CaseResult:
             }
             runs = interleaved(
                 plan,
-                {"bare": base, "floor": floor, "peer": naive, "mint": server},
+                {"bare": base, "floor": floor, "peer": naive, "plain": plain, "mint": server},
                 lambda name, target: loadgen({**spec, "port": target.port, "server_pids": [target.pid]}),
             )
     token = json.loads(sample)["client_secret"]
@@ -77,7 +79,7 @@ def case_mint(plan: Plan) -> CaseResult:
     number = 500 if plan.quick else 2000
     sign = per_call(lambda: private.sign(signing_input), number=number, repeat=5)
     mint, base_runs, floor_runs = summary(runs["mint"]), summary(runs["bare"]), summary(runs["floor"])
-    peer_runs = summary(runs["peer"])
+    peer_runs, plain_runs = summary(runs["peer"]), summary(runs["plain"])
     added = 1 / mint["rate"] - 1 / base_runs["rate"]
     floor_added = 1 / floor_runs["rate"] - 1 / base_runs["rate"]
     peer_added = 1 / peer_runs["rate"] - 1 / base_runs["rate"]
@@ -90,6 +92,7 @@ def case_mint(plan: Plan) -> CaseResult:
         "bare": base_runs,
         "floor": floor_runs,
         "peer": peer_runs,
+        "plain": plain_runs,
         "added_us": us(added),
         "floor_added_us": us(floor_added),
         "peer_added_us": us(peer_added),
@@ -116,6 +119,16 @@ def case_mint(plan: Plan) -> CaseResult:
             *at_least(vs_peer, 1.2),
             f"server CPU per request {mint['server_cpu_us']:.0f} vs the peer's "
             f"{peer_runs['server_cpu_us']:.0f} µs",
+        ),
+        Row(
+            "1. Mint",
+            "mint with plain tickets / naive peer",
+            plain_runs["rate"] / peer_runs["rate"],
+            "×",
+            "",
+            None,
+            f"REALTIME_SEALED_TICKETS=false, a signed JWS like the peer's: {plain_runs['rate']:.0f} req/s, "
+            f"server CPU per request {plain_runs['server_cpu_us']:.0f} µs",
         ),
         Row(
             "1. Mint",
@@ -172,15 +185,18 @@ def case_redemption(plan: Plan) -> CaseResult:
         "floor": bare(plan, "floor-ws", "--keys-dir", str(keys_dir)),
         "peer": peer(plan, "peer-ws", keys_dir, api_key),
         "memory": memory,
+        "sealed": memory,  # the same process, presented sealed tickets (what its minter issues)
         "redis": redis,
     }
+    sealer = sealer_of(keys_dir)
     estimate = 2000.0
 
     def measure(name: str, target: Server) -> dict[str, Any]:
         nonlocal estimate
         count = int(estimate * 1.5 * plan.duration) + 200
         tickets = plan.workdir / f"tickets-{name}.txt"
-        tickets.write_text("\n".join(mint_tickets(signer, count)))
+        seal = sealer if name == "sealed" else None
+        tickets.write_text("\n".join(mint_tickets(signer, count, seal=seal)))
         run = loadgen(
             {
                 "mode": "handshake",
@@ -206,7 +222,7 @@ def case_redemption(plan: Plan) -> CaseResult:
     head, _, signature = token.rpartition(".")
     raw = _raw_verify(signer, head, signature, plan)
     base, floor = summary(runs["bare"]), summary(runs["floor"])
-    mem, red = summary(runs["memory"]), summary(runs["redis"])
+    mem, red, sealed = summary(runs["memory"]), summary(runs["redis"]), summary(runs["sealed"])
     peer_runs = summary(runs["peer"])
     added = 1 / mem["rate"] - 1 / base["rate"]
     floor_added = 1 / floor["rate"] - 1 / base["rate"]
@@ -221,6 +237,7 @@ def case_redemption(plan: Plan) -> CaseResult:
         "floor": floor,
         "peer": peer_runs,
         "memory": mem,
+        "sealed": sealed,
         "redis": red,
         "added_us": us(added),
         "floor_added_us": us(floor_added),
@@ -277,6 +294,16 @@ def case_redemption(plan: Plan) -> CaseResult:
             "",
             None,
             f"the floor's: {floor_added / raw:.2f}×",
+        ),
+        Row(
+            "2. Redemption",
+            "handshakes with sealed tickets / naive peer (memory://)",
+            sealed["rate"] / peer_runs["rate"],
+            "×",
+            "",
+            None,
+            f"the minter's default ticket (decrypt, then the same checks): {sealed['rate']:.0f}/s, "
+            f"server CPU per handshake {sealed['server_cpu_us']:.0f} µs; the peer reads a plain JWS",
         ),
         Row(
             "2. Redemption",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from app.apikeys import create_key
 from app.keys import KeySet, SigningKey
 from app.rotation import ensure_keys
+from app.sealkeys import SEAL_FILE, SealKey, SealKeySet
 from app.tickets import issue
 from bench.procs import ROOT, Server
 
@@ -160,13 +161,22 @@ def below(value: float, target: float) -> tuple[str, bool]:
     return f"< {target:g}", value < target
 
 
+def sealer_of(keys_dir: Path) -> SealKey:
+    sealer = SealKeySet.load(keys_dir / SEAL_FILE).sealer
+    assert sealer is not None
+    return sealer
+
+
 def signer_of(keys_dir: Path) -> SigningKey:
     signer = KeySet.load(keys_dir).signer
     assert signer is not None and signer.private_key is not None
     return signer
 
 
-def mint_tickets(signer: SigningKey, count: int, config: dict[str, Any] | None = None) -> list[str]:
+def mint_tickets(
+    signer: SigningKey, count: int, config: dict[str, Any] | None = None, *, seal: SealKey | None = None
+) -> list[str]:
+    """Tickets as the service mints them: plain JWS, or with `seal` sealed (the minter's default)."""
     now = time.time()
     return [
         issue(
@@ -179,6 +189,7 @@ def mint_tickets(signer: SigningKey, count: int, config: dict[str, Any] | None =
             issuer=ISSUER,
             audience=AUDIENCE,
             max_bytes=TICKET_MAX_BYTES,
+            seal=seal,
         ).token
         for _ in range(count)
     ]
