@@ -51,6 +51,18 @@ def table(results: list[CaseResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def targets(results: list[CaseResult]) -> str:
+    """The rows that have a target, alone: what was aimed at, what was measured, whether it was met."""
+    lines = ["| Case | Target | Measured | Met |", "|---|---|---|---|"]
+    for result in results:
+        for row in result.rows:
+            if row.target:
+                met = "reported" if row.met is None else ("yes" if row.met else "**no**")
+                value = f"{_figure(row.value)} {row.unit}".strip()
+                lines.append(f"| {row.case} | {row.what} {row.target} | {value} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
 def write(out: Path, plan: Plan, results: list[CaseResult], errors: dict[str, str], seconds: float) -> None:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
@@ -75,4 +87,5 @@ def write(out: Path, plan: Plan, results: list[CaseResult], errors: dict[str, st
         f"{seconds:.0f} s in all.\n\n"
     )
     failed = "".join(f"\n- {name} failed: {message}" for name, message in errors.items())
-    (out / "results.md").write_text(header + table(results) + (failed + "\n" if failed else ""))
+    body_md = "## Targets\n\n" + targets(results) + "\n## Every figure\n\n" + table(results)
+    (out / "results.md").write_text(header + body_md + (failed + "\n" if failed else ""))

@@ -52,6 +52,8 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
     workers = results["cases"]["workers"]["data"]
     assert workers["processes"] == workers["workers"] + 1  # the supervisor and its workers
     table = (tmp_path / "results.md").read_text()
+    summary = table.split("## Every figure")[0]
+    assert summary.count("\n| ") - 1 == len(targets)  # the targets table: one line per target
     assert all(f"{number}. " in table for number in range(1, 8))
     # The provider case: its pass-through floor and the translation cost per audio frame.
     rows = {row["what"]: row["value"] for row in results["cases"]["providers"]["rows"]}
