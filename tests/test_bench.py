@@ -41,8 +41,8 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
         assert results["cases"][name]["data"]["floor"]["errors"] == 0, name
     # The naive peer ran beside the mint and the handshake.
     for name, what in (("mint", "mint / naive peer throughput"), ("redemption", "handshakes / naive peer")):
-        rows = [row for row in results["cases"][name]["rows"] if row["what"].startswith(what)]
-        assert len(rows) == 1 and rows[0]["value"] > 0, (name, rows)
+        found = [row for row in results["cases"][name]["rows"] if row["what"].startswith(what)]
+        assert len(found) == 1 and found[0]["value"] > 0, (name, found)
         assert results["cases"][name]["data"]["peer"]["errors"] == 0, name
     # Every row with a target says whether it was met; rows without one say nothing.
     targets = [row for case in results["cases"].values() for row in case["rows"] if row["target"]]
