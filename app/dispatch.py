@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 HttpEndpoint = Callable[[Request], Awaitable[Response]]
@@ -44,9 +44,21 @@ class App(Starlette):
     ) -> None:
         super().__init__(middleware=middleware, exception_handlers=exception_handlers, **kwargs)
         self._handlers = exception_handlers
-        self._direct = {key: self._wrap(self._http(endpoint)) for key, endpoint in direct.items()}
+        self._endpoints = direct
+        self._websocket_endpoints = direct_websockets
+        # Built at the first request, as Starlette builds its middleware stack: middleware added
+        # after construction (`add_middleware`) is then in place.
+        self._direct: dict[tuple[str, str], ASGIApp] | None = None
+        self._direct_websockets: dict[str, ASGIApp] = {}
+
+    def _build(self) -> dict[tuple[str, str], ASGIApp]:
         self._direct_websockets = {
-            path: self._wrap(self._websocket(endpoint)) for path, endpoint in direct_websockets.items()
+            path: self._wrap(self._websocket(endpoint))
+            for path, endpoint in self._websocket_endpoints.items()
+        }
+        return {
+            key: self._outermost(self._wrap(self._http(endpoint)))
+            for key, endpoint in self._endpoints.items()
         }
 
     def _wrap(self, endpoint: ASGIApp) -> ASGIApp:
@@ -64,6 +76,8 @@ class App(Starlette):
         return None
 
     def _http(self, endpoint: HttpEndpoint) -> ASGIApp:
+        """The endpoint with the app's exception handlers, as Starlette's exception middleware."""
+
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             request = Request(scope, receive, send)
             try:
@@ -71,15 +85,33 @@ class App(Starlette):
             except Exception as exc:
                 handler = self._handler(exc)
                 if handler is None:
-                    # As Starlette's error middleware: the catch-all handler answers, the server logs.
-                    fallback = self._handlers.get(Exception)
-                    if fallback is not None:
-                        await (await fallback(request, exc))(scope, receive, send)
                     raise
                 response = await handler(request, exc)
             await response(scope, receive, send)
 
         return app
+
+    def _outermost(self, app: ASGIApp) -> ASGIApp:
+        """As Starlette's error middleware, outside the user middleware: an unexpected error gets the
+        catch-all handler's answer (when nothing was sent yet), then reaches the server."""
+        fallback = self._handlers.get(Exception)
+
+        async def outer(scope: Scope, receive: Receive, send: Send) -> None:
+            started = False
+
+            async def watch(message: Message) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await app(scope, receive, watch)
+            except Exception as exc:
+                if fallback is not None and not started:
+                    await (await fallback(Request(scope), exc))(scope, receive, send)
+                raise
+
+        return outer
 
     @staticmethod
     def _websocket(endpoint: WebSocketEndpoint) -> ASGIApp:
@@ -89,9 +121,12 @@ class App(Starlette):
         return app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        routes = self._direct
+        if routes is None:
+            routes = self._direct = self._build()
         kind = scope["type"]
         if kind == "http":
-            direct = self._direct.get((scope["method"], scope["path"]))
+            direct = routes.get((scope["method"], scope["path"]))
         elif kind == "websocket":
             direct = self._direct_websockets.get(scope["path"])
         else:
