@@ -28,6 +28,9 @@ _HOST = re.compile(r"^[A-Za-z0-9_.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+KNOWN_PEERS = 4096  # peer addresses whose answer is remembered
+
+
 class TrustedProxies:
     """A set of addresses and networks; `*` trusts every peer."""
 
@@ -37,17 +40,26 @@ class TrustedProxies:
         self.networks: list[Network] = [
             ipaddress.ip_network(item, strict=False) for item in items if item != "*"
         ]
+        self._known: dict[str, bool] = {}
 
     def __contains__(self, host: object) -> bool:
         if self.everyone:
             return True
         if not isinstance(host, str):
             return False
+        # Every request asks about its peer, and parsing an address costs microseconds: answers are
+        # remembered, up to a bound (the set never changes, so an answer never goes stale).
+        known = self._known.get(host)
+        if known is not None:
+            return known
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
             return False
-        return any(address in network for network in self.networks)
+        found = any(address in network for network in self.networks)
+        if len(self._known) < KNOWN_PEERS:
+            self._known[host] = found
+        return found
 
     def client(self, forwarded_for: str) -> str | None:
         """The client in an `X-Forwarded-For` chain: the last hop that is not a trusted proxy."""
