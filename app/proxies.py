@@ -95,6 +95,10 @@ def forwarded(scope: Scope, trusted: TrustedProxies) -> Scope:
         elif name == b"x-forwarded-host":
             host = _first(value)
         headers.append((name, value))
+    if proto is None and forwarded_for is None and host is None:
+        # Nothing forwarded (a trusted peer's direct request): the scope as it is. A copy would live
+        # as long as the connection, a WebSocket session's hours included.
+        return scope
     scope = dict(scope)
     if proto in {"http", "https", "ws", "wss"}:
         secure = proto in {"https", "wss"}
