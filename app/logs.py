@@ -162,6 +162,7 @@ class Format(logging.Formatter):
 
 QUEUE_LINES = 100_000
 BATCH_LINES = 1_000  # most lines the writer thread joins into one write
+POLL_SECONDS = 0.02  # how often the writer thread looks for lines
 _NOTHING = object()
 
 
@@ -182,7 +183,18 @@ class _Listener(logging.handlers.QueueListener):
         if self._held is not _NOTHING:
             mark, self._held = self._held, _NOTHING
             return mark  # type: ignore[no-any-return]
-        first = self.lines.get(block)
+        # Poll rather than block: a thread blocked on the queue is woken by every line put on it,
+        # and under load that wake-up (a futex call and a hand-over of the GIL) cost the event loop
+        # more than formatting the line (PERFORMANCE.md). Lines now wait at most `POLL_SECONDS`,
+        # and each wake-up writes every line that waits.
+        while True:
+            try:
+                first = self.lines.get_nowait()
+                break
+            except queue.Empty:
+                if not block:
+                    raise
+                time.sleep(POLL_SECONDS)
         if not isinstance(first, str):
             return first  # type: ignore[no-any-return]
         batch = [first]
