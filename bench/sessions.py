@@ -40,7 +40,6 @@ def case_relay(plan: Plan) -> CaseResult:
             plan,
             "edge",
             edge_keys,
-            **UNLIMITED,
             REALTIME_UPSTREAM="relay",
             REALTIME_UPSTREAM_URL=upstream.ws_url,
             REALTIME_UPSTREAM_API_KEY=upstream_key,

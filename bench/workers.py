@@ -1,4 +1,4 @@
-"""Case 7: handshakes with `python -m app.serve --workers 2` beside one worker, on a shared Redis."""
+"""Case 8: handshakes with `python -m app.serve --workers 2` beside one worker, on a shared Redis."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def case_workers(plan: Plan) -> CaseResult:
     result.data = {"one": single, "several": multi, "workers": WORKERS, "processes": processes}
     result.rows = [
         Row(
-            "7. Workers",
+            "8. Workers",
             f"handshakes (redis://), --workers {WORKERS} / one worker",
             ratio,
             "×",
