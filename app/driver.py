@@ -1,9 +1,10 @@
 """Runs a session core (`app.session`) over the client's WebSocket and the upstream connection.
 
-One `asyncio.TaskGroup`: the clock (limits, shutdown) in a child task, the client's frames in the
-session's own task (rate-limited, one at a time, yielding after each) and, once started, the
-upstream's events in a nested group. Whatever the core ends the session with raises `Ended`; the
-groups cancel the rest, and `run` sends the core's last word and closes: the one place a session
+The client's frames in the session's own task (rate-limited, one at a time, yielding after each)
+and, once started, the upstream's events in a task group beside it; the clock (limits, shutdown) is
+a timer on the event loop that cancels the session's task when the core says a limit has passed.
+Whatever the core ends the session with raises `Ended` (or, from the clock, that cancellation); the
+group cancels the rest, and `run` sends the core's last word and closes: the one place a session
 ends.
 """
 
@@ -13,9 +14,9 @@ import asyncio
 import logging
 import random
 import traceback
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from app.clock import Clock
+from app.clock import Clock, Timer
 from app.exceptions import UpstreamError
 from app.session import (
     Action,
@@ -71,6 +72,14 @@ def _clear_frames(error: BaseException) -> None:
             _clear_frames(inner)
 
 
+class _NoTimer:
+    def cancel(self) -> None:
+        return None
+
+
+_NO_TIMER = _NoTimer()
+
+
 class SessionDriver:
     """The I/O around one `SessionCore`: sockets, tasks and the clock."""
 
@@ -79,36 +88,73 @@ class SessionDriver:
         self._transport = transport
         self._upstream = upstream
         self._clock = clock
-        self._nudge = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None  # the session's task, while `run` runs
+        self._timer: Timer = _NO_TIMER
+        self._ended_by_clock = False
+        self._shutdown = False
         self._connection: UpstreamConnection | None = None
         self._buffered: Buffered | None = None  # the connection, when it says what it holds
 
     def shutdown(self) -> None:
         """End the session with `server_shutdown` now (from any task; returns at once)."""
         self.core.shutdown()
-        self._nudge.set()
+        self._shutdown = True
+        if self._task is not None:
+            asyncio.get_running_loop().call_soon(self._on_clock)
 
     async def run(self) -> None:
-        """Run the session until the core ends it or the client goes; then its last word and close."""
+        """Run the session until the core ends it or the client goes; then its last word and close.
+
+        The limits are a timer on the event loop, not a task: when the core says a limit has
+        passed (or a shutdown was asked for), the timer cancels this task, which absorbs that one
+        cancellation and says the last word. A task per session for the clock cost each handshake
+        a task and a task group, and each idle session their memory (PERFORMANCE.md).
+        """
+        task = self._task = asyncio.current_task()
+        self._arm()
+        if self._shutdown:  # asked before this task ran: the drain must still reach it
+            asyncio.get_running_loop().call_soon(self._on_clock)
         try:
-            # Each group's own task runs one loop in the body rather than waiting in the group's
-            # exit: on Python 3.11 a child failing during that wait leaves the task's cancellation
-            # count raised for good (fixed in 3.12).
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._watch_clock())
-                await self._converse()
+            await self._converse()
         except* Ended as ended:
             _clear_frames(ended)
+        except* asyncio.CancelledError as cancelled:
+            if not self._ended_by_clock:
+                raise  # from outside (a server shutdown cancelling the connection's task)
+            _clear_frames(cancelled)
         finally:
+            self._task = None
+            self._timer.cancel()
+            self._timer = _NO_TIMER  # the timer refers to this driver: drop the cycle now
             self._connection = self._buffered = None
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # Cancelled from outside while a task ended the group: the group raised our `Ended`
-            # instead of the cancellation (Python 3.11's TaskGroup), which must still propagate.
-            # A cancel scope (anyio's) delivers its own again at the next suspension.
-            await asyncio.sleep(0)
-            raise asyncio.CancelledError
+        if task is not None:
+            if self._ended_by_clock and task.cancelling():
+                task.uncancel()  # the clock's own cancellation: it ended the session
+            if task.cancelling():
+                # Cancelled from outside while a task ended the group: the group raised our `Ended`
+                # instead of the cancellation (Python 3.11's TaskGroup), which must still propagate.
+                await asyncio.sleep(0)
+                raise asyncio.CancelledError
         await self._finish()
+
+    def _arm(self) -> None:
+        """The timer for the core's next deadline (start, idle, maximum length)."""
+        self._timer = self._clock.call_at(self.core.next_deadline(), self._on_clock)
+
+    def _on_clock(self) -> None:
+        """A deadline passed or a shutdown was asked for: the core checks its limits; re-arm, or end."""
+        if self._task is None or self._ended_by_clock:
+            return
+        self._timer.cancel()
+        # A tick's only actions end the session; so do the budget's, past it.
+        ended = self.core.tick(self._clock.now())
+        if not ended and self._buffered is not None:
+            ended = self.core.holding("upstream", self._buffered.buffered_bytes())
+        if ended:
+            self._ended_by_clock = True
+            self._task.cancel()
+        else:
+            self._arm()
 
     async def _finish(self) -> None:
         ending = self.core.ending
@@ -133,19 +179,6 @@ class SessionDriver:
 
     # Tasks -------------------------------------------------------------------------------------
 
-    async def _watch_clock(self) -> None:
-        """Wake at the core's next deadline (or when nudged) and let it check its limits."""
-        while True:
-            # Checked before each wait: a shutdown asked before this task first ran is not lost.
-            await self._apply(self.core.tick(self._clock.now()))
-            await self._account()
-            self._nudge.clear()
-            timer = self._clock.call_at(self.core.next_deadline(), self._nudge.set)
-            try:
-                await self._nudge.wait()
-            finally:
-                timer.cancel()
-
     async def _converse(self) -> None:
         """Client frames until a valid start, then the upstream's connection and both directions."""
         info: SessionInfo | None = None
@@ -154,10 +187,13 @@ class SessionDriver:
         try:
             async with self._upstream.connect(info) as connection:
                 self._connection = connection
-                self._buffered = connection if isinstance(connection, Buffered) else None
-                if self._buffered is not None and isinstance(connection, Filling):
+                # Attribute look-ups, not isinstance() on runtime-checkable Protocols (which inspect
+                # every member on each call: microseconds per handshake).
+                buffered = callable(getattr(connection, "buffered_bytes", None))
+                self._buffered = cast(Buffered, connection) if buffered else None
+                if self._buffered is not None and callable(getattr(connection, "on_growth", None)):
                     # Its reader fills it while this task may wait on the client.
-                    connection.on_growth(self._grown)
+                    cast(Filling, connection).on_growth(self._grown)
                 await self._apply(self.core.connected(self._clock.now()))
                 async with asyncio.TaskGroup() as group:
                     group.create_task(self._from_upstream(connection))
@@ -202,9 +238,9 @@ class SessionDriver:
         return frame
 
     def _grown(self) -> None:
-        """The connection's buffers grew: past the budget, wake the clock task to end the session."""
+        """The connection's buffers grew: past the budget, the clock's check ends the session now."""
         if self._buffered is not None and not self.core.fits("upstream", self._buffered.buffered_bytes()):
-            self._nudge.set()
+            self._on_clock()
 
     async def _account(self) -> None:
         """Count what the upstream connection holds against the session's budget."""
