@@ -146,7 +146,9 @@ def case_relay(plan: Plan) -> CaseResult:
 
 def case_scale(plan: Plan, count: int) -> CaseResult:
     keys_dir, api_key = new_keys(plan.workdir, "scale")
-    with service(plan, "scale", keys_dir) as server:
+    # The connection cap (REALTIME_MAX_CONNECTIONS, 10,000 by default) is raised above what the case
+    # opens: it measures what one process holds, and the warm-up sessions count as connections too.
+    with service(plan, "scale", keys_dir, REALTIME_MAX_CONNECTIONS=str(count + 1000)) as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.loadgen"],
             stdin=subprocess.PIPE,
