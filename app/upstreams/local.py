@@ -40,10 +40,13 @@ class LocalConnection:
         self._session = session
         self._pace = pace
         self._clock = clock
-        self._cancel = asyncio.Event()
+        # Made when a response starts (the only time a cancel can matter), not with every session.
+        self._cancel: asyncio.Event | None = None
         self._config = effective_defaults(session.config, session.model)
         self._outbox: deque[dict[str, Any]] = deque()
-        self._wakeup = asyncio.Event()
+        # What `receive` waits on: a bare future, made anew for each wait. An asyncio.Event would do,
+        # but carries a deque of its own; an idle session waits here for its whole life.
+        self._wakeup: asyncio.Future[None] | None = None
         self._turn = Turn()
         self._response: AsyncIterator[dict[str, Any] | None] | None = None
         self._cancelled = False
@@ -95,10 +98,20 @@ class LocalConnection:
         elif kind == "response.create":
             self._start_response()
         elif kind == "response.cancel":
-            if self._response is not None:
+            if self._response is not None and self._cancel is not None:
                 self._cancelled = True
                 self._cancel.set()
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+
+    async def _sleep(self) -> None:
+        """Until the next `send` (or cancellation)."""
+        self._wakeup = asyncio.get_running_loop().create_future()
+        await self._wakeup
 
     def _error(self, message: str) -> None:
         self._outbox.append({"type": "error", "error": {"code": "invalid_event", "message": message}})
@@ -185,6 +198,7 @@ class LocalConnection:
             return False
         due = True
         cancel = self._cancel
+        assert cancel is not None  # noqa: S101 - made when the response started
         async with anyio.create_task_group() as group:
 
             async def paced() -> None:
@@ -201,8 +215,7 @@ class LocalConnection:
             async def nudged() -> None:
                 nonlocal due
                 while not self._outbox:
-                    self._wakeup = asyncio.Event()
-                    await self._wakeup.wait()
+                    await self._sleep()
                 due = False
                 group.cancel_scope.cancel()
 
@@ -268,8 +281,7 @@ class LocalConnection:
                 if event is not None:
                     return event
                 continue  # None: queued events go out first, then the response goes on
-            self._wakeup = asyncio.Event()
-            await self._wakeup.wait()
+            await self._sleep()
 
     async def aclose(self) -> None:
         response, self._response = self._response, None
