@@ -30,6 +30,7 @@ from bench.common import (
     us,
 )
 from bench.procs import Server
+from bench.sessions import UNLIMITED
 
 KEY = "sk-bench-provider-key"
 MODEL = "openai/gpt-realtime-2"
@@ -70,6 +71,7 @@ def case_providers(plan: Plan) -> CaseResult:
             REALTIME_UPSTREAM="providers",
             REALTIME_OPENAI_API_KEY=KEY,
             REALTIME_OPENAI_URL=url,
+            **UNLIMITED,  # as in the relay case: the loop would otherwise meet the session's rate limit
         )
         floor = bare(plan, "floor-providers", "--relay-to", url, env={"BENCH_RELAY_KEY": KEY})
         with edge, floor:
