@@ -194,7 +194,13 @@ class _Listener(logging.handlers.QueueListener):
             except queue.Empty:
                 if not block:
                     raise
-                time.sleep(POLL_SECONDS)
+                try:
+                    time.sleep(POLL_SECONDS)
+                except OSError:
+                    # A clock that refuses timed sleeps (a process run under faketime, whose
+                    # nanosleep can fail with EINVAL): wait on the queue itself for the next line.
+                    first = self.lines.get()
+                    break
         if not isinstance(first, str):
             return first  # type: ignore[no-any-return]
         batch = [first]
