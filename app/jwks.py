@@ -15,7 +15,6 @@ interval per edge.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -25,6 +24,8 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import OKPAlgorithm
+from jwt.exceptions import InvalidKeyError
 
 from app.exceptions import KeySetError
 from app.keys import KeySet, SigningKey
@@ -217,10 +218,12 @@ def parse_jwks(document: object) -> tuple[KeySet, list[str]]:
 
 
 def _public_key(x: str) -> Ed25519PublicKey | None:
+    """PyJWT reads the JWK (its `x` member, base64url); anything else than an Ed25519 public key is None."""
     try:
-        return Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)))
-    except ValueError:
+        key = OKPAlgorithm.from_jwk({"kty": "OKP", "crv": "Ed25519", "x": x})
+    except (InvalidKeyError, ValueError):
         return None
+    return key if isinstance(key, Ed25519PublicKey) else None
 
 
 def _unusable(entry: dict[str, object]) -> str | None:
