@@ -9,6 +9,7 @@ from __future__ import annotations
 from app.config import Settings
 
 EXCESS_SECONDS = 5.0  # how long a client may stay over its rate before the session ends
+CALM_SECONDS = 1.0  # how long a client must stay within its rate for an excess to be over
 
 
 class Limits:
@@ -68,14 +69,17 @@ class Bucket:
 class Rate:
     """The client's frame and byte rate: back-pressure while over it, an end when that lasts.
 
-    The client is over its rate while each frame leaves a bucket below zero (the next read has to
-    wait); a frame that leaves both buckets at or above zero ends the excess.
+    A frame is over the rate when it leaves a bucket below zero (the next read has to wait). The
+    excess starts with the first such frame and ends only once no frame has been over for
+    `CALM_SECONDS` (one refill of the burst): a frame read late, because the wait overslept, may
+    leave the buckets just above zero while the client was waiting all along.
     """
 
     def __init__(self, settings: Settings, *, now: float) -> None:
         self._frames = Bucket(settings.max_frames_per_second, now=now)
         self._bytes = Bucket(settings.max_bytes_per_second, now=now)
         self.over_since: float | None = None
+        self._last_over = now
 
     def admit(self, size: int, now: float) -> bool:
         """Count a frame of `size` bytes read at `now`; False once the excess has lasted too long."""
@@ -84,8 +88,10 @@ class Rate:
         self._frames.take(1)
         self._bytes.take(size)
         if self._frames.tokens >= 0 and self._bytes.tokens >= 0:
-            self.over_since = None
+            if now - self._last_over >= CALM_SECONDS:
+                self.over_since = None
             return True
+        self._last_over = now
         if self.over_since is None:
             self.over_since = now
         return now - self.over_since < EXCESS_SECONDS

@@ -71,13 +71,16 @@ def uvicorn_config(
     ws_compression: bool = False,
     limits: Limits | None = None,
     pings_per_second: float | None = None,
+    bytes_per_second: float | None = None,
 ) -> uvicorn.Config:
     """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
     logs.lighten()
     http, edge_ws = protocol_classes(limits or Limits())
     ws: type[asyncio.Protocol] = edge_ws
-    if pings_per_second is not None:  # reading tied to the write buffer, pings rate-limited
-        ws = bounded_protocol(edge_ws, pings_per_second=pings_per_second)
+    if pings_per_second is not None:  # reading tied to the write buffer, every frame rate-limited
+        ws = bounded_protocol(
+            edge_ws, frames_per_second=pings_per_second, bytes_per_second=bytes_per_second or 2_097_152
+        )
     return uvicorn.Config(
         app,
         host=host,
@@ -279,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws_compression=settings.ws_compression,
         limits=connection_limits(settings),
         pings_per_second=settings.max_frames_per_second,
+        bytes_per_second=settings.max_bytes_per_second,
     )
     server = DrainingServer(config, app=app)
     sockets: list[socket.socket] | None = None

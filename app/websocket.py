@@ -2,16 +2,25 @@
 
 `bounded_protocol(base)` lays these over the edge's protocol class (`app.connections`).
 
-uvicorn's protocol answers every ping at once and writes it whatever the write buffer holds, and
-stops reading only while a data message waits for the app. A client that sends pings and never
-reads the pongs grows the edge's memory without end. Here:
+uvicorn's protocol parses everything one socket read holds (up to 256 KiB) at once, queues every
+message in it for the app without limit, answers every ping at once whatever the write buffer
+holds, and builds a fragmented message from any number of continuation frames, pausing only once a
+whole message waits for the app. Here:
 
+- what the socket gives is fed to the parser `FEED_BYTES` at a time; once reading is paused the rest
+  waits unparsed (at most one socket read), so at most the messages of one piece are queued;
+- every frame the client sends (text, binary, continuation, ping) takes a token from a bucket at the
+  session's frame rate (`REALTIME_MAX_FRAMES_PER_SECOND`) and its payload from one at its byte rate
+  (`REALTIME_MAX_BYTES_PER_SECOND`), one second of burst each; past either, parsing and reading stop
+  until the bucket is back at zero (back-pressure: the client's own socket fills);
+- a message in more than `max_fragments` frames closes with 1009, like one over the size limit;
+  neither close reason names a limit;
 - reading stops while the write buffer is over its high-water mark (the transport's
   `pause_writing`), so a client that does not read cannot make the edge write more;
-- ping frames count against a token bucket at the session's frame rate
-  (`REALTIME_MAX_FRAMES_PER_SECOND`, one second of burst); past it, reading pauses until the bucket
-  has refilled;
 - a text message that is not UTF-8 closes with 1007 and an INFO line, not an ERROR traceback.
+
+The session core keeps its own limit over whole messages (`app.limits.Rate`): that one ends a
+session whose excess lasts.
 """
 
 from __future__ import annotations
@@ -20,31 +29,102 @@ import logging
 from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame
+from websockets.server import ServerProtocol
 
 from app.limits import Bucket
 
 logger = logging.getLogger(__name__)
 
+FEED_BYTES = 512  # given to the parser at a time: at most 85 masked frames, so as many queued messages
+TOO_BIG = "message too big"  # the close reason for both limits: the numbers stay inside the edge
+
+
+class _EdgeServerProtocol(ServerProtocol):
+    """websockets' server side, with a close reason for an over-size message that names no limit."""
+
+    def fail(self, code: CloseCode | int, reason: str = "") -> None:
+        if code == CloseCode.MESSAGE_TOO_BIG:
+            reason = TOO_BIG
+        super().fail(code, reason)
+
 
 class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's websockets-sansio protocol with reading tied to the write buffer and a ping rate."""
+    """uvicorn's websockets-sansio protocol with bounded parsing, a frame and byte rate, and reading
+    tied to the write buffer."""
 
-    pings_per_second: ClassVar[float] = 200.0
+    frames_per_second: ClassVar[float] = 200.0
+    bytes_per_second: ClassVar[float] = 2_097_152.0
+    max_fragments: ClassVar[int] = 1024
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = _EdgeServerProtocol(
+            extensions=self.conn.available_extensions,
+            max_size=self.config.ws_max_size,
+            logger=self.conn.logger,
+        )
         self.write_paused = False
-        self.ping_paused = False
-        self.pings = Bucket(self.pings_per_second, now=self.loop.time())
+        self.rate_paused = False
+        now = self.loop.time()
+        self.frame_tokens = Bucket(self.frames_per_second, now=now)
+        self.byte_tokens = Bucket(self.bytes_per_second, now=now)
+        self.unread = b""  # read from the socket, not yet parsed: at most one read
+        self.fragments = 0  # frames of the message being built
+
+    # Reading ------------------------------------------------------------------------------------
+
+    def _paused(self) -> bool:
+        return self.read_paused or self.write_paused or self.rate_paused
+
+    def data_received(self, data: bytes) -> None:
+        self.unread = self.unread + data if self.unread else data
+        self._feed()
+
+    def _feed(self) -> None:
+        """Parse what was read, a piece at a time, until a pause; the rest waits with reading paused."""
+        unread, offset = self.unread, 0
+        while offset < len(unread) and not self._paused() and not self.transport.is_closing():
+            piece = unread[offset : offset + FEED_BYTES]
+            offset += len(piece)
+            self.conn.receive_data(piece)
+            if self.conn.parser_exc is not None:
+                self.unread = b""
+                self.handle_parser_exception()
+                return
+            self.handle_events()
+        self.unread = b"" if self.transport.is_closing() else unread[offset:]
+        if self.unread:
+            self.transport.pause_reading()
 
     def _resume_if_free(self) -> None:
-        """Read again unless a message waits for the app, the write buffer is full, or pings are over."""
-        if (
-            not (self.read_paused or self.write_paused or self.ping_paused)
-            and not self.transport.is_closing()
-        ):
+        """Parse what waits, then read again, unless a message waits for the app, the write buffer is
+        full, or the client is over its rate."""
+        if self._paused() or self.transport.is_closing():
+            return
+        if self.unread:
+            self._feed()
+        if not (self._paused() or self.unread or self.transport.is_closing()):
             self.transport.resume_reading()
+
+    def _take(self, size: int) -> None:
+        """Count one frame of `size` payload bytes; past the rate, stop until the buckets refill."""
+        now = self.loop.time()
+        self.frame_tokens.refill(now)
+        self.byte_tokens.refill(now)
+        self.frame_tokens.take(1)
+        self.byte_tokens.take(size)
+        if (self.frame_tokens.tokens < 0 or self.byte_tokens.tokens < 0) and not self.rate_paused:
+            self.rate_paused = True
+            self.transport.pause_reading()
+            ready = max(self.frame_tokens.ready_at(), self.byte_tokens.ready_at())
+            self.loop.call_at(ready, self._refilled)
+
+    def _refilled(self) -> None:
+        self.rate_paused = False
+        self._resume_if_free()
+
+    # Writing ------------------------------------------------------------------------------------
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -62,22 +142,38 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.write_paused:
             self.transport.abort()  # close() would wait for a write buffer the client never drains
 
+    # Frames -------------------------------------------------------------------------------------
+
+    def handle_text(self, event: Frame) -> None:
+        self._take(len(event.data))
+        self.fragments = 1
+        super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        self._take(len(event.data))
+        self.fragments = 1
+        super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if self.close_sent:
+            return
+        self._take(len(event.data))
+        self.fragments += 1
+        if self.fragments > self.max_fragments:
+            self.frames = []
+            logger.info("a client sent a message in over %d frames: closed with 1009", self.max_fragments)
+            self.conn.fail(CloseCode.MESSAGE_TOO_BIG, TOO_BIG)
+            self.handle_parser_exception()
+            return
+        super().handle_cont(event)
+
     def handle_ping(self) -> None:
         super().handle_ping()
-        now = self.loop.time()
-        self.pings.refill(now)
-        self.pings.take(1)
-        if self.pings.tokens < 0 and not self.ping_paused:
-            self.ping_paused = True
-            self.transport.pause_reading()
-            self.loop.call_at(self.pings.ready_at(), self._pings_refilled)
-
-    def _pings_refilled(self) -> None:
-        self.ping_paused = False
-        self._resume_if_free()
+        self._take(0)
 
     def send_receive_event_to_app(self) -> None:
         """uvicorn's, except that text which is not UTF-8 closes with 1007 and an INFO line."""
+        self.fragments = 0
         if self.curr_msg_data_type != "text":
             super().send_receive_event_to_app()
             return
@@ -104,13 +200,26 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             self._resume_if_free()
         return message
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if self.close_sent and self.unread:  # uvicorn resumed reading for the client's close reply
+            self._resume_if_free()
+
 
 def bounded_protocol(
-    base: type[WebSocketsSansIOProtocol], *, pings_per_second: float
+    base: type[WebSocketsSansIOProtocol],
+    *,
+    frames_per_second: float,
+    bytes_per_second: float,
+    max_fragments: int = 1024,
 ) -> type[BoundedWebSocketProtocol]:
     """`base` (the edge's WebSocket protocol class) with these bounds, for uvicorn's `ws=`."""
     return type(
         "BoundedEdgeWebSocketProtocol",
         (BoundedWebSocketProtocol, base),
-        {"pings_per_second": float(pings_per_second)},
+        {
+            "frames_per_second": float(frames_per_second),
+            "bytes_per_second": float(bytes_per_second),
+            "max_fragments": int(max_fragments),
+        },
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.limits import Limits
+from app.limits import Limits, Rate
 
 OPENED = 1_000.0
 
@@ -55,3 +55,73 @@ def test_the_maximum_duration_does_not_move() -> None:
 def test_a_session_never_started_ends_as_start_timeout(now: float, code: str) -> None:
     passed = limits().passed(now)
     assert passed is not None and passed[0] == code
+
+
+# The client's rate: fake time and a driver that reads a frame once it has come and the rate allows
+
+FRAMES = 10  # per second, and the burst; the byte rate (1,000 a second) matters only with large frames
+FLOOD = None  # a phase in which the client always has a frame waiting
+
+Phase = tuple[float, float, float | None]  # from, until (seconds after opening), frames a second
+
+
+def rate() -> Rate:
+    settings = Settings(keys_dir=Path("unused"), max_frames_per_second=FRAMES, max_bytes_per_second=1_000)
+    return Rate(settings, now=OPENED)
+
+
+def ended_at(phases: list[Phase], *, late: tuple[float, ...] = (0.0,), size: int = 1) -> float | None:
+    """Read a client's frames as the driver does: a frame waits for `read_after()`, and such a wait
+    ends late by `late` in turn. When the rate ended the session (seconds after opening), if it did."""
+    limit = rate()
+    now, reads = 0.0, 0
+    for start, end, per_second in phases:
+        sent = 0
+        while True:
+            arrival = start if per_second is None else start + sent / per_second
+            now = max(now, arrival)
+            ready = limit.read_after() - OPENED
+            if ready > now:
+                now = ready + late[reads % len(late)]
+            if now >= end:
+                break
+            reads, sent = reads + 1, sent + 1
+            if not limit.admit(size, OPENED + now):
+                return now
+    return None
+
+
+@pytest.mark.parametrize(
+    ("phases", "late", "size", "ends"),
+    [
+        ([(0, 20, FRAMES * 0.9)], (0.0,), 1, None),
+        ([(0, 20, FLOOD)], (0.0,), 1, (5.0, 5.5)),
+        ([(0, 20, FLOOD)], (0.0, 0.15), 1, (5.0, 5.5)),
+        ([(0, 20, FLOOD)], (0.15,), 1, (5.0, 5.5)),
+        ([(0, 20, FLOOD)], (0.12, 0.0, 0.0, 0.3), 1, (5.0, 5.5)),
+        ([(0, 4, FLOOD), (5.5, 9, FLOOD)], (0.0,), 1, None),
+        ([(0, 4, FLOOD), (4.5, 9, FLOOD)], (0.0,), 1, (5.0, 5.5)),
+        ([(0, 4, FLOOD), (4, 20, FRAMES / 2), (20, 20.3, FLOOD)], (0.0,), 1, None),
+        ([(0, 20, FLOOD)], (0.0,), 600, (5.0, 5.5)),
+    ],
+    ids=[
+        "within",
+        "flood",
+        "flood-every-other-wake-late",
+        "flood-every-wake-late",
+        "flood-now-and-then-late",
+        "a-calm-second-ends-the-excess",
+        "a-short-pause-does-not",
+        "back-within-the-rate-not-ended-later",
+        "bytes",
+    ],
+)
+def test_the_rate_ends_a_lasting_excess(
+    phases: list[Phase], late: tuple[float, ...], size: int, ends: tuple[float, float] | None
+) -> None:
+    """A wake that oversleeps reads a waiting frame with the buckets above zero: still the flood."""
+    at = ended_at(phases, late=late, size=size)
+    if ends is None:
+        assert at is None, at
+    else:
+        assert at is not None and ends[0] <= at <= ends[1], at
