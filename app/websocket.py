@@ -40,13 +40,23 @@ FEED_BYTES = 512  # given to the parser at a time: at most 85 masked frames, so 
 TOO_BIG = "message too big"  # the close reason for both limits: the numbers stay inside the edge
 
 
-class _EdgeServerProtocol(ServerProtocol):
+class _TooBigWithoutLimit(ServerProtocol):
     """websockets' server side, with a close reason for an over-size message that names no limit."""
 
     def fail(self, code: CloseCode | int, reason: str = "") -> None:
         if code == CloseCode.MESSAGE_TOO_BIG:
             reason = TOO_BIG
         super().fail(code, reason)
+
+
+_WITHOUT_LIMIT: dict[type[ServerProtocol], type[ServerProtocol]] = {}
+
+
+def _without_limit(base: type[ServerProtocol]) -> type[ServerProtocol]:
+    """`base` (the connection class the protocol below made) with `_TooBigWithoutLimit`'s close."""
+    if base not in _WITHOUT_LIMIT:
+        _WITHOUT_LIMIT[base] = type(base.__name__, (_TooBigWithoutLimit, base), {})
+    return _WITHOUT_LIMIT[base]
 
 
 class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -59,11 +69,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.conn = _EdgeServerProtocol(
-            extensions=self.conn.available_extensions,
-            max_size=self.config.ws_max_size,
-            logger=self.conn.logger,
-        )
+        # The connection object the classes below made (their own refusals), with the close reason.
+        self.conn.__class__ = _without_limit(type(self.conn))
         self.write_paused = False
         self.rate_paused = False
         now = self.loop.time()
@@ -87,12 +94,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         while offset < len(unread) and not self._paused() and not self.transport.is_closing():
             piece = unread[offset : offset + FEED_BYTES]
             offset += len(piece)
-            self.conn.receive_data(piece)
-            if self.conn.parser_exc is not None:
-                self.unread = b""
-                self.handle_parser_exception()
-                return
-            self.handle_events()
+            super().data_received(piece)  # parses it and handles its events, or fails the connection
         self.unread = b"" if self.transport.is_closing() else unread[offset:]
         if self.unread:
             self.transport.pause_reading()
