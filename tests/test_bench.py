@@ -37,7 +37,9 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
     # The floors (the bare baselines plus only the signature, or only passing frames) ran too.
     for name in ("mint", "redemption", "relay"):
         floors = [row for row in results["cases"][name]["rows"] if "floor" in row["what"]]
-        assert len(floors) == 1 and floors[0]["value"] > 0, (name, floors)
+        # A floor's added cost is a difference of two timings: on a busy machine a short run can
+        # make it negative, so only its presence (a finite number, checked above) is asserted.
+        assert len(floors) == 1, (name, floors)
         assert results["cases"][name]["data"]["floor"]["errors"] == 0, name
     # The naive peer ran beside the mint and the handshake.
     for name, what in (("mint", "mint / naive peer throughput"), ("redemption", "handshakes / naive peer")):
