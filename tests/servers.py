@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -90,6 +91,9 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=limit_descriptors if nofile is not None else None,
+            # A wrapper such as faketime forks the service instead of exec'ing it: a group of its own
+            # lets stop() reach the service too.
+            start_new_session=bool(self.wrapper),
         )
         log.close()
         deadline = time.monotonic() + self.start_timeout
@@ -134,6 +138,16 @@ class ServiceProcess:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
+        if self.wrapper and self.process is not None and self.process.poll() is None:
+            group = self.process.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _live_members(group) and time.monotonic() < deadline:
+                self.process.poll()
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
         terminate(self.process, timeout=20)
 
     def __enter__(self) -> ServiceProcess:
@@ -146,3 +160,15 @@ class ServiceProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _live_members(group: int) -> bool:
+    """Whether a process of this group is still running (zombies, which nobody may reap, are not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
