@@ -404,7 +404,10 @@ def test_an_edge_process_fed_a_gzip_bomb_keeps_its_memory_and_its_keys(
         assert handshake(edge, signed(stranger)) == "unknown_key"  # the fetch it made was refused
         grew = peak_rss(edge.process.pid) - before
         assert handshake(edge, signed(keyset)) == "upgraded"  # the cached keys still verify
-        log = edge.log()
+        # The log writer writes from its own thread: wait for the line rather than read too early.
+        deadline = time.monotonic() + 10
+        while "keeping 2 cached keys" not in (log := edge.log()) and time.monotonic() < deadline:
+            time.sleep(0.02)
     print(f"\ngzip bomb: the edge's peak memory grew by {grew / (1 << 20):.1f} MiB")
     assert "larger than 1048576 bytes" in log and "keeping 2 cached keys" in log
     assert "Traceback" not in log
