@@ -9,7 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from app.apikeys import bearer_token
+from app.apikeys.store import bearer_token
 from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
 from app.exceptions import (
     InvalidJSONError,

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from app import logs
-from app.apikeys import bearer_token
+from app.apikeys.store import bearer_token
 from app.binding import Binding
 from app.driver import SessionDriver, new_session_id
 from app.events import encode_event

@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from app.apikeys import ApiKeyStore
+from app.apikeys.store import ApiKeyStore
 from app.clock import Clock
 from app.config import Settings
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource

@@ -18,7 +18,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from app.apikeys import ApiKeyStore, bearer_token, create_key, revoke_key
+from app.apikeys import create_key, revoke_key
+from app.apikeys.store import ApiKeyStore, bearer_token
 from app.exceptions import InvalidCredentialsError, KeySetError, MissingCredentialsError
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
