@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.apikeys.store import ApiKeyStore
@@ -12,8 +13,9 @@ from app.config import Settings
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource
 from app.metrics import Metrics
 from app.models import ModelRegistry
+from app.redisreplay import RedisReplayStore
 from app.registry import SessionRegistry
-from app.replay import ReplayStore, open_replay_store
+from app.replay import MemoryReplayStore, ReplayStore
 from app.skew import SkewWatch
 from app.upstreams import make_upstream, served_registry
 from app.upstreams.base import Upstream
@@ -105,3 +107,19 @@ def open_seal_keys(settings: Settings, *, clock: Clock) -> SealKeySource:
             " and the mint answers 503 tickets_disabled" if minting else "",
         )
     return source
+
+
+def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:
+    """The store `REALTIME_REPLAY_URL` names."""
+    if settings.replay_url == "memory://":
+        return MemoryReplayStore(
+            maxsize=settings.replay_memory_max, leeway=settings.leeway_seconds, clock=clock
+        )
+    return RedisReplayStore(
+        settings.replay_url,
+        prefix=settings.replay_prefix,
+        leeway=settings.leeway_seconds,
+        timeout=settings.replay_timeout_seconds,
+        clock=clock,
+        skew_margin=settings.clock_skew_margin_seconds,
+    )

@@ -30,13 +30,8 @@ from app.exceptions import (
     TicketNotRedeemableError,
     TicketReplayedError,
 )
-from app.replay import (
-    CLIENT_NAME,
-    MAX_CONNECTIONS,
-    PROBE_MILLISECONDS,
-    MemoryReplayStore,
-    RedisReplayStore,
-)
+from app.redisreplay import CLIENT_NAME, MAX_CONNECTIONS, PROBE_MILLISECONDS, RedisReplayStore
+from app.replay import MemoryReplayStore
 from app.rotation import ensure_keys
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.sealing import claims_of
