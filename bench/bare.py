@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed
 
 from app.keys import KeySet
 from app.realtime import TICKET_PROTOCOL
-from app.serve import tune_gc, uvicorn_config
+from app.server import tune_gc, uvicorn_config
 
 
 def _unpadded(segment: str) -> bytes:

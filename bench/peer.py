@@ -28,7 +28,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.keys import KeySet
-from app.serve import tune_gc, uvicorn_config
+from app.server import tune_gc, uvicorn_config
 
 ISSUER = AUDIENCE = "opper-realtime"
 PREFIX = "opper-ticket."

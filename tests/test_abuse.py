@@ -25,7 +25,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from app.apikeys import create_key
 from app.rotation import ensure_keys
-from app.serve import DRAIN_SECONDS
+from app.server import DRAIN_SECONDS
 from tests.rawsocket import PING, TEXT, RawClient, frame
 from tests.servers import ServiceProcess
 

@@ -23,7 +23,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app import serve
+from app import server
 from app.apikeys import create_key
 from app.config import Settings
 from app.rotation import ensure_keys
@@ -585,6 +585,6 @@ def test_the_descriptor_limit_is_raised_or_the_cap_lowered(
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(resource, "getrlimit", lambda _: limits)
     monkeypatch.setattr(resource, "setrlimit", lambda _, value: calls.append(value))
-    result = serve.connection_limits(Settings(max_connections=10_000, handshake_timeout_seconds=3))
+    result = server.connection_limits(Settings(max_connections=10_000, handshake_timeout_seconds=3))
     assert result.max_connections == cap and result.handshake_timeout == 3
     assert calls == ([] if raised_to is None else [(raised_to, limits[1])])

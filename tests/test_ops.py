@@ -13,7 +13,7 @@ from app.clock import FakeClock
 from app.config import Settings
 from app.main import create_app
 from app.processes import free_port
-from app.serve import YOUNG_GC_THRESHOLD, tune_gc
+from app.server import YOUNG_GC_THRESHOLD, tune_gc
 
 METRICS = (
     "realtime_tickets_minted_total",
