@@ -63,13 +63,6 @@ class RealtimeError(Exception):
         self.message = message
         self.details = details or {}
 
-    def to_body(self) -> dict[str, Any]:
-        """The JSON error body: `{"error": {"code", "message", "details"?}}`."""
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details:
-            error["details"] = self.details
-        return {"error": error}
-
 
 class SettingsError(RealtimeError):
     code = "invalid_setting"

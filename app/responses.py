@@ -29,6 +29,14 @@ class JSONResponse(_StarletteJSONResponse):
             return _ENCODER.encode(content).encode("utf-8")
 
 
+def error_body(error: RealtimeError) -> dict[str, Any]:
+    """The JSON error body: `{"error": {"code", "message", "details"?}}`."""
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.details:
+        body["details"] = error.details
+    return {"error": body}
+
+
 def error_response(error: RealtimeError) -> JSONResponse:
     """Status, the JSON error body, and the headers the error's kind calls for."""
     headers = dict(NO_STORE)
@@ -36,4 +44,4 @@ def error_response(error: RealtimeError) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(error, UnavailableError) and error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
-    return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
+    return JSONResponse(error_body(error), status_code=error.status, headers=headers)
