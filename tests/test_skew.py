@@ -162,31 +162,36 @@ def test_a_slow_edge_never_accepts_a_used_ticket_again(pair: SkewedPair) -> None
         results[ticket].append(redeem(pair.right, ticket))
     # The slow edge sees `iat` in its future until its clock is within the leeway (5 s) of it.
     wait_until(iat + SLOW - 5 + 1)
+    # On a loaded machine a redemption can come after the edge's own window has closed (exp + leeway
+    # by its clock): an expired answer is then right and says nothing about the store, so it is left
+    # out. `redeem` returns after the edge judged the ticket, so the time read after it is later.
+    right_closes, slow_closes = exp + 5, exp + 5 + SLOW
+
+    def attempt(edge: ServiceProcess, ticket: str, closes: float) -> bool:
+        outcome = redeem(edge, ticket)
+        if outcome == "ticket_expired" and time.time() > closes:
+            return False
+        results[ticket].append(outcome)
+        return True
+
     for ticket in first_slow:
-        results[ticket].append(redeem(pair.slow, ticket))
-        results[ticket].append(redeem(pair.right, ticket))
+        attempt(pair.slow, ticket, slow_closes)
+        attempt(pair.right, ticket, right_closes)
     for ticket in first_right:  # before the ticket expired by Redis's clock (exp + leeway)
-        results[ticket].append(redeem(pair.slow, ticket))
+        attempt(pair.slow, ticket, slow_closes)
     # After exp + leeway by the real clock, and still before exp + leeway by the slow edge's.
     wait_until(exp + 5 + 1)
     in_window = 0
     for ticket in first_right + first_slow:
         for _ in range(3):
-            at = time.time()
-            outcome = redeem(pair.slow, ticket)
-            if outcome == "ticket_expired" and at > exp + 5 + SLOW - 1:
-                # On a loaded machine the loop can outlast the window: past exp + leeway by the slow
-                # edge's own clock, an expired answer is right and says nothing about the store.
-                continue
-            in_window += 1
-            results[ticket].append(outcome)
+            in_window += attempt(pair.slow, ticket, slow_closes)
     assert in_window > 0, "no redemption fell inside the skew window; the test proved nothing"
     upgrades = Counter(outcome for outcomes in results.values() for outcome in outcomes)
     print(f"\nskewed edges ({SLOW} s): {dict(upgrades)}, {in_window} in the window")
     for outcomes in results.values():
         assert outcomes.count("upgraded") == 1, outcomes
         assert outcomes[0] == "upgraded"
-        assert set(outcomes[1:]) == {"ticket_replayed"}, outcomes
+        assert set(outcomes[1:]) <= {"ticket_replayed"}, outcomes  # those in a window: `in_window`
     # Once the slow edge's clock passes exp + leeway it refuses the ticket as expired.
     wait_until(exp + 5 + SLOW + 1)
     assert {redeem(pair.slow, ticket) for ticket in first_right} == {"ticket_expired"}
