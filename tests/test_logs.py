@@ -9,12 +9,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from app.logs import Format, QueueWriter, RedactSecrets, escape_controls, redact, write_through
+from app.logs import LINE, Format, QueueWriter, RedactSecrets, escape_controls, redact, write_through
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -116,6 +116,38 @@ def test_the_cached_timestamp_matches_the_standard_format(created: float) -> Non
     record.created, record.msecs = created, (created - int(created)) * 1000
     ours.format(logging.LogRecord("app.x", logging.INFO, __file__, 1, "warm", None, None))
     assert ours.format(record) == standard.format(record)
+
+
+def _record(message: str, args: tuple[object, ...] | None, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("app.realtime", logging.INFO, __file__, 1, message, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def _failure() -> logging.LogRecord:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        return logging.LogRecord("app.x", logging.ERROR, __file__, 1, "failed %d", (3,), sys.exc_info())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _record("redemption %s kid=%s latency_ms=%.2f", ("ok", "k-1", 0.123)),
+        lambda: _record("no arguments, 100% literal", None),
+        lambda: _record("a mapping: %(x)s", ({"x": 1},)),
+        lambda: _record("cached traceback", None, exc_text="Traceback (most recent call last):\n  ..."),
+        lambda: _record("with a stack", None, stack_info="Stack (most recent call last):\n  ..."),
+        _failure,
+    ],
+)
+def test_the_service_line_is_the_standard_formatters(make: Callable[[], logging.LogRecord]) -> None:
+    ours, standard = Format(LINE), logging.Formatter(LINE)
+    record, twin = make(), make()
+    twin.created, twin.msecs = record.created, record.msecs
+    assert ours.format(record) == standard.format(twin)
+    assert (record.message, record.asctime) == (twin.message, twin.asctime)
 
 
 def test_a_stalled_stream_blocks_no_caller_and_the_dropped_lines_are_counted() -> None:
