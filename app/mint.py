@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from app.exceptions import (
     TicketsDisabledError,
 )
 from app.keys import MAX_TICKET_SECONDS, SigningKey
+from app.models import ModelRegistry
 from app.proxies import valid_host
 from app.responses import NO_STORE, JSONResponse
 from app.services import Services
@@ -142,6 +144,36 @@ def ttl_seconds(body: dict[str, Any]) -> int:
     return max(MIN_TTL, min(MAX_TICKET_SECONDS, value))
 
 
+#: Mint bodies up to this size are remembered with what they ask for (most backends send the same
+#: few bodies over and over): a repeated body skips the JSON parse, the duplicate-member and nesting
+#: checks, the schema and the capability check. Only bodies that passed are remembered.
+REMEMBERED_BODY_BYTES = 4096
+REMEMBERED_BODIES = 256
+
+
+def read_request(raw: bytes, registry: ModelRegistry) -> tuple[int, Binding]:
+    """The TTL and the binding a mint body asks for: `parse_body`, `ttl_seconds`, `prepare_binding`.
+
+    The binding of a remembered body is shared by every mint of that body: nothing changes it.
+
+    Raises:
+        InvalidJSONError, InvalidRequestError, ConfigError: as those three.
+    """
+    if len(raw) <= REMEMBERED_BODY_BYTES:
+        return _remembered(raw, registry)
+    return _request(raw, registry)
+
+
+def _request(raw: bytes, registry: ModelRegistry) -> tuple[int, Binding]:
+    body = parse_body(raw)
+    ttl = ttl_seconds(body)
+    return ttl, prepare_binding(body.get("config"), body.get("locked_fields"), registry)
+
+
+# An exception is never remembered (lru_cache keeps returned values only).
+_remembered = functools.lru_cache(maxsize=REMEMBERED_BODIES)(_request)
+
+
 def check_host(services: Services, request: Request) -> None:
     """The `Host` a `ws_url` is built from must be a host name (as `X-Forwarded-Host` must be).
 
@@ -220,9 +252,7 @@ async def mint(request: Request) -> JSONResponse:
     # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
     signer = require_signer(services)
     api_key = services.api_keys.check(bearer_token(request.headers.get("authorization")))
-    body = parse_body(await read_body(request, limit=MAX_BODY_BYTES))
-    ttl = ttl_seconds(body)
-    binding = prepare_binding(body.get("config"), body.get("locked_fields"), services.registry)
+    ttl, binding = read_request(await read_body(request, limit=MAX_BODY_BYTES), services.registry)
     check_host(services, request)
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
     ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)

@@ -13,10 +13,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.apikeys import create_key
+from app.binding import Binding
 from app.clock import FakeClock
 from app.config import Settings
+from app.exceptions import InvalidJSONError, UnknownModelError
 from app.keys import KeySet
 from app.main import create_app
+from app.mint import read_request
+from app.models import ModelRegistry
 from app.sealkeys import SealKeySet
 from app.tickets import verify
 from tests.conftest import PROJECT, START
@@ -240,6 +244,34 @@ def test_binding_keeps_non_zero_fields_and_locks(client: TestClient, api_key: st
     claims = claims_of(response.json()["client_secret"], keys_dir)
     assert claims["cfg"] == {"model": MODEL, "voice": "marin"}
     assert sorted(claims["lck"]) == ["instructions", "output_transcription"]
+
+
+def test_a_repeated_body_mints_a_new_ticket_with_the_same_binding(
+    client: TestClient, api_key: str, keys_dir: Path
+) -> None:
+    body = {"config": {"model": MODEL, "voice": "marin"}, "locked_fields": ["voice"], "ttl_seconds": 30}
+    first, second = (client.post(URL, headers=auth(api_key), json=body) for _ in range(2))
+    claims = [claims_of(response.json()["client_secret"], keys_dir) for response in (first, second)]
+    assert claims[0]["jti"] != claims[1]["jti"]
+    for each in claims:
+        assert each["cfg"] == {"model": MODEL, "voice": "marin"} and each["lck"] == ["voice"]
+        assert each["exp"] - each["iat"] == 30
+
+
+def test_a_remembered_body_is_checked_against_each_deployments_models() -> None:
+    raw = json.dumps({"config": {"model": MODEL}}).encode()
+    everything = ModelRegistry.load()
+    assert read_request(raw, everything) == (60, Binding({"model": MODEL}))
+    elsewhere = everything.serving(lambda model: model.id != MODEL)
+    with pytest.raises(UnknownModelError, match="not served"):
+        read_request(raw, elsewhere)
+
+
+def test_a_refused_body_is_refused_again() -> None:
+    raw = b'{"config": {"voice": "marin", "voice": "cedar"}}'
+    for _ in range(2):
+        with pytest.raises(InvalidJSONError, match="twice"):
+            read_request(raw, ModelRegistry.load())
 
 
 def test_locked_fields_without_config(client: TestClient, api_key: str, keys_dir: Path) -> None:
