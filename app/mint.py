@@ -32,9 +32,20 @@ FIELDS = ("config", "locked_fields", "ttl_seconds")
 DEFAULT_TTL, MIN_TTL = 60, 1
 
 
-async def read_body(request: Request, *, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to be over `limit` bytes."""
-    declared = (request.headers.get("content-length") or "").lstrip("0")
+def request_headers(request: Request) -> dict[bytes, bytes]:
+    """Each header's first value by its (lower-case) name, as `request.headers.get` reads it.
+
+    One pass for the mint's three headers: each `request.headers.get` walks the whole list again.
+    """
+    return dict(reversed(request.scope["headers"]))
+
+
+async def read_body(request: Request, *, limit: int, declared_length: bytes | None) -> bytes:
+    """The request body, refused with 413 as soon as it is known to be over `limit` bytes.
+
+    `declared_length` is the `Content-Length` header, when there is one.
+    """
+    declared = (declared_length or b"").decode("latin-1").lstrip("0")
     # ASCII digits only (`"²".isdigit()` is true), and no int() of thousands of digits.
     if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise RequestTooLargeError(f"the request body is over {limit} bytes")
@@ -174,7 +185,7 @@ def _request(raw: bytes, registry: ModelRegistry) -> tuple[int, Binding]:
 _remembered = functools.lru_cache(maxsize=REMEMBERED_BODIES)(_request)
 
 
-def check_host(services: Services, request: Request) -> None:
+def check_host(services: Services, host: str | None) -> None:
     """The `Host` a `ws_url` is built from must be a host name (as `X-Forwarded-Host` must be).
 
     Raises:
@@ -184,14 +195,14 @@ def check_host(services: Services, request: Request) -> None:
     settings = services.settings
     if not settings.ws_url_enabled or settings.public_ws_url is not None:
         return
-    host = request.headers.get("host")
     if host is not None and not valid_host(host):
         raise InvalidRequestError(
             "the Host header is not a host name: the ws_url is built from it", details={"field": "host"}
         )
 
 
-def ws_url(services: Services, request: Request, ticket: str) -> str:
+def ws_url(services: Services, request: Request, host: str | None, ticket: str) -> str:
+    """The URL to redeem `ticket` at: `REALTIME_PUBLIC_WS_URL`, else this request's scheme and `host`."""
     settings = services.settings
     if not settings.ws_url_enabled:
         return ""
@@ -199,7 +210,6 @@ def ws_url(services: Services, request: Request, ticket: str) -> str:
     if base is None:
         # From the scope and the Host header directly: building `request.url` costs more than the rest.
         scheme = "wss" if request.scope.get("scheme") == "https" else "ws"
-        host = request.headers.get("host")
         if host is None:
             server_host, server_port = request.scope.get("server") or ("localhost", 80)
             host = f"{server_host}:{server_port}"
@@ -251,9 +261,13 @@ async def mint(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
     signer = require_signer(services)
-    api_key = services.api_keys.check(bearer_token(request.headers.get("authorization")))
-    ttl, binding = read_request(await read_body(request, limit=MAX_BODY_BYTES), services.registry)
-    check_host(services, request)
+    headers = request_headers(request)
+    authorization, raw_host = headers.get(b"authorization"), headers.get(b"host")
+    api_key = services.api_keys.check(bearer_token(_text(authorization)))
+    raw = await read_body(request, limit=MAX_BODY_BYTES, declared_length=headers.get(b"content-length"))
+    ttl, binding = read_request(raw, services.registry)
+    host = _text(raw_host)
+    check_host(services, host)
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
     ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
     logger.info(
@@ -269,7 +283,11 @@ async def mint(request: Request) -> JSONResponse:
         {
             "client_secret": ticket.token,
             "expires_at": rfc3339(ticket.expires_at),
-            "ws_url": ws_url(services, request, ticket.token),
+            "ws_url": ws_url(services, request, host, ticket.token),
         },
         headers=NO_STORE,
     )
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

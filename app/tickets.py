@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
-import secrets
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -125,7 +125,7 @@ def issue(
         "iss": issuer,
         "aud": audience,
         "sub": project,
-        "jti": secrets.token_urlsafe(16),
+        "jti": b64url(os.urandom(16)),  # as `secrets.token_urlsafe(16)`, one call less
         "iat": iat,
         "exp": iat + ttl,
     }
