@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
@@ -38,8 +37,7 @@ TICKET_PROTOCOL = "opper-ticket."
 SESSION_PROTOCOL = "realtime"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
     """What the client presented: a ticket (and how), or a bearer key."""
 
     ticket: str | None
@@ -56,8 +54,14 @@ class Credentials:
         return None
 
 
-def read_credentials(websocket: WebSocket) -> Credentials:
-    """Step 1: exactly one credential.
+def first_headers(websocket: WebSocket) -> dict[bytes, bytes]:
+    """Each header's first value by its (lower-case) name, as `websocket.headers.get` reads it, in one
+    pass (each `headers.get` walks the whole list again)."""
+    return dict(reversed(websocket.scope["headers"]))
+
+
+def read_credentials(websocket: WebSocket, headers: dict[bytes, bytes]) -> Credentials:
+    """Step 1: exactly one credential (`headers` as `first_headers` gives them).
 
     Raises:
         AmbiguousTicketError: two different tickets (subprotocols, query values, or both).
@@ -75,7 +79,7 @@ def read_credentials(websocket: WebSocket) -> Credentials:
         tickets = from_protocol | set(websocket.query_params.getlist("ticket"))
     if len(tickets) > 1:
         raise AmbiguousTicketError("the request carries more than one ticket: send exactly one")
-    authorization = websocket.headers.get("authorization")
+    authorization = headers.get(b"authorization")
     if tickets:
         return Credentials(tickets.pop(), bool(from_protocol), None, offered)
     if authorization is None:
@@ -83,7 +87,7 @@ def read_credentials(websocket: WebSocket) -> Credentials:
             "present a ticket as the `opper-ticket.<ticket>` subprotocol or `?ticket=`, "
             "or send `Authorization: Bearer <runtime API key>`"
         )
-    return Credentials(None, False, bearer_token(authorization), offered)
+    return Credentials(None, False, bearer_token(authorization.decode("latin-1")), offered)
 
 
 async def verify_ticket(services: Services, token: str) -> Ticket:
@@ -124,11 +128,14 @@ async def verify_ticket(services: Services, token: str) -> Ticket:
     return ticket
 
 
-def check_origin(services: Services, websocket: WebSocket) -> None:
+def check_origin(services: Services, headers: dict[bytes, bytes]) -> None:
     """Step 3: a browser's `Origin` must be allowed, when an allow-list is set."""
     allowed = services.settings.allowed_origins
-    origin = websocket.headers.get("origin")
-    if allowed and origin is not None and origin.rstrip("/") not in allowed:
+    if not allowed:
+        return
+    raw = headers.get(b"origin")
+    origin = None if raw is None else raw.decode("latin-1")
+    if origin is not None and origin.rstrip("/") not in allowed:
         raise OriginNotAllowedError(f"origin {origin!r} is not allowed to open sessions")
 
 
@@ -172,7 +179,8 @@ async def realtime(websocket: WebSocket) -> None:
     held = False
     project = "-"
     try:
-        credentials = read_credentials(websocket)
+        headers = first_headers(websocket)
+        credentials = read_credentials(websocket, headers)
         if credentials.ticket is not None:
             ticket = await verify_ticket(services, credentials.ticket)
             project, binding = ticket.project, Binding(ticket.config, ticket.locked)
@@ -180,7 +188,7 @@ async def realtime(websocket: WebSocket) -> None:
             assert credentials.api_key is not None  # noqa: S101 - read_credentials guarantees one
             project = str(services.api_keys.check(credentials.api_key).project)
             binding = None
-        check_origin(services, websocket)
+        check_origin(services, headers)
         # Step 4: the per-project cap, counted per process; the slot is held until the session ends.
         services.sessions.hold(project, cap=services.settings.max_sessions_per_project)
         held = True

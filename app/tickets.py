@@ -39,8 +39,9 @@ MAX_CONFIG_BYTES = 64 * 1024  # hard bound when inflating `cfz`
 COMPRESS_FROM = 1024  # bound configs shorter than this (JSON bytes) are never worth deflating
 HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "jti", "iat", "exp")
-# Every character a compact JWS or JWE may hold: checked before anything else reads the token.
-_COMPACT = re.compile(r"[A-Za-z0-9_.-]+")
+# Every character a compact JWS or JWE may hold: checked before anything else reads the token, by
+# deleting them (a C loop over the bytes, several times faster than a regular expression's match).
+_COMPACT = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 MAX_TIMESTAMP = 253_402_300_800  # 10000-01-01: `iat`/`exp` must be printable as RFC 3339 dates
 _JTI = re.compile(r"[A-Za-z0-9_-]{22,}")  # base64url of at least 128 bits
 
@@ -187,13 +188,13 @@ def verify(
         raise InvalidTicketError("the ticket is empty")
     if len(token) > max_bytes:
         raise InvalidTicketError(f"the ticket is longer than {max_bytes} bytes")
-    if not _COMPACT.fullmatch(token):
+    if not token.isascii() or token.encode("ascii").translate(None, _COMPACT):
         raise InvalidTicketError("the ticket holds characters other than base64url and `.`")
     parts = token.split(".")
     sealed = len(parts) == 5
     if sealed:
         inner = jwe.unseal(parts, seal_keys or SealKeySet.empty())
-        if not _COMPACT.fullmatch(inner.decode("latin-1")):
+        if not inner or inner.translate(None, _COMPACT):
             raise InvalidTicketError("the sealed ticket does not hold a compact JWS")
         token = inner.decode("ascii")
         parts = token.split(".")
