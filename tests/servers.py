@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -128,6 +129,21 @@ class ServiceProcess:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def settled_log(self, timeout: float = 30.0) -> str:
+        """The log once every line the service logged before this call is in the file.
+
+        The service writes its lines from a thread of its own, a moment after logging them, and in
+        order: a request carrying a mark of its own is logged after every line logged before this
+        call, so once its access line is in the file, so are they. Needs access lines (INFO).
+        """
+        mark = f"/healthz?settled={uuid.uuid4().hex}"
+        httpx.get(self.url + mark, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while mark not in (log := self.log()):
+            assert time.monotonic() < deadline, f"the service never logged {mark}"
+            time.sleep(0.02)
+        return log
 
     def signal(self, sig: signal.Signals) -> None:
         if self.process is not None and self.process.poll() is None:

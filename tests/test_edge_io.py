@@ -92,7 +92,7 @@ def quiet(edge: Edge) -> Iterator[None]:
     """The test's requests leave no ERROR line and no traceback in the edge's log."""
     offset = len(edge.service.log())
     yield
-    assert_quiet(edge.service.log()[offset:])
+    assert_quiet(edge.service.settled_log()[offset:])
 
 
 def assert_quiet(log: str) -> None:
@@ -304,7 +304,7 @@ def test_connections_beyond_the_cap_get_503_before_any_work(tmp_path: Path) -> N
         ) as ws:
             ws.send(json.dumps({"type": "session.start", "config": {"model": MODEL}}))
             assert json.loads(ws.recv(timeout=DEADLINE))["type"] == "session.started"
-        assert_quiet(service.log()[offset:])
+        assert_quiet(service.settled_log()[offset:])
 
 
 def test_handshakes_succeed_while_many_slow_connections_are_held(tmp_path: Path) -> None:

@@ -429,9 +429,10 @@ def test_a_running_service_keeps_minting_when_its_manifest_becomes_unreadable(tm
             assert minted.status_code == 200, minted.text
             assert httpx.get(service.url + "/.well-known/jwks.json", timeout=10).json() == jwks_before
             time.sleep(0.6)  # spans the source's 0.5 s check interval, so each request looks again
-        lines = [line for line in service.log().splitlines() if "keys: cannot read" in line]
+        log = service.settled_log()
+    lines = [line for line in log.splitlines() if "keys: cannot read" in line]
     assert len(lines) == 1 and " WARNING " in lines[0], lines
-    assert "Traceback" not in service.log() and " ERROR " not in service.log()
+    assert "Traceback" not in log and " ERROR " not in log
 
 
 def app_imports() -> dict[str, set[str]]:
