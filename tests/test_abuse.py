@@ -177,7 +177,7 @@ def test_an_audio_flood_leaves_the_edge_answering(tmp_path: Path) -> None:
             threads.append(threading.Thread(target=flood, args=(ws, frame), kwargs={"stop": stop}))
             threads[-1].start()
         try:
-            with httpx.Client(base_url=service.process.url, timeout=5) as client:
+            with httpx.Client(base_url=service.process.url, timeout=10) as client:
                 for _ in range(20):
                     assert client.get("/healthz").status_code == 200
             with service.connect() as fresh:

@@ -76,7 +76,7 @@ def page(browser: Any, service: ServiceProcess) -> Iterator[Any]:
 
 
 def replayed_count(service: ServiceProcess) -> float:
-    text = httpx.get(service.url + "/metrics", timeout=5).text
+    text = httpx.get(service.url + "/metrics", timeout=10).text
     match = re.search(r'^realtime_redemptions_total\{code="ticket_replayed"\} ([0-9.]+)$', text, re.M)
     return float(match.group(1)) if match else 0.0
 

@@ -164,7 +164,7 @@ def assert_terminated(ws: ClientConnection, message: str) -> None:
 
 
 def dropped(deployment: Deployment, provider: str, kind: str) -> float:
-    text = httpx.get(deployment.edge.url + "/metrics", timeout=5).text
+    text = httpx.get(deployment.edge.url + "/metrics", timeout=10).text
     pattern = rf'^realtime_provider_events_dropped_total\{{provider="{provider}",type="{kind}"\}} ([0-9.]+)$'
     match = re.search(pattern, text, re.M)
     return float(match.group(1)) if match else 0.0
@@ -473,7 +473,7 @@ def test_models_without_a_provider_key_are_not_served(tmp_path: Path) -> None:
             tmp_path, "openai-only", REALTIME_OPENAI_API_KEY=OPENAI_KEY, REALTIME_OPENAI_URL=fake.url
         )
         with edge:
-            listed = httpx.get(edge.url + "/v3/models?type=realtime", timeout=5).json()["data"]
+            listed = httpx.get(edge.url + "/v3/models?type=realtime", timeout=10).json()["data"]
             assert [model["id"] for model in listed] == [OPENAI]
             headers = {"Authorization": f"Bearer {api_key}"}
             for model in (XAI, GEMINI):
@@ -481,7 +481,7 @@ def test_models_without_a_provider_key_are_not_served(tmp_path: Path) -> None:
                     edge.url + "/v3/realtime-sessions",
                     headers=headers,
                     json={"config": {"model": model}},
-                    timeout=5,
+                    timeout=10,
                 )
                 assert response.status_code == 400 and response.json()["error"]["code"] == "unknown_model"
             with connect(edge.ws_url, additional_headers=headers, open_timeout=10) as ws:

@@ -325,7 +325,8 @@ def test_redis_that_hangs_times_out_and_fails_closed(redis_server: RedisServer) 
     assert process is not None
 
     async def scenario() -> None:
-        store = redis_store(redis_server, timeout=0.5)
+        # Long enough for every answered command on a busy machine; the stopped server waits it out.
+        store = redis_store(redis_server, timeout=2.0)
         try:
             await store.consume("before", expires_at=expires_at)
             process.send_signal(signal.SIGSTOP)

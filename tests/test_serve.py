@@ -263,7 +263,7 @@ def workers_of(pid: int) -> list[int]:
 
 def refuses(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        socket.create_connection(("127.0.0.1", port), timeout=10).close()
     except ConnectionRefusedError:
         return True
     return False

@@ -195,7 +195,7 @@ def test_a_relay_connection_counts_the_frames_it_has_read() -> None:
             await connection.send(frame)
 
     async def scenario(url: str) -> None:
-        upstream = RelayUpstream(url, api_key=None, timeout=5)
+        upstream = RelayUpstream(url, api_key=None, timeout=10)
         async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)) as connection:
             assert isinstance(connection, Buffered) and isinstance(connection, Filling)
             growths: list[int] = []
@@ -218,7 +218,7 @@ def test_a_relay_connection_reports_the_upstream_failing_after_its_frames() -> N
         await connection.send(b"\x00binary")
 
     async def scenario(url: str) -> None:
-        upstream = RelayUpstream(url, api_key=None, timeout=5)
+        upstream = RelayUpstream(url, api_key=None, timeout=10)
         async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)) as connection:
             assert await connection.receive() == json.dumps({"type": "text.delta", "delta": "z"})
             for _ in range(2):  # and again: the failure stays
