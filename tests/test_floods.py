@@ -20,6 +20,9 @@ from tests.rawsocket import CLOSE, TEXT, RawClient, frame, masked
 from tests.test_abuse import MIB, TEXT_ONLY, Edge, edge, started
 
 CONTINUATION = 0x0
+#: The most asyncio reads from a socket at once: the edge may hold one such read per connection
+#: unparsed while reading is paused, by design.
+READ_BYTES = 256 * 1024
 
 
 def fragment(opcode: int, payload: bytes, *, final: bool = False) -> bytes:
@@ -100,7 +103,11 @@ def test_a_continuation_flood_is_paced_and_closed(tmp_path: Path) -> None:
 
 def test_a_burst_of_tiny_frames_is_not_queued_whole(tmp_path: Path) -> None:
     """Twenty sessions each sending 100,000 `{}` frames at once: all one socket read held (256 KiB,
-    43,000 frames) parsed and queued for the session at once, 71 MiB in all."""
+    43,000 frames) parsed and queued for the session at once, 71 MiB in all.
+
+    What the edge may hold by design, one unparsed read per connection (5 MiB for twenty on a busy
+    machine, where each read comes full), is allowed on top of 3 MiB for everything else.
+    """
     with edge(tmp_path) as service:
         clients = opened(service, 20)
         before = service.rss()
@@ -118,7 +125,7 @@ def test_a_burst_of_tiny_frames_is_not_queued_whole(tmp_path: Path) -> None:
         for sender in senders:
             sender.join(timeout=30)
         grown = max(grown, service.rss() - before)
-        assert grown < 3 * MIB, grown / MIB
+        assert grown < len(clients) * READ_BYTES + 3 * MIB, grown / MIB
         with service.connect() as fresh:
             started(fresh)
         for client in clients:
