@@ -291,7 +291,10 @@ def summary(outcomes: list[Outcome]) -> str:
     codes: dict[str, int] = {}
     for outcome in outcomes:
         codes[outcome.code] = codes.get(outcome.code, 0) + 1
-    return ", ".join(f"{code}={count}" for code, count in sorted(codes.items()))
+    slowest = max((outcome.ended - outcome.started for outcome in outcomes), default=0.0)
+    return (
+        ", ".join(f"{code}={count}" for code, count in sorted(codes.items())) + f" (slowest {slowest:.2f} s)"
+    )
 
 
 def test_a_ticket_works_once_through_nginx_and_both_edges_answer(
