@@ -164,6 +164,8 @@ class Cluster:
     def explain(self, *outcomes: Outcome) -> str:
         """The failed outcomes and the end of every log in the run directory, for an assertion message."""
         parts = [f"{len(outcomes)} failed: " + "; ".join(str(o) for o in outcomes[:10])]
+        # Only on a failure: the processes write their lines from a thread, nginx a request once it ends.
+        time.sleep(1)
         for name in LOGS:
             path = self.run_dir / name
             lines = path.read_text(errors="replace").splitlines()[-LOG_LINES:] if path.exists() else []
