@@ -1,7 +1,8 @@
 """A verify-only edge's key set: the minter's public JWKS, cached, polled, refetched on an unknown kid.
 
 The edge keeps serving with the last good set when the minter cannot be reached or answers something
-unusable. Each fetch has a total timeout, and the body is capped at `MAX_JWKS_BYTES` of decompressed
+unusable. Each fetch has a total timeout and a connection of its own (one kept alive may be closed by
+the minter just as a fetch is sent on it), and the body is capped at `MAX_JWKS_BYTES` of decompressed
 bytes as it streams (a small gzip body can inflate to gigabytes).
 
 Polls come every `poll_interval`. An unknown kid asks for a fetch that starts after it arrived (a
@@ -64,7 +65,11 @@ class JwksKeySource:
         self._last_start = float("-inf")
         self._skipped: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # A connection per fetch: a minter closes an idle kept-alive connection after its keep-alive
+        # timeout (uvicorn's 5 s is the poll interval), and a fetch sent on it as it closes would fail.
+        self._client = httpx.AsyncClient(
+            timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         self._poller: asyncio.Task[None] | None = None
         self.failures = 0
         self.fetches = 0

@@ -413,3 +413,46 @@ def test_an_edge_process_fed_a_gzip_bomb_keeps_its_memory_and_its_keys(
     assert "Traceback" not in log
     # 200 MiB were on offer; the edge holds at most 1 MiB of it (plus one zlib step).
     assert grew < 32 << 20, f"peak memory grew by {grew >> 20} MiB"
+
+
+def test_each_fetch_has_a_connection_of_its_own(keyset: KeySet) -> None:
+    """A minter closes an idle kept-alive connection after its keep-alive timeout (uvicorn's 5 s is
+    the edges' poll interval): a fetch sent on it as it closed failed, and an unknown kid then refused
+    a valid ticket. This server answers one request per connection and closes at the next one."""
+    body = json.dumps(keyset.jwks()).encode()
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        answered = False
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if answered:
+                    break  # its idle timeout passed as this request came: closed unanswered
+                head = f"HTTP/1.1 200 OK\r\ncontent-length: {len(body)}\r\n\r\n"
+                writer.write(head.encode() + body)
+                await writer.drain()
+                answered = True
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def scenario() -> tuple[KeySet, int, int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        keys = source(f"http://127.0.0.1:{port}/.well-known/jwks.json")
+        try:
+            await keys.start()
+            refreshed = await keys.refresh()  # an unknown kid
+            return refreshed, keys.fetches, keys.failures
+        finally:
+            await keys.aclose()
+            server.close()
+            await server.wait_closed()
+
+    refreshed, fetches, failures = asyncio.run(scenario())
+    assert (fetches, failures) == (2, 0)
+    assert kids(refreshed) == kids(keyset)
+    assert connections == 2
