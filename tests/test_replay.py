@@ -134,7 +134,9 @@ def test_memory_race_in_one_loop_admits_exactly_one(clock: FakeClock) -> None:
 # --- redis:// against a private redis-server ------------------------------------------------------
 
 
-def redis_store(server: RedisServer, timeout: float = 0.5) -> RedisReplayStore:
+def redis_store(server: RedisServer, timeout: float = 5.0) -> RedisReplayStore:
+    """A store on `server`. The timeout is long enough for a burst of answered commands on a busy
+    machine; a stopped server refuses at once, and only a test of a silent one passes a short one."""
     return RedisReplayStore(
         server.url, prefix=PREFIX, leeway=LEEWAY, timeout=timeout, clock=time.time, skew_margin=MARGIN
     )
