@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app.exceptions import InvalidEventError, RealtimeError
@@ -37,13 +38,8 @@ class AudioAppend(BaseModel):
     @field_validator("audio")
     @classmethod
     def _base64(cls, value: str) -> str:
-        # Checked without decoding (a quarter of the cost on a large frame): padded length, the
-        # alphabet, at most two `=` at the end (RFC 4648 section 4).
-        if not value.isascii():
-            raise ValueError("audio must be base64 PCM16")
-        encoded = value.encode("ascii")
-        body = encoded.rstrip(b"=")
-        if len(encoded) % 4 or len(encoded) - len(body) > 2 or body.translate(None, _BASE64):
+        # Checked without decoding (a quarter of the cost on a large frame).
+        if not _is_base64(value):
             raise ValueError("audio must be base64 PCM16")
         return value
 
@@ -141,9 +137,83 @@ def parse_event(frame: str | bytes) -> ClientEvent:
         raise InvalidEventError(f"{raw['type']}: {where}: {error['msg']}") from None
 
 
+# The event types relayed most (audio both ways, turn control), checked here without pydantic: the
+# same rules as their models (strict strings, extra members ignored), so the same events pass. Any
+# other type, and any event these checks refuse, goes through `parse_event` for its answer.
+_BARE = frozenset({"audio.commit", "audio.clear", "response.create", "response.cancel"})
+
+
+def forwarded(frame: str | bytes) -> dict[str, Any] | None:
+    """A valid audio or turn-control event as `parse_event(frame).model_dump(exclude_none=True)`
+    gives it, or None: another type, or anything `parse_event` must look at (and answer).
+
+    orjson reads what it can (it refuses `NaN`, lone surrogates and numbers out of range, which then
+    go the long way); the members used here are strings, which both read alike.
+    """
+    if type(frame) is not str:
+        return None
+    try:
+        raw = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if type(raw) is not dict:
+        return None
+    kind = raw.get("type")
+    if kind == "audio.append":
+        audio = raw.get("audio")
+        if type(audio) is str and _is_base64(audio):
+            return {"type": kind, "audio": audio}
+        return None
+    if kind in _BARE:
+        return {"type": kind}
+    return None
+
+
+def _is_base64(value: str) -> bool:
+    """`AudioAppend`'s rule: padded length, the alphabet, at most two `=` at the end (RFC 4648)."""
+    if not value.isascii():
+        return False
+    encoded = value.encode("ascii")
+    body = encoded.rstrip(b"=")
+    return not (len(encoded) % 4 or len(encoded) - len(body) > 2 or body.translate(None, _BASE64))
+
+
+def decode_relayed(frame: str) -> Any:
+    """A relayed upstream frame decoded to look at its type (and an ending's code), or None.
+
+    orjson first (a quarter of the cost); what it refuses and `json` reads (`NaN`, deep nesting,
+    numbers out of range) is read by `json` as before. orjson reads integers out of 64 bits as
+    floats, which changes neither a type nor a code (strings, read alike by both).
+    """
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(frame)
+        except (ValueError, RecursionError):
+            return None
+
+
 # The wire form of an event: compact JSON. Built once: `json.dumps` with options builds a new
 # encoder on every call, which costs more than encoding a small event.
-encode_event = json.JSONEncoder(separators=(",", ":")).encode
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def encode_event(event: dict[str, Any]) -> str:
+    """`event` as compact JSON, `json`'s exact text.
+
+    A flat event of strings (an audio frame either way) is encoded by orjson, an eighth of the cost
+    on a 20 ms frame, when its output is the same text: ASCII without DEL, which `json` would escape.
+    """
+    if type(event) is dict and all(type(value) is str for value in event.values()):
+        try:
+            text = orjson.dumps(event)
+        except orjson.JSONEncodeError:  # a key that is not a string, a lone surrogate
+            pass
+        else:
+            if text.isascii() and b"\x7f" not in text:
+                return text.decode("ascii")
+    return _encode(event)
 
 
 def error_event(exc: RealtimeError) -> dict[str, Any]:

@@ -17,13 +17,19 @@ tasks, no sockets: `app.driver` runs the core over a WebSocket and an upstream.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from app.binding import Binding, describe, start_config, update_config
 from app.config import Settings
-from app.events import SessionStart, SessionUpdate, error_event, parse_event
+from app.events import (
+    SessionStart,
+    SessionUpdate,
+    decode_relayed,
+    error_event,
+    forwarded,
+    parse_event,
+)
 from app.exceptions import (
     AlreadyStartedError,
     ConfigError,
@@ -174,6 +180,9 @@ class SessionCore:
             )
         if not self.started:
             return self._before_start(frame)
+        ready = forwarded(frame)  # audio and turn control: checked without the models
+        if ready is not None:
+            return [SendUpstream(ready)]
         try:
             event = parse_event(frame)
             if isinstance(event, SessionStart):
@@ -252,12 +261,7 @@ class SessionCore:
         """One upstream event, to the client as it is; a relayed frame must be a JSON object with a type."""
         if self.over:
             return []
-        decoded: Any = event
-        if isinstance(event, str):
-            try:
-                decoded = json.loads(event)
-            except (ValueError, RecursionError):
-                decoded = None
+        decoded: Any = decode_relayed(event) if isinstance(event, str) else event
         if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
             return self.upstream_failed("the upstream sent a frame that is not an event")
         if decoded["type"] == "session.terminating":
