@@ -45,6 +45,9 @@ class Transport(Protocol):
         """Send one event (a `str` is already encoded JSON)."""
         ...
 
+    # Optional: `waiting() -> bool`, whether a frame is queued (receive would return at once);
+    # without it the session yields after every frame.
+
     async def close(self, code: int, reason: str = "") -> None: ...
 
 
@@ -202,11 +205,14 @@ class SessionDriver:
             await self._apply(self.core.upstream_failed(exc.message))
 
     async def _from_client(self) -> None:
+        waiting = getattr(self._transport, "waiting", None)
         while True:
             await self._apply(self.core.receive_client(await self._frame(), self._clock.now()))
             # Yield after every frame: queued frames arrive without a suspension, and one session
-            # must not hold the loop while its client floods.
-            await asyncio.sleep(0)
+            # must not hold the loop while its client floods. When no frame waits, reading the next
+            # one suspends the task anyway: the yield would only cost a pass of the loop.
+            if waiting is None or waiting():
+                await asyncio.sleep(0)
 
     async def _from_upstream(self, connection: UpstreamConnection) -> None:
         while True:

@@ -7,6 +7,7 @@ the JSON error body, never an upgrade. A ticket is consumed only when every earl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, NamedTuple
@@ -144,6 +145,14 @@ class WebSocketTransport:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
+        # The server's queue of received messages (uvicorn's protocol), when the ASGI receive is its.
+        receive = getattr(websocket, "_receive", None)
+        queue = getattr(getattr(receive, "__self__", None), "queue", None)
+        self._queue: asyncio.Queue[Any] | None = queue if isinstance(queue, asyncio.Queue) else None
+
+    def waiting(self) -> bool:
+        """Whether a message is queued (receive returns without a suspension); True when unknown."""
+        return self._queue is None or not self._queue.empty()
 
     async def receive(self) -> str | bytes | None:
         try:
