@@ -61,6 +61,17 @@ class Bucket:
     def take(self, amount: float) -> None:
         self.tokens -= amount
 
+    def take_at(self, amount: float, now: float) -> bool:
+        """`refill(now)` then `take(amount)` in one call (per frame); True if that left it below zero."""
+        tokens = self.tokens
+        if now > self._at:
+            tokens += (now - self._at) * self.rate
+            if tokens > self.rate:
+                tokens = self.rate
+            self._at = now
+        self.tokens = tokens = tokens - amount
+        return tokens < 0
+
     def ready_at(self) -> float:
         """When the bucket is back at zero (now, if it is not below)."""
         return self._at + max(0.0, -self.tokens) / self.rate
@@ -83,11 +94,7 @@ class Rate:
 
     def admit(self, size: int, now: float) -> bool:
         """Count a frame of `size` bytes read at `now`; False once the excess has lasted too long."""
-        self._frames.refill(now)
-        self._bytes.refill(now)
-        self._frames.take(1)
-        self._bytes.take(size)
-        if self._frames.tokens >= 0 and self._bytes.tokens >= 0:
+        if not (self._frames.take_at(1, now) | self._bytes.take_at(size, now)):
             if now - self._last_over >= CALM_SECONDS:
                 self.over_since = None
             return True
@@ -107,16 +114,18 @@ class Budget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._held: dict[str, int] = {}
+        self._total = 0  # the sum of `_held`, kept as it changes (asked after every event)
 
     def hold(self, where: str, size: int) -> bool:
         """Record that `where` now holds `size` bytes; False when the session is over its budget."""
+        self._total += size - self._held.get(where, 0)
         self._held[where] = size
-        return self.total <= self.limit
+        return self._total <= self.limit
 
     def fits(self, where: str, size: int) -> bool:
         """Whether the session would be within its budget were `where` to hold `size` bytes."""
-        return self.total - self._held.get(where, 0) + size <= self.limit
+        return self._total - self._held.get(where, 0) + size <= self.limit
 
     @property
     def total(self) -> int:
-        return sum(self._held.values())
+        return self._total

@@ -112,11 +112,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     def _take(self, size: int) -> None:
         """Count one frame of `size` payload bytes; past the rate, stop until the buckets refill."""
         now = self.loop.time()
-        self.frame_tokens.refill(now)
-        self.byte_tokens.refill(now)
-        self.frame_tokens.take(1)
-        self.byte_tokens.take(size)
-        if (self.frame_tokens.tokens < 0 or self.byte_tokens.tokens < 0) and not self.rate_paused:
+        over = self.frame_tokens.take_at(1, now) | self.byte_tokens.take_at(size, now)  # both take
+        if over and not self.rate_paused:
             self.rate_paused = True
             self.transport.pause_reading()
             ready = max(self.frame_tokens.ready_at(), self.byte_tokens.ready_at())
