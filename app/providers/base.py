@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from typing import Any, Protocol
+
+import orjson
 
 PROVIDERS = ("openai", "xai", "gemini")
 # Provider key shapes, redacted from provider messages the browser sees (besides the configured keys).
@@ -46,6 +50,29 @@ class Translator(Protocol):
 def effective(changes: dict[str, Any]) -> dict[str, Any]:
     """The config a `session.update` event carries: every field, `null` for removed ones."""
     return {name: value for name, value in changes.items() if value is not None}
+
+
+def decode_message(frame: str | bytes, string_kinds: Mapping[str, str]) -> Any:
+    """A provider's frame decoded (None if it is not JSON).
+
+    `string_kinds` maps message types whose translation reads one member, a string, to that member
+    (the deltas, the bulk of a session): those are read by orjson, at a quarter of the cost. orjson
+    reads integers out of 64 bits as floats and refuses what `json` takes (`NaN`), so any other
+    message, or such a message whose member is not a string, is read by `json`.
+    """
+    if string_kinds:
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict):
+            member = string_kinds.get(str(message.get("type")))
+            if member is not None and type(message.get(member)) is str:
+                return message
+    try:
+        return json.loads(frame)
+    except ValueError:
+        return None
 
 
 def redact(message: str, secrets: tuple[str, ...] = ()) -> str:

@@ -130,6 +130,13 @@ def _user_message(*content: dict[str, Any]) -> dict[str, Any]:
 class OpenAITranslator:
     """One session on OpenAI Realtime (GA events) or on xAI (the same events, its own URL and key)."""
 
+    #: Message types whose translation reads one member, a string (the deltas): read by orjson.
+    string_kinds = {
+        "response.output_audio.delta": "delta",
+        "response.output_text.delta": "delta",
+        "response.output_audio_transcript.delta": "delta",
+    }
+
     def __init__(self, config: dict[str, Any], model: ModelInfo, *, provider: str = "openai") -> None:
         self.provider = provider
         self._model = model

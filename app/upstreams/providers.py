@@ -12,7 +12,6 @@ for the provider to read means the provider stopped reading: the session ends.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -28,7 +27,7 @@ from app.events import encode_event, error_event
 from app.exceptions import ProtocolError, SessionUpdateUnsupportedError, UpstreamError
 from app.models import ModelInfo
 from app.providers import Translator, translator_for
-from app.providers.base import redact
+from app.providers.base import decode_message, redact
 from app.upstreams.base import SessionInfo
 from app.upstreams.outbox import Outbox
 
@@ -117,6 +116,9 @@ class ProviderConnection:
         self._outbox: Outbox[dict[str, Any] | UpstreamError] = Outbox(OUTBOX_EVENTS)
         self._reader: asyncio.Task[None] | None = None
         self._failure: UpstreamError | None = None
+        self._transport: asyncio.WriteTransport | None = getattr(websocket, "transport", None)
+        # Message types whose translation reads one string member, and that member.
+        self._string_kinds: dict[str, str] = getattr(translator, "string_kinds", {})
 
     def buffered_bytes(self) -> int:
         """The events translated and not yet taken, counted as the provider frames they came from."""
@@ -158,15 +160,28 @@ class ProviderConnection:
             await self._send_message(message)
 
     async def _send_message(self, message: dict[str, Any]) -> None:
+        text = encode_event(message)
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._websocket.send(encode_event(message))
+            if self._cannot_wait(len(text)):
+                await self._websocket.send(text)  # no timer for a send that returns at once
+            else:
+                async with asyncio.timeout(self._timeout):
+                    await self._websocket.send(text)
         except TimeoutError:
             raise UpstreamError(
                 f"{self._provider} stopped reading: a send waited over {self._timeout:g} s"
             ) from None
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, "mid-session") from None
+
+    def _cannot_wait(self, chars: int) -> bool:
+        """Whether a send of `chars` characters returns without waiting for the provider to read:
+        writing is not paused, and the write buffer stays under its high-water mark with the frame
+        in it (at most 4 bytes a character and its header), so writing it cannot pause."""
+        transport = self._transport
+        if transport is None or self._websocket.paused:
+            return False
+        return transport.get_write_buffer_size() + 4 * chars + 16 <= transport.get_write_buffer_limits()[1]
 
     # Provider to client -------------------------------------------------------------------
 
@@ -188,10 +203,7 @@ class ProviderConnection:
             frame = await self._websocket.recv()
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, when) from None
-        try:
-            message = json.loads(frame)
-        except ValueError:
-            message = None
+        message = decode_message(frame, self._string_kinds)
         if not isinstance(message, dict):
             raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
         return message, len(frame)
