@@ -85,8 +85,11 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         return self.read_paused or self.write_paused or self.rate_paused
 
     def data_received(self, data: bytes) -> None:
-        self.unread = self.unread + data if self.unread else data
-        self._feed()
+        if self.unread or len(data) > FEED_BYTES or self._paused() or self.transport.is_closing():
+            self.unread = self.unread + data if self.unread else data
+            self._feed()
+        else:  # one piece, nothing waiting: what `_feed` would do, without its slices
+            super().data_received(data)
 
     def _feed(self) -> None:
         """Parse what was read, a piece at a time, until a pause; the rest waits with reading paused."""
