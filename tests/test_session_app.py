@@ -38,7 +38,7 @@ from app.session import SessionCore
 from app.upstreams.audio import windows
 from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalConnection, LocalUpstream
-from app.upstreams.turn import HIDDEN, Turn, reply_words
+from app.upstreams.turn import HIDDEN, Turn, reply_deltas, reply_words
 
 Event = dict[str, Any]
 
@@ -760,7 +760,7 @@ def test_a_reply_is_made_one_delta_at_a_time() -> None:
     """The reply to a megabyte of words is a generator: nothing is built before it is sent."""
     connection = local_connection({**VALID, "modalities": ["text"]})
     turn = Turn(texts=["x " * 500_000])
-    deltas = connection._deltas(turn)
+    deltas = reply_deltas(turn, ["text"], connection._session)
     assert isinstance(deltas, Iterator) and not isinstance(deltas, list)
     first = [next(deltas)["delta"] for _ in range(4)]
     assert first == ["You ", "said: ", "x ", "x "]

@@ -14,7 +14,7 @@ import base64
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,14 +22,12 @@ import anyio
 
 from app.binding import effective_defaults
 from app.clock import Clock
-from app.upstreams.audio import duration_ms, tone, windows
+from app.upstreams.audio import duration_ms, windows
 from app.upstreams.base import SessionInfo
-from app.upstreams.turn import Turn, reply_words, shown_config
+from app.upstreams.turn import Turn, reply_deltas, tool_named
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_SILENCE_MS = 500
-REPLY_AUDIO_MS = 600
-AUDIO_CHUNK_MS = 100
 EVENT_BYTES = 256  # what a queued event (speech, transcript, error) is counted as
 
 
@@ -178,12 +176,6 @@ class LocalConnection:
         self._cancel = asyncio.Event()
         self._response = self._respond(turn)
 
-    def _tool_named(self, text: str) -> str | None:
-        for tool in self._config.get("tools") or ():
-            if tool["name"] in text:
-                return str(tool["name"])
-        return None
-
     def _deadline(self) -> float:
         """When the next delta is due: `pace` from now, on the clock when one is given."""
         return (anyio.current_time() if self._clock is None else self._clock.now()) + self._pace
@@ -227,7 +219,7 @@ class LocalConnection:
     async def _respond(self, turn: Turn) -> AsyncIterator[dict[str, Any] | None]:
         """The events of one response; None means "let queued events out, then call again"."""
         yield {"type": "response.started"}
-        tool = next((name for name in map(self._tool_named, turn.texts) if name), None)
+        tool = tool_named(self._config.get("tools") or (), turn.texts)
         if tool is not None and not turn.tool_results:
             self._call_count += 1
             call_id = f"call_{self._call_count}"
@@ -242,7 +234,7 @@ class LocalConnection:
             self._reply_bytes = 0
             yield {"type": "response.completed", "status": "completed"}
             return
-        for delta in self._deltas(turn):
+        for delta in reply_deltas(turn, self._config["modalities"], self._session):
             deadline = self._deadline()
             while not await self._wait(deadline):
                 yield None
@@ -253,19 +245,6 @@ class LocalConnection:
             yield delta
         self._reply_bytes = 0
         yield {"type": "response.completed", "status": "completed"}
-
-    def _deltas(self, turn: Turn) -> Iterator[dict[str, Any]]:
-        """The deltas of a reply, made one at a time as they go out."""
-        modalities = self._config["modalities"]
-        # `/config` is a diagnostic: answered in text even when the session has no text modality.
-        if "text" in modalities or turn.asks_for_config():
-            for word in reply_words(turn, shown_config(self._session.config, self._session.hidden)):
-                yield {"type": "text.delta", "delta": word}
-        if "audio" in modalities:
-            rate = self._session.model.output_sample_rate
-            chunk = base64.b64encode(tone(rate, AUDIO_CHUNK_MS)).decode("ascii")
-            for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
-                yield {"type": "audio.delta", "audio": chunk}
 
     async def receive(self) -> dict[str, Any] | None:
         while True:

@@ -6,12 +6,18 @@ never becomes a megabyte-sized reply string, let alone a list of a million delta
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.upstreams.audio import tone
+from app.upstreams.base import SessionInfo
+
 CONFIG_COMMAND = "/config"
+REPLY_AUDIO_MS = 600  # the audio of a reply
+AUDIO_CHUNK_MS = 100  # one audio delta
 
 
 @dataclass
@@ -80,3 +86,24 @@ def reply_words(turn: Turn, config: dict[str, Any]) -> Iterator[str]:
         pending += part[start:]
     if pending:
         yield pending
+
+
+def tool_named(tools: Iterable[dict[str, Any]], texts: Sequence[str]) -> str | None:
+    """The first bound tool whose name one of the turn's texts mentions (the local model's tool call)."""
+    for text in texts:
+        for tool in tools:
+            if tool["name"] in text:
+                return str(tool["name"])
+    return None
+
+
+def reply_deltas(turn: Turn, modalities: Sequence[str], session: SessionInfo) -> Iterator[dict[str, Any]]:
+    """The deltas of the reply to `turn`, made one at a time as they go out."""
+    # `/config` is a diagnostic: answered in text even when the session has no text modality.
+    if "text" in modalities or turn.asks_for_config():
+        for word in reply_words(turn, shown_config(session.config, session.hidden)):
+            yield {"type": "text.delta", "delta": word}
+    if "audio" in modalities:
+        chunk = base64.b64encode(tone(session.model.output_sample_rate, AUDIO_CHUNK_MS)).decode("ascii")
+        for _ in range(REPLY_AUDIO_MS // AUDIO_CHUNK_MS):
+            yield {"type": "audio.delta", "audio": chunk}
