@@ -125,12 +125,9 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        conn = self.conn
-        self.conn = RefusingServerProtocol(
-            extensions=conn.available_extensions,
-            max_size=(conn.max_message_size, conn.max_fragment_size),
-            logger=conn.logger,
-        )
+        # The connection object uvicorn made, with our refusals: a class of the same layout, so the
+        # object is kept rather than a second one built (its parser and state) on every connection.
+        self.conn.__class__ = RefusingServerProtocol
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
