@@ -199,8 +199,14 @@ class SessionDriver:
                     cast(Filling, connection).on_growth(self._grown)
                 await self._apply(self.core.connected(self._clock.now()))
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._from_upstream(connection))
-                    await self._from_client()
+                    pump = group.create_task(self._from_upstream(connection))
+                    try:
+                        await self._from_client()
+                    except Ended:
+                        # Ended from the client's side (it went, or its frame ended the session):
+                        # the pump is stopped and the group left without an exception group, whose
+                        # raising and matching cost more than the rest of a short session's end.
+                        pump.cancel()
         except UpstreamError as exc:
             await self._apply(self.core.upstream_failed(exc.message))
 
