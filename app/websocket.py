@@ -7,7 +7,8 @@ message in it for the app without limit, answers every ping at once whatever the
 holds, and builds a fragmented message from any number of continuation frames, pausing only once a
 whole message waits for the app. Here:
 
-- what the socket gives is fed to the parser `FEED_BYTES` at a time; once reading is paused the rest
+- what the socket gives is fed to the parser `FEED_BYTES` at a time (the request head uvicorn passes
+  on when it upgrades, which holds no frame, whole); once reading is paused the rest
   waits unparsed (at most one socket read), so at most the messages of one piece are queued;
 - every frame the client sends (text, binary, continuation, ping) takes a token from a bucket at the
   session's frame rate (`REALTIME_MAX_FRAMES_PER_SECOND`) and its payload from one at its byte rate
@@ -85,6 +86,11 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         return self.read_paused or self.write_paused or self.rate_paused
 
     def data_received(self, data: bytes) -> None:
+        if not self.handshake_initiated:
+            # The request head, as uvicorn's HTTP protocol read it (bounded there) and passes it on
+            # when it upgrades: no frame is in it, so it is parsed whole rather than in pieces.
+            super().data_received(data)
+            return
         if self.unread or len(data) > FEED_BYTES or self._paused() or self.transport.is_closing():
             self.unread = self.unread + data if self.unread else data
             self._feed()
