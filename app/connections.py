@@ -154,7 +154,8 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0
         self._heads = 0  # request heads completed on this connection
-        self._head_size = 0  # bytes of the last complete head
+        self._head_size = 0  # bytes of the last complete head (for a first head, a bound on them)
+        self._chunk = 0  # bytes of the read being parsed
         self._in_head = True  # reading a request line and headers
         self._in_message = False  # reading a request (head or body)
         self._refused = False
@@ -172,6 +173,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         if self._refused:
             return  # lingering after a refusal: drop what the client is still sending
         counting, heads = self._in_head, self._heads
+        self._chunk = len(data)
         super().data_received(data)
         # Only a chunk that left the same head unfinished counts toward it (one that completed a head
         # and began the next leaves the next one uncounted: at most one read's worth).
@@ -189,10 +191,14 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self._in_message = True
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
+        read, self._in_head, self._head_bytes = self._head_bytes + self._chunk, False, 0
         self._heads += 1
-        # A head that arrived in one read was not counted by `data_received`: measure it here.
-        self._head_size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        # A head that arrived in one read was not counted by `data_received`: measure it here, unless
+        # it is the connection's first, which lies within what was read, counted or in this read.
+        if self._heads == 1 and read <= MAX_HEAD_BYTES:
+            self._head_size = read  # a bound on its size, and under the cap
+        else:
+            self._head_size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         # uvicorn runs `self.app` for this request; a WebSocket upgrade is counted by its own protocol.
         if self._head_size > MAX_HEAD_BYTES:
             self.app = head_too_large
