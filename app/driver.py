@@ -184,9 +184,8 @@ class SessionDriver:
 
     async def _converse(self) -> None:
         """Client frames until a valid start, then the upstream's connection and both directions."""
-        info: SessionInfo | None = None
-        while info is None:
-            info = await self._apply(self.core.receive_client(await self._frame(), self._clock.now()))
+        info = await self._from_client(until_start=True)
+        assert info is not None  # noqa: S101 - only a start ends that loop without raising
         try:
             async with self._upstream.connect(info) as connection:
                 self._connection = connection
@@ -210,10 +209,11 @@ class SessionDriver:
         except UpstreamError as exc:
             await self._apply(self.core.upstream_failed(exc.message))
 
-    async def _from_client(self) -> None:
+    async def _from_client(self, *, until_start: bool = False) -> SessionInfo | None:
+        """Client frames, each once the rate limit allows reading it, until the client goes or the
+        session ends (`Ended`), or, with `until_start`, until a valid start (its `SessionInfo`)."""
         waiting = getattr(self._transport, "waiting", None)
         while True:
-            # `_frame`, inlined: a coroutine less per frame.
             ready = self.core.read_after()
             if ready > self._clock.now():
                 await self._clock.sleep_until(ready)
@@ -221,7 +221,9 @@ class SessionDriver:
             if frame is None:
                 self.core.client_gone()
                 raise Ended
-            await self._apply(self.core.receive_client(frame, self._clock.now()))
+            info = await self._apply(self.core.receive_client(frame, self._clock.now()))
+            if until_start and info is not None:
+                return info
             # Yield after every frame: queued frames arrive without a suspension, and one session
             # must not hold the loop while its client floods. When no frame waits, reading the next
             # one suspends the task anyway: the yield would only cost a pass of the loop.
@@ -247,17 +249,6 @@ class SessionDriver:
             held = self._held()
             if held:
                 await self._apply(held)
-
-    async def _frame(self) -> str | bytes:
-        """The next client frame, once the rate limit allows reading it."""
-        ready = self.core.read_after()
-        if ready > self._clock.now():
-            await self._clock.sleep_until(ready)
-        frame = await self._transport.receive()
-        if frame is None:
-            self.core.client_gone()
-            raise Ended
-        return frame
 
     def _grown(self) -> None:
         """The connection's buffers grew: past the budget, the clock's check ends the session now."""
