@@ -38,6 +38,12 @@ from app.exceptions import TooManyConnectionsError
 from app.responses import error_response
 
 logger = logging.getLogger(__name__)
+#: The logger of websockets' own connection objects (websockets' own name for a server's lines).
+#: uvicorn hands them `uvicorn.error`, so every handshake printed websockets' `connection open`
+#: beside uvicorn's `"WebSocket /v3/realtime" [accepted]`: the same news twice, and a line costs the
+#: event loop about 6 µs. At the INFO level its INFO lines are left out (`app.logs.config`); its
+#: warnings and errors still print, and at DEBUG everything it logs.
+CONNECTION_LOGGER = logging.getLogger("websockets.server")
 
 #: Request line plus headers. websockets refuses any single line over 8 KiB on its own.
 MAX_HEAD_BYTES = 64 * 1024
@@ -128,6 +134,8 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         # The connection object uvicorn made, with our refusals: a class of the same layout, so the
         # object is kept rather than a second one built (its parser and state) on every connection.
         self.conn.__class__ = RefusingServerProtocol
+        self.conn.logger = CONNECTION_LOGGER
+        self.conn.debug = CONNECTION_LOGGER.isEnabledFor(logging.DEBUG)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

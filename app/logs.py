@@ -199,6 +199,13 @@ def config(level: str = "INFO") -> dict[str, object]:
             "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": ["stderr"], "level": level, "propagate": False},
             "app": {"handlers": ["stderr"], "level": level, "propagate": False},
+            # websockets' connection objects: at INFO they would print `connection open` for each
+            # handshake, after uvicorn's `[accepted]` line; at DEBUG every frame and header.
+            "websockets": {
+                "handlers": ["stderr"],
+                "level": "WARNING" if level == "INFO" else level,
+                "propagate": False,
+            },
         },
         "root": {"handlers": ["stderr"], "level": "WARNING"},
     }

@@ -343,3 +343,19 @@ def test_logs_hold_no_secrets_and_no_error_lines(edge: Edge) -> None:
         assert secret not in log
         assert secret.split(".")[-1] not in log  # not even the signature part
     assert " ERROR " not in log and "Traceback" not in log
+
+
+def test_a_session_logs_its_acceptance_and_its_end(edge: Edge) -> None:
+    with open_ws(edge, ticket=edge.mint()) as ws:
+        ws.send(json.dumps({"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}}))
+        started = json.loads(ws.recv(timeout=10))
+        assert started["type"] == "session.started"
+    session = started["session_id"]
+    deadline = time.monotonic() + 10
+    while f"session {session} ended" not in (log := edge.service.settled_log()):
+        assert time.monotonic() < deadline, "the session's end was never logged"
+        time.sleep(0.05)
+    assert f"session {session} ended: the client went" in log
+    assert '"WebSocket /v3/realtime" [accepted]' in log
+    # websockets' own `connection open`, which said again what the line above says, is not printed.
+    assert "connection open" not in log
