@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import LINE, Format, QueueWriter, RedactSecrets, escape_controls, redact, write_through
+from app.logs import (
+    LINE,
+    Format,
+    QueueWriter,
+    RedactSecrets,
+    config,
+    escape_controls,
+    redact,
+    write_through,
+)
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -261,6 +270,17 @@ JWE = "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2R0NNIn0..aXZpdml2aXZpdg.Y2lwaGVydGV4dA.dG
 )
 def test_anything_shaped_like_a_token_is_redacted(line: str, expected: str) -> None:
     assert redact(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("level", "websockets_level"), [("INFO", "WARNING"), ("DEBUG", "DEBUG"), ("WARNING", "WARNING")]
+)
+def test_websockets_own_lines_print_from_warning_unless_debugging(level: str, websockets_level: str) -> None:
+    """Its per-handshake `connection open` (INFO) repeats uvicorn's `[accepted]` line."""
+    loggers = config(level)["loggers"]
+    assert isinstance(loggers, dict)
+    assert loggers["websockets"]["level"] == websockets_level
+    assert loggers["app"]["level"] == loggers["uvicorn"]["level"] == level
 
 
 def test_a_text_frame_that_is_not_utf8_is_info_without_a_traceback() -> None:
