@@ -70,6 +70,12 @@ class TrustedProxies:
         return hops[0] if hops else None
 
 
+def first_headers(scope: Scope) -> dict[bytes, bytes]:
+    """A request's headers by their (lower-case) names, the first value of each, as Starlette's
+    `headers.get` reads them: one pass over the list, where each `headers.get` walks it again."""
+    return dict(reversed(scope["headers"]))
+
+
 def valid_host(host: str) -> bool:
     """`host` is a host name or an IP literal, with an optional port: fit to put in a URL."""
     return len(host) <= 255 and _HOST.match(host) is not None

@@ -27,6 +27,7 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
+from app.proxies import first_headers
 from app.responses import error_response
 from app.services import Services
 from app.session import SessionCore
@@ -53,12 +54,6 @@ class Credentials(NamedTuple):
         if self.in_subprotocol and self.ticket is not None:
             return TICKET_PROTOCOL + self.ticket
         return None
-
-
-def first_headers(websocket: WebSocket) -> dict[bytes, bytes]:
-    """Each header's first value by its (lower-case) name, as `websocket.headers.get` reads it, in one
-    pass (each `headers.get` walks the whole list again)."""
-    return dict(reversed(websocket.scope["headers"]))
 
 
 def read_credentials(websocket: WebSocket, headers: dict[bytes, bytes]) -> Credentials:
@@ -188,7 +183,7 @@ async def realtime(websocket: WebSocket) -> None:
     held = False
     project = "-"
     try:
-        headers = first_headers(websocket)
+        headers = first_headers(websocket.scope)
         credentials = read_credentials(websocket, headers)
         if credentials.ticket is not None:
             ticket = await verify_ticket(services, credentials.ticket)
