@@ -53,16 +53,9 @@ class Bucket:
         self.tokens = rate
         self._at = now
 
-    def refill(self, now: float) -> None:
-        if now > self._at:
-            self.tokens = min(self.rate, self.tokens + (now - self._at) * self.rate)
-            self._at = now
-
-    def take(self, amount: float) -> None:
-        self.tokens -= amount
-
     def take_at(self, amount: float, now: float) -> bool:
-        """`refill(now)` then `take(amount)` in one call (per frame); True if that left it below zero."""
+        """Refill for the time up to `now`, then take `amount` (one call per frame); True if that
+        left the bucket below zero."""
         tokens = self.tokens
         if now > self._at:
             tokens += (now - self._at) * self.rate
