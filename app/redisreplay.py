@@ -17,11 +17,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
-from redis.retry import Retry
 
 from app.exceptions import ReplayStoreUnavailableError, TicketReplayedError
 from app.replay import RETRY_AFTER_SECONDS
