@@ -30,11 +30,13 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.datastructures import Headers
+from websockets.frames import CloseCode
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
 from app import logs
 from app.exceptions import TooManyConnectionsError
+from app.realtime import WAITING_EXTENSION
 from app.responses import error_response
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 #: warnings and errors still print, and at DEBUG everything it logs.
 CONNECTION_LOGGER = logging.getLogger("websockets.server")
 
+TOO_BIG_REASON = (
+    "message too big"  # the close reason for an over-size message: the numbers stay inside the edge
+)
 #: Request line plus headers. websockets refuses any single line over 8 KiB on its own.
 MAX_HEAD_BYTES = 64 * 1024
 #: Connections past the cap are still accepted so that a request can be answered 503; they get this
@@ -108,7 +113,13 @@ async def head_too_large(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 class RefusingServerProtocol(ServerProtocol):
-    """websockets' handshake, with refusals answered by our JSON error body."""
+    """websockets' handshake, with refusals answered by our JSON error body, and a close reason for
+    an over-size message that names no limit."""
+
+    def fail(self, code: CloseCode | int, reason: str = "") -> None:
+        if code == CloseCode.MESSAGE_TOO_BIG:
+            reason = TOO_BIG_REASON
+        super().fail(code, reason)
 
     def reject(self, status: Any, text: str) -> Response:
         code = HTTPStatus(status)
@@ -131,11 +142,13 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The connection object uvicorn made, with our refusals: a class of the same layout, so the
-        # object is kept rather than a second one built (its parser and state) on every connection.
-        self.conn.__class__ = RefusingServerProtocol
-        self.conn.logger = CONNECTION_LOGGER
-        self.conn.debug = CONNECTION_LOGGER.isEnabledFor(logging.DEBUG)
+        # websockets' connection object, built again as ours (our refusals, websockets' own logger),
+        # with the extensions uvicorn chose and the configured size limit.
+        self.conn = RefusingServerProtocol(
+            extensions=self.conn.available_extensions,
+            max_size=self.config.ws_max_size,
+            logger=CONNECTION_LOGGER,
+        )
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -150,6 +163,16 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         if len(self.connections) > self.limits.max_connections:
             self.app = over_capacity
         super().handle_connect(event)
+        if self.response.status_code != 101:
+            return  # refused by websockets: answered and closed, no app runs
+        # The session loop asks whether a message already waits (`app.realtime`), so that it yields
+        # only when it would not suspend anyway; offered as an ASGI extension of this server.
+        extensions: dict[str, Any] = self.scope["extensions"]
+        extensions[WAITING_EXTENSION] = self.message_waiting
+
+    def message_waiting(self) -> bool:
+        """Whether a received message is queued for the app (its next receive returns at once)."""
+        return not self.queue.empty()
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):

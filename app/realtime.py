@@ -7,9 +7,9 @@ the JSON error body, never an upgrade. A ticket is consumed only when every earl
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
@@ -34,6 +34,10 @@ from app.session import SessionCore
 from app.tickets import Ticket, verify
 
 logger = logging.getLogger(__name__)
+
+#: The ASGI scope extension through which the edge's WebSocket protocol says whether a received
+#: message already waits (`app.connections`).
+WAITING_EXTENSION = "realtime.message_waiting"
 
 TICKET_PROTOCOL = "opper-ticket."
 SESSION_PROTOCOL = "realtime"
@@ -140,14 +144,13 @@ class WebSocketTransport:
 
     def __init__(self, websocket: WebSocket) -> None:
         self._websocket = websocket
-        # The server's queue of received messages (uvicorn's protocol), when the ASGI receive is its.
-        receive = getattr(websocket, "_receive", None)
-        queue = getattr(getattr(receive, "__self__", None), "queue", None)
-        self._queue: asyncio.Queue[Any] | None = queue if isinstance(queue, asyncio.Queue) else None
+        # Offered by the edge's own WebSocket protocol (app.connections); absent under another server.
+        extensions = websocket.scope.get("extensions") or {}
+        self._waiting: Callable[[], bool] | None = extensions.get(WAITING_EXTENSION)
 
     def waiting(self) -> bool:
         """Whether a message is queued (receive returns without a suspension); True when unknown."""
-        return self._queue is None or not self._queue.empty()
+        return self._waiting is None or self._waiting()
 
     async def receive(self) -> str | bytes | None:
         try:

@@ -31,33 +31,13 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode, Frame
-from websockets.server import ServerProtocol
 
+from app.connections import TOO_BIG_REASON
 from app.limits import Bucket
 
 logger = logging.getLogger(__name__)
 
 FEED_BYTES = 512  # given to the parser at a time: at most 85 masked frames, so as many queued messages
-TOO_BIG = "message too big"  # the close reason for both limits: the numbers stay inside the edge
-
-
-class _TooBigWithoutLimit(ServerProtocol):
-    """websockets' server side, with a close reason for an over-size message that names no limit."""
-
-    def fail(self, code: CloseCode | int, reason: str = "") -> None:
-        if code == CloseCode.MESSAGE_TOO_BIG:
-            reason = TOO_BIG
-        super().fail(code, reason)
-
-
-_WITHOUT_LIMIT: dict[type[ServerProtocol], type[ServerProtocol]] = {}
-
-
-def _without_limit(base: type[ServerProtocol]) -> type[ServerProtocol]:
-    """`base` (the connection class the protocol below made) with `_TooBigWithoutLimit`'s close."""
-    if base not in _WITHOUT_LIMIT:
-        _WITHOUT_LIMIT[base] = type(base.__name__, (_TooBigWithoutLimit, base), {})
-    return _WITHOUT_LIMIT[base]
 
 
 class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -70,8 +50,6 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The connection object the classes below made (their own refusals), with the close reason.
-        self.conn.__class__ = _without_limit(type(self.conn))
         self.write_paused = False
         self.rate_paused = False
         now = self.loop.time()
@@ -170,7 +148,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.fragments > self.max_fragments:
             self.frames = []
             logger.info("a client sent a message in over %d frames: closed with 1009", self.max_fragments)
-            self.conn.fail(CloseCode.MESSAGE_TOO_BIG, TOO_BIG)
+            self.conn.fail(CloseCode.MESSAGE_TOO_BIG, TOO_BIG_REASON)
             self.handle_parser_exception()
             return
         super().handle_cont(event)
