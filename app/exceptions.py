@@ -25,7 +25,8 @@
     │   ├── TicketsDisabledError       tickets_disabled
     │   ├── ReplayStoreUnavailableError replay_store_unavailable
     │   ├── ReplayStoreFullError       replay_store_full
-    │   └── TooManyConnectionsError    too_many_connections
+    │   ├── TooManyConnectionsError    too_many_connections
+    │   └── UnsupportedServerError     unsupported_server (started outside `python -m app.serve`)
     ├── ConfigError (400 at the mint, an `error` event in a session)
     │   ├── InvalidConfigError         invalid_config
     │   ├── MissingModelError          missing_model
@@ -210,6 +211,12 @@ class ReplayStoreFullError(UnavailableError):
 
 class TooManyConnectionsError(UnavailableError):
     code = "too_many_connections"
+
+
+class UnsupportedServerError(UnavailableError):
+    """The app was started by a server without the edge's bounds (`app.main.UnsupportedStart`)."""
+
+    code = "unsupported_server"
 
 
 # Session config (400 at the mint, non-fatal `error` events in a session) ---------------------

@@ -1,11 +1,11 @@
-"""The app factory: routes, error answers and lifespan wiring; `uvicorn --factory app.main:create_app`."""
+"""The app factory: routes, error answers and lifespan wiring; the service starts with `app.serve`."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import overload
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -14,13 +14,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.demo import dev_ticket, favicon, page, static
 from app.dispatch import App
-from app.exceptions import RealtimeError, UnavailableError
+from app.exceptions import RealtimeError, UnavailableError, UnsupportedServerError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
 from app.proxies import AdminListener, ForwardedHeaders
@@ -110,14 +111,61 @@ class EdgeHeader:
         await self.app(scope, receive, send_with_header)
 
 
+#: Why an outside server's `create_app()` does not start (docs/decisions.md, "One start command").
+UNSUPPORTED_START = (
+    "create_app() was called without settings, as a server's --factory option does: that server would "
+    "run the service without the edge's connection cap, handshake timeout, frame and byte rates, "
+    "worker guard and draining shutdown. Start the service with `python -m app.serve` "
+    "(`make run` does); it reads the same REALTIME_* settings."
+)
+
+
+class UnsupportedStart:
+    """What `create_app()` gives a server that called it as a factory: an app that refuses to start.
+
+    Its lifespan answers `lifespan.startup.failed` with `UNSUPPORTED_START` (the server logs it and
+    exits; uvicorn's --workers supervisor then stops too); run with the lifespan off, it answers every
+    request 503 and refuses every WebSocket, so no ticket is ever redeemed without the bounds.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": UNSUPPORTED_START})
+            return
+        response = error_response(UnsupportedServerError(UNSUPPORTED_START))
+        if scope["type"] == "websocket":
+            await WebSocket(scope, receive, send).send_denial_response(response)
+        else:
+            await response(scope, receive, send)
+
+
+@overload
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, upstream: Upstream | None = None
+) -> Starlette: ...
+
+
+@overload
+def create_app(
+    settings: None = None, *, clock: Clock | None = None, upstream: Upstream | None = None
+) -> ASGIApp: ...
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     clock: Clock | None = None,
     upstream: Upstream | None = None,
-) -> Starlette:
-    """Build the app. Without `settings`, they are read from the environment now (not at import)."""
-    settings = settings or Settings.from_environ(os.environ)
+) -> Starlette | ASGIApp:
+    """Build the app with `settings` (`python -m app.serve` reads them from the environment).
+
+    Called without settings, as `uvicorn --factory app.main:create_app` or another server's factory
+    option calls it, it returns `UnsupportedStart`: those servers lack the edge's bounds.
+    """
+    if settings is None:
+        return UnsupportedStart()
     clock = clock or SystemClock()
     logs.install()
 

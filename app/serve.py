@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from app import logs
+from app import internals, logs
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
 from app.keys import KeySet
@@ -37,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_environ(os.environ)
     except SettingsError as exc:
         print(f"error: invalid setting {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        internals.check()  # the edge's protocol classes build on these uvicorn releases only
+    except SettingsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 2
     if args.workers < 1:
         print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
