@@ -36,7 +36,7 @@ from app.upstreams import served_registry
 from app.upstreams.base import SessionInfo
 from app.upstreams.providers import Endpoint, ProviderConnection, ProvidersUpstream
 from tests.fake_providers import FakeProvider
-from tests.provider_types import Violation, check_gemini_client, check_openai_client
+from tests.provider_types import Violation, check_gemini_client, check_openai_client, check_xai_client
 from tests.tls import localhost_contexts
 
 Event = dict[str, Any]
@@ -127,12 +127,28 @@ def test_openai_turn_detection(turn: Event, expected: Event | None) -> None:
     assert message["session"]["audio"]["input"]["turn_detection"] == expected
 
 
-def test_xai_gets_the_same_events_without_reasoning_effort() -> None:
+def test_xai_gets_its_own_session_shape() -> None:
     translator = OpenAITranslator({"voice": "eve", **FULL}, XAI, provider="xai")
     (message,) = translator.opening()
-    check_openai_client(json.dumps(message))
-    assert message["session"]["audio"]["output"]["voice"] == "eve"
-    assert "reasoning" not in message["session"]
+    check_xai_client(json.dumps(message))
+    session = message["session"]
+    assert session["voice"] == "eve" and session["turn_detection"]["type"] == "server_vad"
+    assert session["audio"] == {
+        "input": {"format": {"type": "audio/pcm", "rate": 24000}},
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}},
+    }
+    assert set(session) <= {"voice", "instructions", "turn_detection", "tools", "audio"}
+    # Manual turns are a null turn detection; an update keeps an unchanged voice out.
+    (update,) = translator.to_provider(
+        {"type": "session.update", "config": {"voice": "eve", "turn_detection": {"type": "none"}}}
+    )
+    check_xai_client(json.dumps(update))
+    assert update["session"]["turn_detection"] is None and "voice" not in update["session"]
+    assert translator.manual_turns
+    # OpenAI's nesting is refused by xAI's check: the voice would be ignored.
+    (openai_shape,) = OpenAITranslator({"voice": "eve"}, XAI).opening()
+    with pytest.raises(Violation, match="does not document"):
+        check_xai_client(json.dumps(openai_shape))
 
 
 @pytest.mark.parametrize("event", CLIENT_EVENTS, ids=[event["type"] for event in CLIENT_EVENTS])
@@ -259,6 +275,7 @@ def test_every_openai_server_event_type_is_translated_or_counted() -> None:
         "response.output_audio.delta", "response.output_text.delta", "response.created", "response.done",
         "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "error", "session.updated",
         "conversation.item.input_audio_transcription.completed", "response.function_call_arguments.done",
+        "conversation.item.input_audio_transcription.failed",
     }  # fmt: skip
     sdk = _literal_types(RealtimeServerEvent)
     assert sdk - translated - DROPPED == set()
@@ -380,8 +397,8 @@ def test_gemini_server_messages_make_responses() -> None:
         "response": {"output": "cold"},
     }
     assert translator.to_provider({"type": "response.create"}) == []
-    assert translator.to_provider({"type": "response.create"}) == [{"clientContent": {"turnComplete": True}}]
-    assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) is None
+    assert translator.to_provider({"type": "response.create"}) == []  # Gemini answers by itself
+    assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) == []  # counted
     translator.from_provider({"serverContent": {"modelTurn": {"parts": [audio]}}})
     assert translator.from_provider({"serverContent": {"interrupted": True}})[-1] == {  # type: ignore[index]
         "type": "response.completed",
