@@ -99,7 +99,9 @@ def check_xai_client(text: str) -> dict[str, Any]:
     for direction in ("input", "output"):
         undocumented |= {f"audio.{direction}.{name}" for name in set(audio.get(direction) or {}) - {"format"}}
     if "type" in session or undocumented:
-        raise Violation(f"session members xAI does not document: {sorted(undocumented | set(session) & {'type'})}")
+        raise Violation(
+            f"session members xAI does not document: {sorted(undocumented | set(session) & {'type'})}"
+        )
     if "turn_detection" not in session:
         raise Violation("xAI's session must say its turn detection (null: manual turns)")
     try:
