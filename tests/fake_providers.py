@@ -15,7 +15,8 @@ one message deliberately not valid). The fake Gemini issues a resumption handle 
 turn and keeps each session's conversation under it: `what did I say` lists it. `kind="xai"` speaks
 xAI's shape: its session checked by xAI's documented members, partial input transcripts
 (`status: "in_progress"`) before the final one. `mode`: `transcription_fails`, `no_handles` (Gemini
-issues none), `refuse_resume` (Gemini refuses a setup with a handle).
+issues none), `refuse_resume` (Gemini refuses a setup with a handle), `nest` (Gemini answers the
+setup with `nest deeply`'s frame).
 
 `echo=True` (the bench): every audio chunk is answered at once by an audio delta of the same bytes,
 and messages are not checked (the bench measures the edge, not the checker). A frame of this
@@ -186,7 +187,9 @@ class FakeProvider:
         self.received.append(message)
         return message
 
-    async def _send(self, connection: ServerConnection, message: dict[str, Any]) -> None:
+    async def _send(
+        self, connection: ServerConnection, message: dict[str, Any], *, compact: bool = False
+    ) -> None:
         if self.echo:
             await connection.send(json.dumps(message))
             return
@@ -196,7 +199,7 @@ class FakeProvider:
         except Violation as exc:
             self.violations.append(f"the fake itself: {exc}")
             raise
-        await connection.send(text)
+        await connection.send(json.dumps(message, separators=(",", ":")) if compact else text)
 
     async def _ours(self, connection: ServerConnection, message: dict[str, Any]) -> bool:
         """The bench's pass-through floor sends this protocol: answer it in kind."""
@@ -309,6 +312,7 @@ class FakeProvider:
                         "event_id": _id("ev"),
                         "content_index": 0,
                         "transcript": " ".join(words[:count]),
+                        "usage": {"type": "duration", "seconds": state["audio"] / 48000},
                         **({"status": "in_progress"} if partial else {}),
                     },
                 )
@@ -365,6 +369,9 @@ class FakeProvider:
             return False
         if "go silent" in text:
             return True  # connected, reading, and never a word again
+        if "nest deeply" in text:
+            await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
+            return True
         response = _id("resp")
         created = {"type": "response.created", "event_id": _id("ev"), "response": {"id": response}}
         await self._send(connection, {**created, "response": {"id": response, "status": "in_progress"}})
@@ -439,6 +446,9 @@ class FakeProvider:
             state["history"] = self.conversations[handle]  # the session goes on where it was
         state["setup"] = setup
         self.openings.append(setup)
+        if self.mode == "nest":
+            await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
+            return True
         if self.mode != "mute":
             await self._send(connection, {"setupComplete": {}})
             await self._issue_handle(connection, state)
@@ -508,8 +518,8 @@ class FakeProvider:
             for declaration in group.get("functionDeclarations") or ()
         ]
         if "many calls" in text:
-            calls = [{"id": f"c{index}", "name": "f"} for index in range(38_000)]
-            await self._send(connection, {"toolCall": {"functionCalls": calls}})
+            calls = [{"id": f"{index:x}", "name": "f"} for index in range(38_000)]  # ~0.95 MB
+            await self._send(connection, {"toolCall": {"functionCalls": calls}}, compact=True)
             return True
         called = next((name for name in names if tool is None and name in text), None)
         if called is not None:
