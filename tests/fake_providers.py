@@ -37,6 +37,7 @@ import json
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,8 @@ class FakeProvider:
         self.conversations: dict[str, list[str]] = {}  # Gemini: what each session heard, by handle
         self.resumed_with: list[str] = []  # Gemini: the handles setups resumed with
         self.go_aways = 0
+        self.go_away_at: list[float] = []  # time.perf_counter() as each goAway was sent (the bench)
+        self.resumed_at: list[float] = []  # ... and as each resumed setup was acknowledged
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
@@ -451,6 +454,8 @@ class FakeProvider:
             return True
         if self.mode != "mute":
             await self._send(connection, {"setupComplete": {}})
+            if handle is not None:
+                self.resumed_at.append(time.perf_counter())
             await self._issue_handle(connection, state)
         return True
 
@@ -545,12 +550,14 @@ class FakeProvider:
             if "outputAudioTranscription" in setup:
                 await self._send(connection, {"serverContent": {"outputTranscription": {"text": answer}}})
         await self._send(connection, {"serverContent": {"generationComplete": True}})
+        # A resumable point before the turn's end: once the edge relays the end, its handle is known.
+        await self._issue_handle(connection, state)
         usage = {"promptTokenCount": 5, "responseTokenCount": 7, "totalTokenCount": 12}
         await self._send(connection, {"serverContent": {"turnComplete": True}, "usageMetadata": usage})
-        await self._issue_handle(connection, state)
         if "go away" in text:
             self.go_aways += 1
             await self._send(connection, {"goAway": {"timeLeft": "5s"}})
+            self.go_away_at.append(time.perf_counter())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(connection.wait_closed(), 5)
             await connection.close(1000, "session time is up")

@@ -22,6 +22,8 @@ class Translator(Protocol):
     provider: str
     #: The provider announced the end of this connection (Gemini `goAway`): resume on a new one.
     going_away: bool
+    #: The newest handle a new connection can resume the session with (None: none, or no resumption).
+    handle: str | None
 
     @property
     def manual_turns(self) -> bool:

@@ -183,6 +183,7 @@ class OpenAITranslator:
         self._session = xai_session_config if provider == "xai" else session_config
 
     going_away = False  # OpenAI and xAI announce no end of a connection: nothing to resume
+    handle: str | None = None
 
     def resumption_opening(self) -> list[dict[str, Any]] | None:
         return None

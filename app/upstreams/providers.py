@@ -39,6 +39,9 @@ RECEIVE_QUEUE_FRAMES = 1  # provider frames websockets buffers before it stops r
 ERROR_BYTES = 256  # what an error event of ours (an event the provider cannot take) is counted as
 EVENT_BYTES = 256  # what each translated event is counted as, besides the frame it came from
 MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
+#: Client messages sent since the newest resumption handle, kept to send again on a resumed
+#: connection (the handle's state does not hold them); past this many bytes the oldest go.
+SINCE_HANDLE_BYTES = 1 << 20
 
 Dropped = Callable[[str, str], None]
 
@@ -148,6 +151,9 @@ class ProviderConnection:
         self._string_kinds: dict[str, str] = getattr(translator, "string_kinds", {})
         self._held: deque[str] = deque()  # messages for the provider while a new connection opens
         self._held_bytes = 0
+        self._since_handle: deque[str] = deque()  # sent after the newest handle came
+        self._since_handle_bytes = 0
+        self._handle: str | None = None
         self._expanding = 0  # events of the message being queued, not yet in the outbox
         self._resuming = False
         self.resumptions = 0
@@ -157,7 +163,7 @@ class ProviderConnection:
     def buffered_bytes(self) -> int:
         """Events translated and not yet taken (counted as the provider frames they came from, and
         `EVENT_BYTES` each), and client messages held while a connection is resumed."""
-        return self._outbox.held + self._held_bytes + self._expanding
+        return self._outbox.held + self._held_bytes + self._expanding + self._since_handle_bytes
 
     def on_growth(self, notify: Callable[[], None]) -> None:
         self._notify = notify
@@ -221,6 +227,23 @@ class ProviderConnection:
                 self._hold(text)  # the reader sees the close too, and resumes
                 return
             raise _closed(self._provider, exc, "mid-session") from None
+        self._sent(text)
+
+    def _sent(self, text: str) -> None:
+        """Keep a message sent since the newest handle: a resumed session has not seen it."""
+        if self._translator.handle is None:
+            return
+        self._since_handle.append(text)
+        self._since_handle_bytes += len(text)
+        while self._since_handle_bytes > SINCE_HANDLE_BYTES:
+            self._since_handle_bytes -= len(self._since_handle.popleft())
+        self._notify()
+
+    def _new_handle(self) -> None:
+        """A newer handle holds everything sent so far."""
+        self._handle = self._translator.handle
+        self._since_handle.clear()
+        self._since_handle_bytes = 0
 
     def _hold(self, text: str) -> None:
         self._held.append(text)
@@ -317,7 +340,10 @@ class ProviderConnection:
                 if self._answer_due is not None:  # it said something: the wait starts again
                     self._expect_answer()
                 message, size = self._decode(frame)
-                await self._queue(self._translate(message) or [], size)
+                events = self._translate(message) or []
+                if self._translator.handle != self._handle:
+                    self._new_handle()
+                await self._queue(events, size)
                 if self._translator.going_away:
                     await self._resume("announced the end of its connection (goAway)")
         except UpstreamError as exc:
@@ -391,10 +417,15 @@ class ProviderConnection:
         if self._answer_due is not None:
             self._expect_answer()
         try:
-            while self._held:  # sends made meanwhile join the queue: the order is kept
+            # What the old connection took after the handle was made, then what waited meanwhile
+            # (sends made while this runs join the queue: the order is kept).
+            for text in list(self._since_handle):
+                await self._send_text(text, websocket)
+            while self._held:
                 text = self._held.popleft()
                 self._held_bytes -= len(text)
                 await self._send_text(text, websocket)
+                self._sent(text)
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, "after resuming") from None
         self._resuming = False
