@@ -15,7 +15,8 @@ one message deliberately not valid). The fake Gemini issues a resumption handle 
 turn and keeps each session's conversation under it: `what did I say` lists it. `kind="xai"` speaks
 xAI's shape: its session checked by xAI's documented members, partial input transcripts
 (`status: "in_progress"`) before the final one. `mode`: `transcription_fails`, `no_handles` (Gemini
-issues none), `refuse_resume` (Gemini refuses a setup with a handle), `nest` (Gemini answers the
+issues none), `refuse_resume` (Gemini refuses a setup with a handle), `mute_resume` (it never
+acknowledges one), `nest` (Gemini answers the
 setup with `nest deeply`'s frame).
 
 `echo=True` (the bench): every audio chunk is answered at once by an audio delta of the same bytes,
@@ -452,7 +453,7 @@ class FakeProvider:
         if self.mode == "nest":
             await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
             return True
-        if self.mode != "mute":
+        if self.mode != "mute" and not (self.mode == "mute_resume" and handle is not None):
             await self._send(connection, {"setupComplete": {}})
             if handle is not None:
                 self.resumed_at.append(time.perf_counter())

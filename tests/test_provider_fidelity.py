@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.fake_providers import FakeProvider
 from tests.test_provider_sessions import (
@@ -41,6 +42,7 @@ from tests.test_provider_sessions import (
 )
 
 RESUMES = 3  # REALTIME_UPSTREAM_RESUMES for this edge: three goAways survive, a fourth does not
+BUDGET = 2 << 20  # REALTIME_SESSION_MEMORY_BYTES for this edge
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +65,7 @@ def fidelity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
             REALTIME_UPSTREAM_TIMEOUT_SECONDS="5",
             REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS="3",
             REALTIME_UPSTREAM_RESUMES=str(RESUMES),
+            REALTIME_SESSION_MEMORY_BYTES=str(BUDGET),
         )
         with edge:
             deployed = Deployment(edge, api_key, openai, xai, gemini)
@@ -230,13 +233,40 @@ def test_gemini_resumptions_past_the_limit_end_the_session(fidelity: Deployment)
         )
 
 
-def test_gemini_refused_resumption_ends_the_session(fidelity: Deployment) -> None:
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("refuse_resume", r"^resuming the session failed: gemini closed the connection .*1008"),
+        ("mute_resume", r"^gemini did not acknowledge the resumed session within 5 s$"),
+    ],
+    ids=["refused", "not-acknowledged"],
+)
+def test_gemini_failed_resumption_ends_the_session(fidelity: Deployment, mode: str, message: str) -> None:
     with session(fidelity) as ws:
         start(ws, {"model": GEMINI, "modalities": ["text"]})
-        fidelity.gemini.mode = "refuse_resume"
+        fidelity.gemini.mode = mode
         try:
             send(ws, {"type": "text.input", "text": "go away"})
-            assert_terminated(ws, r"^resuming the session failed: gemini closed the connection .*1008")
+            assert_terminated(ws, message)
+        finally:
+            fidelity.gemini.mode = "normal"
+
+
+def test_events_held_while_resuming_count_against_the_budget(fidelity: Deployment) -> None:
+    with session(fidelity) as ws:
+        start(ws, {"model": GEMINI, "modalities": ["text"]})
+        fidelity.gemini.mode = "mute_resume"  # the resumption waits: what the browser sends is held
+        try:
+            assert text_of(ask(ws, "go away")) == "echo: go away"
+            chunk = {"type": "audio.append", "audio": pcm(8000, 16000)}  # 341 KB a frame
+            for _ in range(3 * BUDGET // len(chunk["audio"])):
+                send(ws, chunk)
+            event = receive(ws)
+            assert event["type"] == "session.terminating", event
+            assert event["error"]["code"] == "session_overloaded"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         finally:
             fidelity.gemini.mode = "normal"
 

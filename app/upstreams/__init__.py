@@ -45,6 +45,7 @@ def make_upstream(
             response_timeout=settings.upstream_response_timeout_seconds,
             resumes=settings.upstream_resumes,
             resumed=resumed,
+            memory_bytes=settings.session_memory_bytes,
         )
     if settings.upstream == "relay":
         from app.upstreams.relay import RelayUpstream

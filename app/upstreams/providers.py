@@ -40,7 +40,8 @@ ERROR_BYTES = 256  # what an error event of ours (an event the provider cannot t
 EVENT_BYTES = 256  # what each translated event is counted as, besides the frame it came from
 MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
 #: Client messages sent since the newest resumption handle, kept to send again on a resumed
-#: connection (the handle's state does not hold them); past this many bytes the oldest go.
+#: connection (the handle's state does not hold them); past this many bytes (and a quarter of the
+#: session's memory budget) the oldest go.
 SINCE_HANDLE_BYTES = 1 << 20
 
 Dropped = Callable[[str, str], None]
@@ -130,6 +131,7 @@ class ProviderConnection:
         resumes: int = 10,
         resumed: Callable[[str], None] | None = None,
         session_id: str = "-",
+        since_handle_bytes: int = SINCE_HANDLE_BYTES,
     ) -> None:
         self._websocket = websocket
         self._translator = translator
@@ -153,12 +155,15 @@ class ProviderConnection:
         self._held_bytes = 0
         self._since_handle: deque[str] = deque()  # sent after the newest handle came
         self._since_handle_bytes = 0
+        self._since_handle_limit = since_handle_bytes
         self._handle: str | None = None
         self._expanding = 0  # events of the message being queued, not yet in the outbox
         self._resuming = False
         self.resumptions = 0
         self._answer_due: float | None = None  # loop time by which the provider must say something
-        self._silence: asyncio.Timeout | None = None  # the reader's wait, while it waits
+        self._silence: asyncio.TimerHandle | None = None  # checks `_answer_due` when it may have passed
+        self._receiving = False  # the reader waits on the provider (not on the browser)
+        self._silenced = False  # the silence check cancelled the reader
 
     def buffered_bytes(self) -> int:
         """Events translated and not yet taken (counted as the provider frames they came from, and
@@ -178,8 +183,11 @@ class ProviderConnection:
         self, websocket: ClientConnection, opening: list[dict[str, Any]], refused: str
     ) -> None:
         """Send `opening` on `websocket`, then read until the provider acknowledges it."""
-        for message in opening:
-            await self._send_text(encode_event(message), websocket)
+        try:
+            for message in opening:
+                await self._send_text(encode_event(message), websocket)
+        except ConnectionClosed as exc:
+            raise _closed(self._provider, exc, "before acknowledging the session") from None
         while True:
             message = (await self._next_frame("before acknowledging the session", websocket))[0]
             if self._translator.acknowledges(message):
@@ -190,6 +198,8 @@ class ProviderConnection:
                     raise UpstreamError(f"{self._provider} {refused}: {said}")
 
     async def aclose(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with suppress(asyncio.CancelledError):
@@ -211,9 +221,26 @@ class ProviderConnection:
 
     def _expect_answer(self) -> None:
         """The provider must answer: the reader's wait for its next message is bounded from now."""
-        self._answer_due = asyncio.get_running_loop().time() + self._response_timeout
-        if self._silence is not None:
-            self._silence.reschedule(self._answer_due)
+        loop = asyncio.get_running_loop()
+        self._answer_due = loop.time() + self._response_timeout
+        if self._silence is None:
+            self._silence = loop.call_at(self._answer_due, self._check_silence)
+
+    def _check_silence(self) -> None:
+        """The answer's deadline may have passed: a timer that moves lazily with `_answer_due`
+        (each provider message moves it; a timer per message would cost every frame)."""
+        self._silence = None
+        due = self._answer_due
+        if due is None or self._reader is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._receiving and loop.time() >= due:
+            due = self._answer_due = loop.time() + self._response_timeout  # it waits on the browser
+        if loop.time() < due:
+            self._silence = loop.call_at(due, self._check_silence)
+            return
+        self._silenced = True
+        self._reader.cancel()
 
     async def _send_message(self, message: dict[str, Any]) -> None:
         text = encode_event(message)
@@ -235,7 +262,7 @@ class ProviderConnection:
             return
         self._since_handle.append(text)
         self._since_handle_bytes += len(text)
-        while self._since_handle_bytes > SINCE_HANDLE_BYTES:
+        while self._since_handle_bytes > self._since_handle_limit:
             self._since_handle_bytes -= len(self._since_handle.popleft())
         self._notify()
 
@@ -312,18 +339,22 @@ class ProviderConnection:
         return events
 
     async def _receive_frame(self) -> str | bytes:
-        """The next frame of the current connection, within the answer's deadline when one is due."""
+        """The next frame of the current connection; the silence check may cancel the wait."""
+        self._receiving = True
         try:
-            async with asyncio.timeout_at(self._answer_due) as silence:
-                self._silence = silence
-                return await self._websocket.recv()
-        except TimeoutError:
+            return await self._websocket.recv()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._silenced or task is None:
+                raise
+            self._silenced = False
+            task.uncancel()
             raise UpstreamError(
                 f"{self._provider}: the provider stopped answering (nothing for "
                 f"{self._response_timeout:g} s after an answer was asked for)"
             ) from None
         finally:
-            self._silence = None
+            self._receiving = False
 
     async def _read(self) -> None:
         """Provider messages to the outbox until the provider closes or fails (then its error)."""
@@ -443,8 +474,10 @@ class ProvidersUpstream:
         response_timeout: float = 30.0,
         resumes: int = 10,
         resumed: Callable[[str], None] | None = None,
+        memory_bytes: int = 8 << 20,
     ) -> None:
         self._endpoints = dict(providers)
+        self._since_handle_bytes = min(SINCE_HANDLE_BYTES, memory_bytes // 4)
         self._timeout = timeout
         self._dropped: Dropped = dropped or (lambda provider, kind: None)
         self._response_timeout = response_timeout
@@ -492,6 +525,7 @@ class ProvidersUpstream:
                     resumes=self._resumes,
                     resumed=self._resumed,
                     session_id=session.session_id,
+                    since_handle_bytes=self._since_handle_bytes,
                 )
                 await connection.start()
         except BaseException as exc:
