@@ -189,6 +189,10 @@ class Settings:
     upstream_url: str | None = _setting(None, _url("ws", "wss"), "UPSTREAM_URL")
     upstream_api_key: str | None = _setting(None, _optional_text, "UPSTREAM_API_KEY")
     upstream_timeout_seconds: float = _setting(10.0, _float(0.001), "UPSTREAM_TIMEOUT_SECONDS")
+    upstream_response_timeout_seconds: float = _setting(
+        30.0, _float(0.001), "UPSTREAM_RESPONSE_TIMEOUT_SECONDS"
+    )
+    upstream_resumes: int = _setting(10, _int(0), "UPSTREAM_RESUMES")
     openai_api_key: str | None = _setting(None, _optional_text, "OPENAI_API_KEY")
     openai_url: str = _setting(OPENAI_URL, _required_url("ws", "wss"), "OPENAI_URL")
     xai_api_key: str | None = _setting(None, _optional_text, "XAI_API_KEY")

@@ -162,7 +162,7 @@ class SessionDriver:
     async def _finish(self) -> None:
         ending = self.core.ending
         if ending is None:
-            logger.info("session %s ended: the client went", self.core.id)
+            logger.info("session %s ended: the client went (%s)", self.core.id, self.core.usage.summary())
             return
         if isinstance(ending, Terminate):
             code, reason = ending.close_code, ending.code
@@ -178,7 +178,7 @@ class SessionDriver:
             logger.info(
                 "session %s: its close took over %g s; left to the server", self.core.id, CLOSE_SECONDS
             )
-        logger.info("session %s ended: %s", self.core.id, reason)
+        logger.info("session %s ended: %s (%s)", self.core.id, reason, self.core.usage.summary())
 
     # Tasks -------------------------------------------------------------------------------------
 

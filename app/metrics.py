@@ -9,6 +9,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.keys import STATES, KeySet
+from app.usage import Usage
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -78,6 +79,24 @@ class Metrics:
             ["provider", "type"],
             registry=self.registry,
         )
+        self.audio_seconds = Counter(
+            "realtime_audio_seconds",
+            "Audio relayed, in seconds, by project, provider and direction (input: from the client)",
+            ["project", "provider", "direction"],
+            registry=self.registry,
+        )
+        self.provider_tokens = Counter(
+            "realtime_provider_tokens",
+            "Tokens the providers reported, by project, provider and direction",
+            ["project", "provider", "direction"],
+            registry=self.registry,
+        )
+        self.upstream_resumptions = Counter(
+            "realtime_upstream_resumptions",
+            "Provider connections resumed within a session (Gemini goAway or a resumable close)",
+            ["provider"],
+            registry=self.registry,
+        )
         self.replay_clock_offset = Gauge(
             "realtime_replay_clock_offset_seconds",
             "The replay store's clock minus this process's, as last measured (0: memory:// or not yet)",
@@ -95,6 +114,20 @@ class Metrics:
         if child is None:
             child = self._dropped[(provider, kind)] = self.provider_events_dropped.labels(provider, kind)
         child.inc()
+
+    def session_usage(self, project: str, usage: Usage) -> None:
+        """Add one ended session's usage (docs/operations.md, "Usage")."""
+        for direction, seconds, tokens in (
+            ("input", usage.input_audio_seconds, usage.input_tokens),
+            ("output", usage.output_audio_seconds, usage.output_tokens),
+        ):
+            if seconds:
+                self.audio_seconds.labels(project, usage.provider, direction).inc(seconds)
+            if tokens:
+                self.provider_tokens.labels(project, usage.provider, direction).inc(tokens)
+
+    def resumption(self, provider: str) -> None:
+        self.upstream_resumptions.labels(provider).inc()
 
     def redemption(self, code: str) -> Counter:
         """The redemption counter of `code` (children cached: `labels()` costs more than `inc()`)."""

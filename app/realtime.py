@@ -228,6 +228,7 @@ async def realtime(websocket: WebSocket) -> None:
             core, WebSocketTransport(websocket), upstream=services.upstream, clock=services.clock
         )
         await services.sessions.run(driver)  # the project's slot was `hold`-ed above
+        services.metrics.session_usage(project, core.usage)
     finally:
         services.metrics.active_sessions.dec()
         services.sessions.release(project)

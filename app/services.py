@@ -79,7 +79,8 @@ class Services:
             api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
             replay=replay,
             sessions=SessionRegistry(),
-            upstream=upstream or make_upstream(settings, dropped=metrics.provider_event_dropped),
+            upstream=upstream
+            or make_upstream(settings, dropped=metrics.provider_event_dropped, resumed=metrics.resumption),
             seal_keys=seal_keys,
             skew=skew,
         )

@@ -41,6 +41,7 @@ from app.exceptions import (
 from app.limits import Budget, Limits, Rate
 from app.models import ModelInfo, ModelRegistry
 from app.upstreams.base import SessionInfo
+from app.usage import Usage, base64_bytes
 
 # WebSocket close codes (RFC 6455 section 7.4.1).
 NORMAL, POLICY, TOO_BIG, SERVER_ERROR, RESTART = 1000, 1008, 1009, 1011, 1012
@@ -127,6 +128,9 @@ class SessionCore:
         self._connecting = False
         self._shutdown = False
         self._upstream_ending: str | None = None
+        self._upstream_kind = settings.upstream
+        #: What the session relayed and the provider reported (docs/operations.md, "Usage").
+        self.usage = Usage(provider=settings.upstream)
         self.config: Event = {}
         self.model: ModelInfo | None = None
         self.ending: Ending | None = None
@@ -182,6 +186,9 @@ class SessionCore:
             return self._before_start(frame)
         ready = forwarded(frame)  # audio and turn control: checked without the models
         if ready is not None:
+            audio = ready.get("audio")
+            if audio is not None:
+                self.usage.input_audio_bytes += base64_bytes(audio)
             return [SendUpstream(ready)]
         try:
             event = parse_event(frame)
@@ -191,7 +198,10 @@ class SessionCore:
                 return self._update(event.config)
         except RealtimeError as exc:
             return [SendClient(error_event(exc))]
-        return [SendUpstream(event.model_dump(exclude_none=True))]
+        dumped = event.model_dump(exclude_none=True)
+        if dumped["type"] == "audio.append":
+            self.usage.input_audio_bytes += base64_bytes(dumped["audio"])
+        return [SendUpstream(dumped)]
 
     def _before_start(self, frame: str | bytes) -> list[Action]:
         if self._connecting:
@@ -212,7 +222,12 @@ class SessionCore:
         self.config, self.model, self._connecting = config, model, True
         bound = self._binding.config if self._binding is not None else {}
         hidden = HIDDEN_WHEN_BOUND.intersection(bound)
-        return [Connect(SessionInfo(self.id, self.project, config, model, hidden))]
+        self.usage = Usage(
+            provider=model.provider if self._upstream_kind == "providers" else self._upstream_kind,
+            input_rate=model.input_sample_rate,
+            output_rate=model.output_sample_rate,
+        )
+        return [Connect(SessionInfo(self.id, self.project, config, model, hidden, self.usage))]
 
     def _update(self, changes: Any) -> list[Action]:
         assert self.model is not None  # noqa: S101 - updates come after the start
@@ -268,6 +283,10 @@ class SessionCore:
             error = decoded.get("error")
             code = error.get("code") if isinstance(error, dict) else None
             self._upstream_ending = code if isinstance(code, str) and code else "upstream_error"
+        elif decoded["type"] == "audio.delta":
+            audio = decoded.get("audio")
+            if type(audio) is str:
+                self.usage.output_audio_bytes += base64_bytes(audio)
         return [SendClient(event)]
 
     # Memory ----------------------------------------------------------------------------------

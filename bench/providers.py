@@ -3,18 +3,25 @@
 The fake (tests/fake_providers.py, `--echo`) answers each audio chunk at once with an audio delta of
 the same bytes, so a round trip is one 20 ms frame in and one out. The floor is a bare Starlette
 WebSocket passing frames unchanged to the same fake (which then answers in this protocol): what a
-relay costs with no checks and no translation. The translation cost is measured in-process.
+relay costs with no checks and no translation. The translation cost is measured in-process, and so
+is a Gemini resumption's gap: from the fake's `goAway` to the first message (`setupComplete`) on
+the connection that resumes the session.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import statistics
+import time
 from typing import Any
 
 from app.events import encode_event
 from app.models import ModelRegistry
 from app.providers.openai import OpenAITranslator
+from app.upstreams.base import SessionInfo
+from app.upstreams.providers import Endpoint, ProvidersUpstream
 from bench.common import (
     CaseResult,
     Plan,
@@ -52,6 +59,32 @@ def translation_seconds() -> float:
         return [encode_event(ours) for ours in translator.from_provider(json.loads(answer)) or ()]
 
     return per_call(both_ways, number=2000, repeat=5)
+
+
+def resumption_gaps(rounds: int) -> list[float]:
+    """Seconds from each `goAway` of a fake Gemini to the resumed connection's `setupComplete`."""
+    from tests.fake_providers import FakeProvider
+
+    model = ModelRegistry.load().get("gemini/gemini-3.1-flash-live-preview")
+    info = SessionInfo("sess_bench", "bench", {"model": model.id, "modalities": ["text"]}, model)
+
+    async def converse(fake: FakeProvider) -> None:
+        endpoint = Endpoint("gemini", fake.url, KEY, model_in_query=False)
+        upstream = ProvidersUpstream({"gemini": endpoint}, timeout=10, resumes=rounds)
+        async with upstream.connect(info) as connection:
+            for turn in range(rounds):
+                await connection.send({"type": "text.input", "text": f"go away {turn}"})
+                while (await connection.receive() or {}).get("type") != "response.completed":
+                    pass
+                deadline = time.monotonic() + 10
+                while len(fake.resumed_at) <= turn:  # the fake answers from a thread of its own
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the session was not resumed within 10 s")
+                    await asyncio.sleep(0.001)
+
+    with FakeProvider("gemini", key=KEY) as fake:
+        asyncio.run(asyncio.wait_for(converse(fake), 60 + 10 * rounds))
+    return [resumed - away for away, resumed in zip(fake.go_away_at, fake.resumed_at, strict=True)]
 
 
 def case_providers(plan: Plan) -> CaseResult:
@@ -104,8 +137,17 @@ def case_providers(plan: Plan) -> CaseResult:
         values["p99_ms"] = median_of(runs[name], "p99") * 1e3
     ratio = providers["rate"] / floor_runs["rate"]
     translation = us(translation_seconds())
+    gaps = resumption_gaps(5 if plan.quick else 20)
+    gap_ms = statistics.median(gaps) * 1e3
     result = CaseResult("providers")
-    result.data = {"floor": floor_runs, "providers": providers, "ratio": ratio, "translation_us": translation}
+    result.data = {
+        "floor": floor_runs,
+        "providers": providers,
+        "ratio": ratio,
+        "translation_us": translation,
+        "resumption_gap_ms": gap_ms,
+        "resumption_gaps_ms": [gap * 1e3 for gap in gaps],
+    }
     result.rows = [
         Row(
             "6. Providers",
@@ -137,6 +179,16 @@ def case_providers(plan: Plan) -> CaseResult:
             "",
             None,
             "ours → OpenAI frame and OpenAI frame → ours, JSON included, in-process",
+        ),
+        Row(
+            "6. Providers",
+            "Gemini resumption gap: goAway to the new connection's first message",
+            gap_ms,
+            "ms",
+            "",
+            None,
+            f"median of {len(gaps)}, max {max(gaps) * 1e3:.1f} ms; against the fake Gemini, in-process "
+            "(new WebSocket, setup with the handle, setupComplete)",
         ),
     ]
     return result

@@ -6,6 +6,19 @@ only messages that parse as the SDK's server types. A small script drives the an
 naming a session tool gets a tool call; `provoke error`, `close the socket`, `stop reading` and
 `keep talking` exercise failures and cancel; anything else is echoed (`echo: <text>`).
 
+The providers' bad days, by text: `use up the quota` and `hit the rate limit` (a `failed` response,
+`insufficient_quota` / `rate_limit_exceeded`), `run out of tokens` (`incomplete`), `go silent`
+(nothing at all), and for Gemini `go away` (`goAway`, then a close), `drop the line` (a close while
+a resumable handle is held), `cancel get_weather` (a tool call, then its cancellation), `many calls`
+(one ~1 MB `toolCall` of 38,000 calls), `nest deeply` (a frame nested past any parser's stack: the
+one message deliberately not valid). The fake Gemini issues a resumption handle after each setup and
+turn and keeps each session's conversation under it: `what did I say` lists it. `kind="xai"` speaks
+xAI's shape: its session checked by xAI's documented members, partial input transcripts
+(`status: "in_progress"`) before the final one. `mode`: `transcription_fails`, `no_handles` (Gemini
+issues none), `refuse_resume` (Gemini refuses a setup with a handle), `mute_resume` (it never
+acknowledges one), `nest` (Gemini answers the
+setup with `nest deeply`'s frame).
+
 `echo=True` (the bench): every audio chunk is answered at once by an audio delta of the same bytes,
 and messages are not checked (the bench measures the edge, not the checker). A frame of this
 protocol (`session.start`, `audio.append`) gets the same answer in this protocol: the pass-through
@@ -19,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +52,8 @@ from tests.provider_types import (
     check_gemini_server,
     check_openai_client,
     check_openai_server,
+    check_xai_client,
+    check_xai_server,
 )
 
 GEMINI_PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -61,7 +78,7 @@ class FakeProvider:
         ssl_context: ssl.SSLContext | None = None,
         port: int = 0,
     ) -> None:
-        assert kind in ("openai", "gemini")
+        assert kind in ("openai", "xai", "gemini")
         self.kind = kind
         self.key = key
         self.echo = echo
@@ -74,6 +91,11 @@ class FakeProvider:
         self.requests: list[str] = []  # request paths (with query) of accepted upgrades
         self.headers: list[dict[str, str]] = []
         self.port = port
+        self.conversations: dict[str, list[str]] = {}  # Gemini: what each session heard, by handle
+        self.resumed_with: list[str] = []  # Gemini: the handles setups resumed with
+        self.go_aways = 0
+        self.go_away_at: list[float] = []  # time.perf_counter() as each goAway was sent (the bench)
+        self.resumed_at: list[float] = []  # ... and as each resumed setup was acknowledged
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future[None] | None = None
         self._thread: threading.Thread | None = None
@@ -81,11 +103,11 @@ class FakeProvider:
     @property
     def url(self) -> str:
         scheme = "wss" if self.ssl_context else "ws"
-        return f"{scheme}://127.0.0.1:{self.port}{OPENAI_PATH if self.kind == 'openai' else GEMINI_PATH}"
+        return f"{scheme}://127.0.0.1:{self.port}{GEMINI_PATH if self.kind == 'gemini' else OPENAI_PATH}"
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         """Received messages of one type (OpenAI `type`, or Gemini's top-level member)."""
-        if self.kind == "openai":
+        if self.kind != "gemini":
             return [message for message in self.received if message.get("type") == kind]
         return [message for message in self.received if kind in message]
 
@@ -117,7 +139,7 @@ class FakeProvider:
     async def serve_forever(self, on_ready: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = self._loop.create_future()
-        handler = self._openai if self.kind == "openai" else self._gemini
+        handler = self._gemini if self.kind == "gemini" else self._openai
         server: Server
         async with serve(
             handler,
@@ -137,9 +159,9 @@ class FakeProvider:
         path, _, query = request.path.partition("?")
         if path == "/healthz":
             return connection.respond(200, "ok\n")  # the bench waits for this before measuring
-        if path != (OPENAI_PATH if self.kind == "openai" else GEMINI_PATH):
+        if path != (GEMINI_PATH if self.kind == "gemini" else OPENAI_PATH):
             return connection.respond(404, "no such endpoint\n")
-        if self.kind == "openai":
+        if self.kind != "gemini":
             authorized = request.headers.get("Authorization") == f"Bearer {self.key}"
             if not query.startswith("model=") and not self.echo:
                 return connection.respond(400, "name the model in the query\n")
@@ -160,7 +182,8 @@ class FakeProvider:
             message: dict[str, Any] = json.loads(text)
             return message
         try:
-            message = check_openai_client(text) if self.kind == "openai" else check_gemini_client(text)
+            check = {"openai": check_openai_client, "xai": check_xai_client, "gemini": check_gemini_client}
+            message = check[self.kind](text)
         except Violation as exc:
             self.violations.append(str(exc))
             await connection.close(1008, "invalid message")
@@ -168,16 +191,19 @@ class FakeProvider:
         self.received.append(message)
         return message
 
-    async def _send(self, connection: ServerConnection, message: dict[str, Any]) -> None:
+    async def _send(
+        self, connection: ServerConnection, message: dict[str, Any], *, compact: bool = False
+    ) -> None:
         if self.echo:
             await connection.send(json.dumps(message))
             return
         try:
-            text = check_openai_server(message) if self.kind == "openai" else check_gemini_server(message)
+            check = {"openai": check_openai_server, "xai": check_xai_server, "gemini": check_gemini_server}
+            text = check[self.kind](message)
         except Violation as exc:
             self.violations.append(f"the fake itself: {exc}")
             raise
-        await connection.send(text)
+        await connection.send(json.dumps(message, separators=(",", ":")) if compact else text)
 
     async def _ours(self, connection: ServerConnection, message: dict[str, Any]) -> bool:
         """The bench's pass-through floor sends this protocol: answer it in kind."""
@@ -222,7 +248,10 @@ class FakeProvider:
                 error = {"type": "invalid_request_error", "message": "Unknown parameter: 'session.x'."}
                 await self._send(connection, {"type": "error", "event_id": _id("ev"), "error": error})
             elif self.mode != "mute":
-                update = {"type": "session.updated", "event_id": _id("ev"), "session": message["session"]}
+                echoed = message["session"]
+                if self.kind == "xai":  # said back in the shape OpenAI's server type declares
+                    echoed = {"type": "realtime", "instructions": echoed.get("instructions", "")}
+                update = {"type": "session.updated", "event_id": _id("ev"), "session": echoed}
                 await self._send(connection, update)
         elif kind == "input_audio_buffer.append":
             if self.echo:
@@ -262,7 +291,36 @@ class FakeProvider:
         stopped = {"type": "input_audio_buffer.speech_stopped", "event_id": _id("ev"), "item_id": item}
         await self._send(connection, {**stopped, "audio_end_ms": state["audio"] // 48})
         transcription = (state["session"].get("audio") or {}).get("input", {}).get("transcription")
-        if transcription:
+        heard = {"type": "conversation.item.input_audio_transcription.completed", "item_id": item}
+        if self.mode == "transcription_fails":
+            error = {"type": "server_error", "code": "transcription_failed", "message": "no speech found"}
+            await self._send(
+                connection,
+                {
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "event_id": _id("ev"),
+                    "item_id": item,
+                    "content_index": 0,
+                    "error": error,
+                },
+            )
+        elif self.kind == "xai":
+            # xAI transcribes by itself, and says the transcript so far as it goes.
+            words = ["heard", f"{state['audio']}", "bytes"]
+            for count in range(1, len(words) + 1):
+                partial = count < len(words)
+                await self._send(
+                    connection,
+                    {
+                        **heard,
+                        "event_id": _id("ev"),
+                        "content_index": 0,
+                        "transcript": " ".join(words[:count]),
+                        "usage": {"type": "duration", "seconds": state["audio"] / 48000},
+                        **({"status": "in_progress"} if partial else {}),
+                    },
+                )
+        elif transcription:
             await self._send(
                 connection,
                 {
@@ -288,12 +346,13 @@ class FakeProvider:
             "delta": delta,
         }
 
-    def _done(self, response: str, status: str) -> dict[str, Any]:
-        return {
-            "type": "response.done",
-            "event_id": _id("ev"),
-            "response": {"id": response, "status": status},
-        }
+    def _done(self, response: str, status: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": response, "status": status}
+        if details is not None:
+            body["status_details"] = {"type": status, **details}
+        if status in ("completed", "incomplete"):
+            body["usage"] = {"input_tokens": 11, "output_tokens": 7, "total_tokens": 18}
+        return {"type": "response.done", "event_id": _id("ev"), "response": body}
 
     async def _openai_respond(self, connection: ServerConnection, state: dict[str, Any]) -> bool:
         what, text = state["pending"] or ("text", "")
@@ -312,9 +371,27 @@ class FakeProvider:
             # Stop reading: websockets' queue fills, then the socket's buffers, until the edge gives up.
             await connection.wait_closed()
             return False
+        if "go silent" in text:
+            return True  # connected, reading, and never a word again
+        if "nest deeply" in text:
+            await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
+            return True
         response = _id("resp")
         created = {"type": "response.created", "event_id": _id("ev"), "response": {"id": response}}
         await self._send(connection, {**created, "response": {"id": response, "status": "in_progress"}})
+        for words, code in (
+            ("use up the quota", "insufficient_quota"),
+            ("hit the rate limit", "rate_limit_exceeded"),
+        ):
+            if words in text:
+                # As OpenAI reports a key out of credit: the response fails, no error event.
+                error = {"type": "invalid_request_error", "code": code}
+                await self._send(connection, self._done(response, "failed", {"error": error}))
+                return True
+        if "run out of tokens" in text:
+            await self._send(connection, self._delta("response.output_text.delta", "I was about", response))
+            await self._send(connection, self._done(response, "incomplete", {"reason": "max_output_tokens"}))
+            return True
         tools = [tool["name"] for tool in state["session"].get("tools") or ()]
         called = next((name for name in tools if what == "text" and name in text), None)
         if called is not None:
@@ -341,7 +418,7 @@ class FakeProvider:
     # Gemini -------------------------------------------------------------------------------
 
     async def _gemini(self, connection: ServerConnection) -> None:
-        state: dict[str, Any] = {"setup": None, "text": "", "audio": 0}
+        state: dict[str, Any] = {"setup": None, "text": "", "audio": 0, "image": None, "history": []}
         try:
             async for frame in connection:
                 message = await self._check(connection, frame)
@@ -353,19 +430,51 @@ class FakeProvider:
                     if "setup" not in message:
                         await connection.close(1007, "the first message must be setup")
                         return
-                    state["setup"] = message["setup"]
-                    self.openings.append(message["setup"])
-                    if self.mode != "mute":
-                        await self._send(connection, {"setupComplete": {}})
+                    if not await self._gemini_setup(connection, message["setup"], state):
+                        return
                     continue
                 if not await self._gemini_message(connection, message, state):
                     return
         except ConnectionClosed:
             return
 
+    async def _gemini_setup(
+        self, connection: ServerConnection, setup: dict[str, Any], state: dict[str, Any]
+    ) -> bool:
+        handle = (setup.get("sessionResumption") or {}).get("handle")
+        if handle is not None:
+            if self.mode == "refuse_resume" or handle not in self.conversations:
+                await connection.close(1008, "invalid session resumption handle")
+                return False
+            self.resumed_with.append(handle)
+            state["history"] = self.conversations[handle]  # the session goes on where it was
+        state["setup"] = setup
+        self.openings.append(setup)
+        if self.mode == "nest":
+            await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
+            return True
+        if self.mode != "mute" and not (self.mode == "mute_resume" and handle is not None):
+            await self._send(connection, {"setupComplete": {}})
+            if handle is not None:
+                self.resumed_at.append(time.perf_counter())
+            await self._issue_handle(connection, state)
+        return True
+
+    async def _issue_handle(self, connection: ServerConnection, state: dict[str, Any]) -> None:
+        if "sessionResumption" not in state["setup"] or self.mode == "no_handles":
+            return
+        handle = _id("handle")
+        self.conversations[handle] = state["history"]
+        update = {"newHandle": handle, "resumable": True}
+        await self._send(connection, {"sessionResumptionUpdate": update})
+
     async def _gemini_message(
         self, connection: ServerConnection, message: dict[str, Any], state: dict[str, Any]
     ) -> bool:
+        if "clientContent" in message:
+            # As Gemini 3.1 does: client content is for the initial history only.
+            await connection.close(1007, "clientContent is not accepted mid-session")
+            return False
         realtime = message.get("realtimeInput") or {}
         if "audio" in realtime:
             if self.echo:
@@ -387,13 +496,11 @@ class FakeProvider:
                 await self._send(connection, {"serverContent": {"inputTranscription": heard}})
             state["audio"] = 0
             return await self._gemini_respond(connection, state, "some audio")
-        content = message.get("clientContent")
-        if content is not None:
-            for turn in content.get("turns") or ():
-                part = turn["parts"][0]
-                state["text"] = part.get("text") or f"an image of type {part['inlineData']['mimeType']}"
-            if content.get("turnComplete"):
-                return await self._gemini_respond(connection, state, state["text"])
+        if "video" in realtime:
+            state["image"] = realtime["video"]["mimeType"]
+        if "text" in realtime:
+            state["history"].append(realtime["text"])
+            return await self._gemini_respond(connection, state, realtime["text"])
         responses = (message.get("toolResponse") or {}).get("functionResponses")
         if responses:
             return await self._gemini_respond(connection, state, "", tool=responses[0]["response"]["output"])
@@ -405,18 +512,37 @@ class FakeProvider:
         if "close the socket" in text:
             await connection.close(1011, "provider failure")
             return False
+        if "go silent" in text:
+            return True
+        if "nest deeply" in text:
+            await connection.send("[" * 200_000 + "]" * 200_000)  # deliberately no SDK message
+            return True
         setup = state["setup"]
         names = [
             declaration["name"]
             for group in setup.get("tools") or ()
             for declaration in group.get("functionDeclarations") or ()
         ]
+        if "many calls" in text:
+            calls = [{"id": f"{index:x}", "name": "f"} for index in range(38_000)]  # ~0.95 MB
+            await self._send(connection, {"toolCall": {"functionCalls": calls}}, compact=True)
+            return True
         called = next((name for name in names if tool is None and name in text), None)
         if called is not None:
             call = {"id": _id("call"), "name": called, "args": {"city": "Paris"}}
             await self._send(connection, {"toolCall": {"functionCalls": [call]}})
+            if f"cancel {called}" in text:
+                await self._send(connection, {"toolCallCancellation": {"ids": [call["id"]]}})
             return True
-        answer = f"the tool said {tool}" if tool is not None else f"echo: {text}"
+        if tool is not None:
+            answer = f"the tool said {tool}"
+        elif "what did I say" in text:
+            answer = "you said: " + " | ".join(state["history"][:-1])
+        else:
+            answer = f"echo: {text}"
+            if state["image"]:
+                answer += f" (with an image of type {state['image']})"
+                state["image"] = None
         if setup["generationConfig"]["responseModalities"] == ["TEXT"]:
             await self._send(connection, {"serverContent": {"modelTurn": {"parts": [{"text": answer}]}}})
         else:
@@ -425,8 +551,21 @@ class FakeProvider:
             if "outputAudioTranscription" in setup:
                 await self._send(connection, {"serverContent": {"outputTranscription": {"text": answer}}})
         await self._send(connection, {"serverContent": {"generationComplete": True}})
-        await self._send(connection, {"serverContent": {"turnComplete": True}})
-        await self._send(connection, {"usageMetadata": {"totalTokenCount": 12}})
+        # A resumable point before the turn's end: once the edge relays the end, its handle is known.
+        await self._issue_handle(connection, state)
+        usage = {"promptTokenCount": 5, "responseTokenCount": 7, "totalTokenCount": 12}
+        await self._send(connection, {"serverContent": {"turnComplete": True}, "usageMetadata": usage})
+        if "go away" in text:
+            self.go_aways += 1
+            await self._send(connection, {"goAway": {"timeLeft": "5s"}})
+            self.go_away_at.append(time.perf_counter())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.wait_closed(), 5)
+            await connection.close(1000, "session time is up")
+            return False
+        if "drop the line" in text:
+            await connection.close(1011, "connection reset")
+            return False
         return True
 
 

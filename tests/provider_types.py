@@ -15,10 +15,16 @@ from typing import Any
 
 from google.genai import types as genai
 from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+from openai.types.realtime.realtime_audio_input_turn_detection import RealtimeAudioInputTurnDetection
 from pydantic import BaseModel, TypeAdapter
 
 OPENAI_CLIENT: TypeAdapter[Any] = TypeAdapter(RealtimeClientEvent)
 OPENAI_SERVER: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+XAI_TURN_DETECTION: TypeAdapter[Any] = TypeAdapter(RealtimeAudioInputTurnDetection | None)
+#: The `session` members xAI's Voice Agent API documents, and under `audio` only the formats.
+XAI_SESSION = frozenset({"voice", "instructions", "turn_detection", "tools", "audio"})
+#: Server events xAI sends with one member OpenAI's type does not declare.
+XAI_SERVER_EXTRAS = {"conversation.item.input_audio_transcription.completed": "status"}
 
 
 class Violation(AssertionError):
@@ -74,6 +80,48 @@ def check_openai_client(text: str) -> dict[str, Any]:
     except ValueError as exc:
         raise Violation(f"not an OpenAI realtime client event: {exc}") from None
     return _strict(model, text)
+
+
+def check_xai_client(text: str) -> dict[str, Any]:
+    """A client event the edge sent to xAI. Raises Violation.
+
+    xAI takes OpenAI's events, but its `session` carries `voice` and `turn_detection` at the top
+    (checked with OpenAI's voice and turn detection types) and only the members xAI documents;
+    the rest is checked as OpenAI's session (given the `type` xAI does not take).
+    """
+    message = json.loads(text)
+    if not isinstance(message, dict) or message.get("type") != "session.update":
+        return check_openai_client(text)
+    session = dict(message.get("session") or {})
+    undocumented = set(session) - XAI_SESSION
+    audio = session.get("audio") or {}
+    undocumented |= {f"audio.{name}" for name in set(audio) - {"input", "output"}}
+    for direction in ("input", "output"):
+        undocumented |= {f"audio.{direction}.{name}" for name in set(audio.get(direction) or {}) - {"format"}}
+    if "type" in session or undocumented:
+        raise Violation(
+            f"session members xAI does not document: {sorted(undocumented | set(session) & {'type'})}"
+        )
+    if "turn_detection" not in session:
+        raise Violation("xAI's session must say its turn detection (null: manual turns)")
+    try:
+        XAI_TURN_DETECTION.validate_python(session.pop("turn_detection"))
+        voice = session.pop("voice", None)
+        if voice is not None and not isinstance(voice, str):
+            raise ValueError("voice is not a string")
+    except ValueError as exc:
+        raise Violation(f"not xAI's session: {exc}") from None
+    check_openai_client(json.dumps({**message, "session": {"type": "realtime", **session}}))
+    return dict(message)
+
+
+def check_xai_server(event: dict[str, Any]) -> str:
+    """A server event a fake xAI sends: OpenAI's type, with xAI's documented extra member."""
+    extra = XAI_SERVER_EXTRAS.get(str(event.get("type")))
+    if extra is None or extra not in event:
+        return check_openai_server(event)
+    check_openai_server({name: value for name, value in event.items() if name != extra})
+    return json.dumps(event)
 
 
 def check_openai_server(event: dict[str, Any]) -> str:

@@ -57,7 +57,9 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
     summary = table.split("## Every figure")[0]
     assert summary.count("\n| ") - 1 == len(targets)  # the targets table: one line per target
     assert all(f"{number}. " in table for number in range(1, 9))
-    # The provider case: its pass-through floor and the translation cost per audio frame.
+    # The provider case: its pass-through floor, the translation cost per audio frame, a resumption.
     rows = {row["what"]: row["value"] for row in results["cases"]["providers"]["rows"]}
     assert rows["floor: pass-through relay to the same fake, round trips"] > 0
     assert rows["translation per 20 ms audio frame, both ways"] > 0
+    assert rows["Gemini resumption gap: goAway to the new connection's first message"] > 0
+    assert len(results["cases"]["providers"]["data"]["resumption_gaps_ms"]) == 5

@@ -77,7 +77,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     tmp_path = tmp_path_factory.mktemp("providers")
     with (
         FakeProvider("openai", key=OPENAI_KEY) as openai,
-        FakeProvider("openai", key=XAI_KEY) as xai,
+        FakeProvider("xai", key=XAI_KEY) as xai,
         FakeProvider("gemini", key=GEMINI_KEY) as gemini,
     ):
         edge, api_key = edge_process(
@@ -345,7 +345,7 @@ def test_xai_session_uses_its_own_url_and_key(deployment: Deployment) -> None:
         started = start(ws, {**BROWSER, "voice": "rex"})
         assert (started["model"], started["voice"]) == (XAI, "eve")
         opening = fake.openings[-1]
-        assert opening["audio"]["output"]["voice"] == "eve" and "reasoning" not in opening
+        assert opening["voice"] == "eve" and "reasoning" not in opening  # xAI's own shape
         assert [tool["name"] for tool in opening["tools"]] == ["get_weather"]
         assert fake.requests[-1] == "/v1/realtime?model=grok-voice-latest"
         assert fake.headers[-1]["Authorization"] == f"Bearer {XAI_KEY}"
@@ -428,8 +428,9 @@ def test_gemini_binding_turns_tools_and_what_it_cannot_do(deployment: Deployment
             send(ws, event)
             answer = receive(ws)
             assert (answer["type"], answer["error"]["code"]) == ("error", code)
-        assert text_of(ask(ws, "still there")) == "echo: still there"
-    assert dropped(deployment, "gemini", "usageMetadata") > 0
+        completed = ask(ws, "still there")
+        assert text_of(completed) == "echo: still there"
+        assert completed[-1]["usage"] == {"input_tokens": 5, "output_tokens": 7}  # Gemini's usageMetadata
 
 
 def test_gemini_text_output_and_manual_turns(deployment: Deployment) -> None:
@@ -441,27 +442,31 @@ def test_gemini_text_output_and_manual_turns(deployment: Deployment) -> None:
         send(ws, {"type": "audio.commit"})
         assert receive_until(ws, "response.completed")[0] == {"type": "speech.started"}
         send(ws, {"type": "image.input", "image_url": "data:image/jpeg;base64,/9j/4AAQ"})
-        send(ws, {"type": "response.create"})
-        assert text_of(receive_until(ws, "response.completed")) == "echo: an image of type image/jpeg"
+        assert text_of(ask(ws, "and this")) == "echo: and this (with an image of type image/jpeg)"
         send(ws, {"type": "image.input", "image_url": "https://example.com/cat.png"})
         assert receive(ws)["error"]["code"] == "unsupported_event"
-    realtime = [message["realtimeInput"] for message in deployment.gemini.of_type("realtimeInput")[-3:]]
-    assert list(realtime[0]) == ["activityStart"] and list(realtime[2]) == ["activityEnd"]
-    (turn,) = deployment.gemini.of_type("clientContent")[-2]["clientContent"]["turns"]
-    (part,) = turn["parts"]
-    assert part["inlineData"]["mimeType"] == "image/jpeg"
+    realtime = [message["realtimeInput"] for message in deployment.gemini.of_type("realtimeInput")[-6:]]
+    assert list(realtime[1]) == ["activityStart"] and list(realtime[3]) == ["activityEnd"]
+    video = realtime[4]["video"]
+    assert video["mimeType"] == "image/jpeg"
     # The fake records bytes as the SDK writes them back (URL-safe base64); the edge sent them as given.
-    assert base64.urlsafe_b64decode(part["inlineData"]["data"]) == base64.b64decode("/9j/4AAQ")
+    assert base64.urlsafe_b64decode(video["data"]) == base64.b64decode("/9j/4AAQ")
+    # Text goes as realtime input: mid-session client content closes Gemini 3.1 sessions.
+    assert deployment.gemini.of_type("clientContent") == []
 
 
 def test_gemini_close_mid_session_names_the_close_code(deployment: Deployment) -> None:
-    with session(deployment) as ws:
-        start(ws, {"model": GEMINI})
-        send(ws, {"type": "text.input", "text": "close the socket"})
-        send(ws, {"type": "response.create"})
-        assert_terminated(
-            ws, r"^gemini closed the connection mid-session \(close code 1011: provider failure\)$"
-        )
+    deployment.gemini.mode = "no_handles"  # nothing to resume with: the close ends the session
+    try:
+        with session(deployment) as ws:
+            start(ws, {"model": GEMINI})
+            send(ws, {"type": "text.input", "text": "close the socket"})
+            send(ws, {"type": "response.create"})
+            assert_terminated(
+                ws, r"^gemini closed the connection mid-session \(close code 1011: provider failure\)$"
+            )
+    finally:
+        deployment.gemini.mode = "normal"
 
 
 # Models without a key ----------------------------------------------------------------------------

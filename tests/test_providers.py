@@ -28,15 +28,16 @@ from app.exceptions import (
 )
 from app.models import ModelRegistry
 from app.providers import translator_for
-from app.providers.base import redact
+from app.providers.base import decode_message, redact
 from app.providers.gemini import KINDS as GEMINI_KINDS
 from app.providers.gemini import GeminiTranslator
 from app.providers.openai import DROPPED, OpenAITranslator
 from app.upstreams import served_registry
 from app.upstreams.base import SessionInfo
 from app.upstreams.providers import Endpoint, ProviderConnection, ProvidersUpstream
+from app.usage import Usage
 from tests.fake_providers import FakeProvider
-from tests.provider_types import Violation, check_gemini_client, check_openai_client
+from tests.provider_types import Violation, check_gemini_client, check_openai_client, check_xai_client
 from tests.tls import localhost_contexts
 
 Event = dict[str, Any]
@@ -127,12 +128,28 @@ def test_openai_turn_detection(turn: Event, expected: Event | None) -> None:
     assert message["session"]["audio"]["input"]["turn_detection"] == expected
 
 
-def test_xai_gets_the_same_events_without_reasoning_effort() -> None:
+def test_xai_gets_its_own_session_shape() -> None:
     translator = OpenAITranslator({"voice": "eve", **FULL}, XAI, provider="xai")
     (message,) = translator.opening()
-    check_openai_client(json.dumps(message))
-    assert message["session"]["audio"]["output"]["voice"] == "eve"
-    assert "reasoning" not in message["session"]
+    check_xai_client(json.dumps(message))
+    session = message["session"]
+    assert session["voice"] == "eve" and session["turn_detection"]["type"] == "server_vad"
+    assert session["audio"] == {
+        "input": {"format": {"type": "audio/pcm", "rate": 24000}},
+        "output": {"format": {"type": "audio/pcm", "rate": 24000}},
+    }
+    assert set(session) <= {"voice", "instructions", "turn_detection", "tools", "audio"}
+    # Manual turns are a null turn detection; an update keeps an unchanged voice out.
+    (update,) = translator.to_provider(
+        {"type": "session.update", "config": {"voice": "eve", "turn_detection": {"type": "none"}}}
+    )
+    check_xai_client(json.dumps(update))
+    assert update["session"]["turn_detection"] is None and "voice" not in update["session"]
+    assert translator.manual_turns
+    # OpenAI's nesting is refused by xAI's check: the voice would be ignored.
+    (openai_shape,) = OpenAITranslator({"voice": "eve"}, XAI).opening()
+    with pytest.raises(Violation, match="does not document"):
+        check_xai_client(json.dumps(openai_shape))
 
 
 @pytest.mark.parametrize("event", CLIENT_EVENTS, ids=[event["type"] for event in CLIENT_EVENTS])
@@ -259,6 +276,7 @@ def test_every_openai_server_event_type_is_translated_or_counted() -> None:
         "response.output_audio.delta", "response.output_text.delta", "response.created", "response.done",
         "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "error", "session.updated",
         "conversation.item.input_audio_transcription.completed", "response.function_call_arguments.done",
+        "conversation.item.input_audio_transcription.failed",
     }  # fmt: skip
     sdk = _literal_types(RealtimeServerEvent)
     assert sdk - translated - DROPPED == set()
@@ -380,8 +398,8 @@ def test_gemini_server_messages_make_responses() -> None:
         "response": {"output": "cold"},
     }
     assert translator.to_provider({"type": "response.create"}) == []
-    assert translator.to_provider({"type": "response.create"}) == [{"clientContent": {"turnComplete": True}}]
-    assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) is None
+    assert translator.to_provider({"type": "response.create"}) == []  # Gemini answers by itself
+    assert translator.from_provider({"usageMetadata": {"totalTokenCount": 3}}) == []  # counted
     translator.from_provider({"serverContent": {"modelTurn": {"parts": [audio]}}})
     assert translator.from_provider({"serverContent": {"interrupted": True}})[-1] == {  # type: ignore[index]
         "type": "response.completed",
@@ -607,8 +625,7 @@ def test_the_fake_gemini_serves_the_official_sdk_client(tmp_path: Path) -> None:
             ),
         )
         async with client.aio.live.connect(model="gemini-3.1-flash-live-preview", config=config) as session:
-            turn = genai_types.Content(role="user", parts=[genai_types.Part(text="hi")])
-            await session.send_client_content(turns=turn, turn_complete=True)
+            await session.send_realtime_input(text="hi")  # as Gemini 3.1 takes text mid-session
             return [message async for message in session.receive()]
 
     with FakeProvider("gemini", key=GEMINI_KEY, ssl_context=server_tls) as fake:
@@ -618,3 +635,102 @@ def test_the_fake_gemini_serves_the_official_sdk_client(tmp_path: Path) -> None:
     assert messages[0].text == "echo: hi"
     assert fake.openings[0]["model"] == "models/gemini-3.1-flash-live-preview"
     assert fake.headers[0]["x-goog-api-key"] == GEMINI_KEY
+
+
+def test_openai_response_statuses_reasons_and_usage() -> None:
+    usage = Usage(provider="openai")
+    translator = OpenAITranslator({}, OPENAI, usage=usage)
+    failed = {
+        "type": "response.done",
+        "response": {
+            "status": "failed",
+            "status_details": {
+                "type": "failed",
+                "error": {"type": "invalid_request_error", "code": "insufficient_quota"},
+            },
+        },
+    }
+    assert translator.from_provider(failed) == [
+        {
+            "type": "error",
+            "error": {
+                "code": "upstream_error",
+                "message": "openai: the response failed: insufficient_quota (invalid_request_error)",
+            },
+        },
+        {"type": "response.completed", "status": "failed"},
+    ]
+    incomplete = {
+        "type": "response.done",
+        "response": {
+            "status": "incomplete",
+            "status_details": {"type": "incomplete", "reason": "content_filter"},
+            "usage": {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+        },
+    }
+    assert translator.from_provider(incomplete) == [
+        {
+            "type": "response.completed",
+            "status": "incomplete",
+            "reason": "content_filter",
+            "usage": {"input_tokens": 3, "output_tokens": 4},
+        }
+    ]
+    assert (usage.input_tokens, usage.output_tokens) == (3, 4)
+    partial = {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "transcript": "he",
+        "status": "in_progress",
+    }
+    assert translator.from_provider(partial) == []
+
+
+def test_gemini_setup_handles_cancellations_and_usage() -> None:
+    usage = Usage(provider="gemini")
+    translator = GeminiTranslator({"model": GEMINI.id}, GEMINI, usage=usage)
+    (opening,) = translator.opening()
+    check_gemini_client(json.dumps(opening))
+    assert opening["setup"]["sessionResumption"] == {}
+    assert opening["setup"]["contextWindowCompression"] == {"slidingWindow": {}}
+    assert translator.resumption_opening() is None  # no handle yet
+    assert translator.from_provider({"sessionResumptionUpdate": {"newHandle": "h1", "resumable": True}}) == []
+    assert (
+        translator.from_provider({"sessionResumptionUpdate": {"newHandle": "h2", "resumable": False}}) == []
+    )
+    (resuming,) = translator.resumption_opening() or []
+    check_gemini_client(json.dumps(resuming))
+    assert resuming["setup"]["sessionResumption"] == {"handle": "h1"}  # the newest resumable one
+    assert translator.from_provider({"goAway": {"timeLeft": "10s"}}) == [] and translator.going_away
+    assert translator.resumed() == [] and not translator.going_away
+    calls = {"toolCall": {"functionCalls": [{"id": "c1", "name": "f", "args": {}}]}}
+    translator.from_provider(calls)
+    assert translator.from_provider({"toolCallCancellation": {"ids": ["c1"]}}) == [
+        {"type": "tool.cancelled", "tool_call_ids": ["c1"]}
+    ]
+    assert translator.to_provider({"type": "tool.result", "tool_call_id": "c1", "tool_result": "x"}) == []
+    translator.from_provider({"serverContent": {"modelTurn": {"parts": [{"text": "hi"}]}}})
+    done = translator.from_provider(
+        {
+            "serverContent": {"turnComplete": True},
+            "usageMetadata": {"promptTokenCount": 2, "responseTokenCount": 5},
+        }
+    )
+    assert done == [
+        {
+            "type": "response.completed",
+            "status": "completed",
+            "usage": {"input_tokens": 2, "output_tokens": 5},
+        }
+    ]
+    assert translator.from_provider({"usageMetadata": {"promptTokenCount": 1}}) == []
+    assert (usage.input_tokens, usage.output_tokens) == (3, 5)
+    (text,) = translator.to_provider({"type": "text.input", "text": "hello"})
+    assert text == {"realtimeInput": {"text": "hello"}}
+    with pytest.raises(UpstreamError, match="129 function calls"):
+        translator.from_provider(
+            {"toolCall": {"functionCalls": [{"id": str(n), "name": "f"} for n in range(129)]}}
+        )
+
+
+def test_a_deeply_nested_provider_frame_is_not_json_to_the_edge() -> None:
+    assert decode_message("[" * 100_000 + "]" * 100_000, {}) is None

@@ -355,7 +355,7 @@ def test_a_session_logs_its_acceptance_and_its_end(edge: Edge) -> None:
     while f"session {session} ended" not in (log := edge.service.settled_log()):
         assert time.monotonic() < deadline, "the session's end was never logged"
         time.sleep(0.05)
-    assert f"session {session} ended: the client went" in log
+    assert f"session {session} ended: the client went (provider=" in log
     assert '"WebSocket /v3/realtime" [accepted]' in log
     # websockets' own `connection open`, which said again what the line above says, is not printed.
     assert "connection open" not in log

@@ -6,6 +6,7 @@ looks at the actions it returns.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -600,3 +601,31 @@ def test_nothing_is_done_after_the_end() -> None:
     assert core.holding("upstream", 1 << 40) == []
     assert core.upstream_ended() == [] and core.upstream_failed("late") == []
     assert isinstance(core.ending, Terminate) and core.ending.code == "server_shutdown"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "model", "provider", "rates"),
+    [
+        ("local", OPENAI, "local", (24000, 24000)),
+        ("providers", GEMINI, "gemini", (16000, 24000)),
+    ],
+    ids=["local", "gemini"],
+)
+def test_the_session_counts_the_audio_it_relays(
+    upstream: str, model: str, provider: str, rates: tuple[int, int]
+) -> None:
+    core = make(upstream=upstream)
+    core.receive_client(frame({"type": "session.start", "config": {"model": model}}), T0)
+    core.connected(T0)
+    one_second_in = base64.b64encode(bytes(2 * rates[0])).decode()
+    core.receive_client(frame({"type": "audio.append", "audio": one_second_in}), T0)
+    core.receive_client(frame({"type": "audio.append", "audio": "AAA="}), T0)  # 2 bytes, padded
+    core.receive_upstream({"type": "audio.delta", "audio": base64.b64encode(bytes(rates[1])).decode()})
+    usage = core.usage
+    assert (usage.provider, usage.input_audio_bytes, usage.output_audio_bytes) == (
+        provider,
+        2 * rates[0] + 2,
+        rates[1],
+    )
+    assert usage.output_audio_seconds == 0.5
+    assert usage.summary().startswith(f"provider={provider} audio_in_s=1.000 audio_out_s=0.500 tokens_in=0")

@@ -28,7 +28,13 @@ from app.providers.openai import OpenAITranslator
 from app.rotation import ensure_keys
 from app.upstreams.base import Buffered, Filling, SessionInfo
 from app.upstreams.outbox import Outbox
-from app.upstreams.providers import ERROR_BYTES, OUTBOX_EVENTS, Endpoint, ProviderConnection
+from app.upstreams.providers import (
+    ERROR_BYTES,
+    EVENT_BYTES,
+    OUTBOX_EVENTS,
+    Endpoint,
+    ProviderConnection,
+)
 from app.upstreams.relay import OUTBOX_FRAMES, RelayUpstream
 from tests.servers import ServiceProcess
 
@@ -108,7 +114,7 @@ def openai_text(size: int) -> str:
 
 def test_a_provider_connection_counts_the_frames_behind_its_events() -> None:
     frames = [json.dumps({"type": "session.updated"})] + [openai_text(KIB * n) for n in range(1, 21)]
-    sizes = [len(frame) for frame in frames[1:]]
+    sizes = [len(frame) + EVENT_BYTES for frame in frames[1:]]  # each event counts besides its frame
 
     async def scenario() -> None:
         connection = ProviderConnection(

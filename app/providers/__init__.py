@@ -25,11 +25,11 @@ def translator_for(session: SessionInfo) -> Translator:
     if provider == "gemini":
         from app.providers.gemini import GeminiTranslator
 
-        return GeminiTranslator(session.config, session.model)
+        return GeminiTranslator(session.config, session.model, usage=session.usage)
     if provider in PROVIDERS:
         from app.providers.openai import OpenAITranslator
 
-        return OpenAITranslator(session.config, session.model, provider=provider)
+        return OpenAITranslator(session.config, session.model, provider=provider, usage=session.usage)
     raise KeyError(provider)
 
 

@@ -20,6 +20,27 @@ class Translator(Protocol):
     """One session's translation between this protocol and a provider's; no I/O."""
 
     provider: str
+    #: The provider announced the end of this connection (Gemini `goAway`): resume on a new one.
+    going_away: bool
+    #: The newest handle a new connection can resume the session with (None: none, or no resumption).
+    handle: str | None
+
+    @property
+    def manual_turns(self) -> bool:
+        """Whether the client commits turns (no voice activity detection at the provider)."""
+        ...
+
+    def expects_answer(self, event: dict[str, Any]) -> bool:
+        """Whether the provider must answer after this client event (the silence timeout starts)."""
+        ...
+
+    def resumption_opening(self) -> list[dict[str, Any]] | None:
+        """The opening of a new connection resuming this session; None when it cannot be resumed."""
+        ...
+
+    def resumed(self) -> list[dict[str, Any]]:
+        """A new connection took over; the server events that ends (an answer cut short)."""
+        ...
 
     def opening(self) -> list[dict[str, Any]]:
         """The messages that configure the provider's session with the effective config."""
@@ -71,7 +92,7 @@ def decode_message(frame: str | bytes, string_kinds: Mapping[str, str]) -> Any:
                 return message
     try:
         return json.loads(frame)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the interpreter's stack: not for us to read
         return None
 
 

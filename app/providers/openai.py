@@ -3,6 +3,11 @@
 Messages are plain dicts shaped as `openai.types.realtime` client events (checked against those
 types, extra members refused, in tests/test_providers.py). OpenAI answers in audio or in text, not
 both: `modalities: ["audio", "text"]` is audio output whose transcript becomes `text.delta`.
+
+xAI speaks the same events with its own session shape: `voice` and `turn_detection` at the top of
+`session` (null: manual turns), the audio formats under `audio`, and nothing xAI does not document
+(docs/decisions.md, "xAI's session shape"). It reports partial input transcripts as
+`...input_audio_transcription.completed` with `status: "in_progress"`: those become nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from app.binding import effective_defaults
 from app.exceptions import UnsupportedEventError
 from app.models import ModelInfo
 from app.providers.base import effective, known, upstream_error
+from app.usage import Usage
 
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
 
@@ -28,7 +34,6 @@ DROPPED = frozenset(
         "conversation.item.retrieved",
         "conversation.item.truncated",
         "conversation.item.input_audio_transcription.delta",
-        "conversation.item.input_audio_transcription.failed",
         "conversation.item.input_audio_transcription.segment",
         "input_audio_buffer.cleared",
         "input_audio_buffer.committed",
@@ -58,6 +63,7 @@ DROPPED = frozenset(
     }
 )
 KINDS = DROPPED | {"session.updated", "error"}
+STATUSES = frozenset({"completed", "cancelled", "failed", "incomplete"})
 
 
 def turn_detection(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -120,6 +126,30 @@ def session_config(
     return session
 
 
+def xai_session_config(
+    config: dict[str, Any], model: ModelInfo, *, update: bool, voice: bool = True
+) -> dict[str, Any]:
+    """xAI's `session`: `voice` and `turn_detection` at its top, only the members xAI documents.
+
+    xAI transcribes input by itself and has no output modality switch: text-only output is the
+    translator dropping the audio (`OpenAITranslator.from_provider`).
+    """
+    full = effective_defaults(config, model)
+    session: dict[str, Any] = {}
+    if voice:
+        session["voice"] = full["voice"]
+    session["turn_detection"] = turn_detection(full)
+    session["audio"] = {
+        "input": {"format": {"type": "audio/pcm", "rate": model.input_sample_rate}},
+        "output": {"format": {"type": "audio/pcm", "rate": model.output_sample_rate}},
+    }
+    if full.get("instructions") or update:
+        session["instructions"] = full.get("instructions") or ""
+    if full.get("tools") or update:
+        session["tools"] = [function_tool(tool) for tool in full.get("tools") or ()]
+    return session
+
+
 def _user_message(*content: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "conversation.item.create",
@@ -137,21 +167,48 @@ class OpenAITranslator:
         "response.output_audio_transcript.delta": "delta",
     }
 
-    def __init__(self, config: dict[str, Any], model: ModelInfo, *, provider: str = "openai") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        model: ModelInfo,
+        *,
+        provider: str = "openai",
+        usage: Usage | None = None,
+    ) -> None:
         self.provider = provider
         self._model = model
         self._config = config
+        self._usage = usage if usage is not None else Usage(provider=provider)
         self._transcript_as_text = self._wants_transcript(config)
+        self._session = xai_session_config if provider == "xai" else session_config
 
-    @staticmethod
-    def _wants_transcript(config: dict[str, Any]) -> bool:
+    going_away = False  # OpenAI and xAI announce no end of a connection: nothing to resume
+    handle: str | None = None
+
+    def resumption_opening(self) -> list[dict[str, Any]] | None:
+        return None
+
+    def resumed(self) -> list[dict[str, Any]]:
+        return []
+
+    @property
+    def manual_turns(self) -> bool:
+        """Whether the client commits turns (no server VAD): only `response.create` asks for an answer."""
+        return turn_detection(self._config) is None
+
+    def expects_answer(self, event: dict[str, Any]) -> bool:
+        """Whether the provider must answer after `event` (the silence timeout starts)."""
+        return bool(event["type"] == "response.create")
+
+    def _wants_transcript(self, config: dict[str, Any]) -> bool:
         modalities = config.get("modalities") or ("audio", "text")
+        self._audio_out = "audio" in modalities or self.provider != "xai"
+        if self.provider == "xai" and "audio" not in modalities:
+            return True  # xAI always speaks: its transcript is the text output
         return "audio" in modalities and ("text" in modalities or bool(config.get("output_transcription")))
 
     def opening(self) -> list[dict[str, Any]]:
-        return [
-            {"type": "session.update", "session": session_config(self._config, self._model, update=False)}
-        ]
+        return [{"type": "session.update", "session": self._session(self._config, self._model, update=False)}]
 
     def acknowledges(self, message: dict[str, Any]) -> bool:
         return message.get("type") == "session.updated"
@@ -186,14 +243,14 @@ class OpenAITranslator:
             voice = config.get("voice") != self._config.get("voice")
             self._config = config
             self._transcript_as_text = self._wants_transcript(config)
-            session = session_config(config, self._model, update=True, voice=voice)
+            session = self._session(config, self._model, update=True, voice=voice)
             return [{"type": "session.update", "session": session}]
         raise UnsupportedEventError(f"{self.provider} has no counterpart for {kind}")
 
     def from_provider(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
         kind = message.get("type")
         if kind == "response.output_audio.delta":
-            return [{"type": "audio.delta", "audio": message["delta"]}]
+            return [{"type": "audio.delta", "audio": message["delta"]}] if self._audio_out else []
         if kind == "response.output_text.delta" or (
             kind == "response.output_audio_transcript.delta" and self._transcript_as_text
         ):
@@ -201,14 +258,19 @@ class OpenAITranslator:
         if kind == "response.created":
             return [{"type": "response.started"}]
         if kind == "response.done":
-            cancelled = (message.get("response") or {}).get("status") == "cancelled"
-            return [{"type": "response.completed", "status": "cancelled" if cancelled else "completed"}]
+            return self._done(message.get("response") or {})
         if kind == "input_audio_buffer.speech_started":
             return [{"type": "speech.started"}]
         if kind == "input_audio_buffer.speech_stopped":
             return [{"type": "speech.stopped"}]
         if kind == "conversation.item.input_audio_transcription.completed":
+            if message.get("status") == "in_progress":
+                return []  # xAI's partial transcript: the final one follows with the whole text
             return [{"type": "transcript.committed", "transcript": message["transcript"]}]
+        if kind == "conversation.item.input_audio_transcription.failed":
+            error = message.get("error") or {}
+            said = error.get("message") or error.get("code") or "no reason given"
+            return [upstream_error(self.provider, f"input audio transcription failed: {said}")]
         if kind == "response.function_call_arguments.done":
             return [
                 {
@@ -224,3 +286,34 @@ class OpenAITranslator:
         if kind == "session.updated":
             return []  # an update's acknowledgement: the session already said `session.updated`
         return None
+
+    def _done(self, response: dict[str, Any]) -> list[dict[str, Any]]:
+        """`response.done` as `response.completed` with the provider's status, reason and usage;
+        a failed response is announced by an `error` first (a failure is never shown as success)."""
+        status = response.get("status") or "completed"
+        if status not in STATUSES:
+            status = "failed" if status != "in_progress" else "completed"
+        details = response.get("status_details") or {}
+        completed: dict[str, Any] = {"type": "response.completed", "status": status}
+        events = [completed]
+        if status == "failed":
+            error = details.get("error") or {}
+            code = error.get("code") or error.get("type") or "unknown"
+            kind = error.get("type")
+            said = f"the response failed: {code}" + (f" ({kind})" if kind and kind != code else "")
+            if error.get("message"):
+                said += f": {error['message']}"
+            events.insert(0, upstream_error(self.provider, said))
+        elif status == "incomplete" and details.get("reason"):
+            completed["reason"] = str(details["reason"])
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            tokens = {
+                name: usage[name]
+                for name in ("input_tokens", "output_tokens")
+                if type(usage.get(name)) is int
+            }
+            if tokens:
+                completed["usage"] = tokens
+                self._usage.add_tokens(tokens.get("input_tokens"), tokens.get("output_tokens"))
+        return events

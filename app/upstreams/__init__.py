@@ -27,13 +27,25 @@ def served_registry(settings: Settings, registry: ModelRegistry) -> ModelRegistr
     return registry.serving(lambda model: model.provider in configured)
 
 
-def make_upstream(settings: Settings, *, dropped: Callable[[str, str], None] | None = None) -> Upstream:
-    """The upstream `REALTIME_UPSTREAM` names; `dropped(provider, type)` counts untranslated events."""
+def make_upstream(
+    settings: Settings,
+    *,
+    dropped: Callable[[str, str], None] | None = None,
+    resumed: Callable[[str], None] | None = None,
+) -> Upstream:
+    """The upstream `REALTIME_UPSTREAM` names; `dropped(provider, type)` counts untranslated events,
+    `resumed(provider)` provider connections resumed within a session."""
     if settings.upstream == "providers":
         from app.upstreams.providers import ProvidersUpstream, endpoints
 
         return ProvidersUpstream(
-            endpoints(settings), timeout=settings.upstream_timeout_seconds, dropped=dropped
+            endpoints(settings),
+            timeout=settings.upstream_timeout_seconds,
+            dropped=dropped,
+            response_timeout=settings.upstream_response_timeout_seconds,
+            resumes=settings.upstream_resumes,
+            resumed=resumed,
+            memory_bytes=settings.session_memory_bytes,
         )
     if settings.upstream == "relay":
         from app.upstreams.relay import RelayUpstream

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from app.models import ModelInfo
+from app.usage import Usage
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class SessionInfo:
     #: Fields the ticket bound whose content the ticket holder must not read back (instructions,
     #: tools): an upstream uses them, but a diagnostic that shows the config only says they are set.
     hidden: frozenset[str] = frozenset()
+    #: The session's usage: the core counts the audio relayed, a provider's translator the tokens.
+    usage: Usage = field(default_factory=Usage, compare=False)
 
 
 class UpstreamConnection(Protocol):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,12 @@ logger = logging.getLogger(__name__)
 OUTBOX_EVENTS = 16  # server events translated and not yet taken by the session
 RECEIVE_QUEUE_FRAMES = 1  # provider frames websockets buffers before it stops reading: the reader drains it
 ERROR_BYTES = 256  # what an error event of ours (an event the provider cannot take) is counted as
+EVENT_BYTES = 256  # what each translated event is counted as, besides the frame it came from
 MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
+#: Client messages sent since the newest resumption handle, kept to send again on a resumed
+#: connection (the handle's state does not hold them); past this many bytes (and a quarter of the
+#: session's memory budget) the oldest go.
+SINCE_HANDLE_BYTES = 1 << 20
 
 Dropped = Callable[[str, str], None]
 
@@ -86,6 +92,13 @@ def _closed(provider: str, exc: ConnectionClosed, when: str) -> UpstreamError:
 _CLOSING: set[asyncio.Task[None]] = set()  # closes that outlive a cancelled session, until done
 
 
+def _close_later(websocket: ClientConnection) -> None:
+    """Close in the background (bounded by the connection's close timeout), not waiting for it."""
+    closing = asyncio.get_running_loop().create_task(websocket.close())
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+
+
 async def _close(websocket: ClientConnection) -> None:
     """Close, shielded and bounded: the session may be ending because its task was cancelled."""
     closing = asyncio.get_running_loop().create_task(websocket.close())
@@ -96,7 +109,14 @@ async def _close(websocket: ClientConnection) -> None:
 
 
 class ProviderConnection:
-    """One session's connection to its provider, as the session loop sees an upstream."""
+    """One session's connection to its provider, as the session loop sees an upstream.
+
+    Gemini's connections end after minutes: on `goAway`, or a close while a resumable handle is
+    held, the reader opens a new one (`reconnect`) with the translator's `resumption_opening()`.
+    Client messages meanwhile are held, counted against the session's budget, and sent in order
+    once the new connection acknowledged. After a client event the provider must answer
+    (`Translator.expects_answer`), the reader waits at most `response_timeout` for each message.
+    """
 
     def __init__(
         self,
@@ -106,6 +126,12 @@ class ProviderConnection:
         *,
         timeout: float,
         dropped: Dropped,
+        reconnect: Callable[[], Awaitable[ClientConnection]] | None = None,
+        response_timeout: float = 30.0,
+        resumes: int = 10,
+        resumed: Callable[[str], None] | None = None,
+        session_id: str = "-",
+        since_handle_bytes: int = SINCE_HANDLE_BYTES,
     ) -> None:
         self._websocket = websocket
         self._translator = translator
@@ -113,35 +139,67 @@ class ProviderConnection:
         self._provider = endpoint.provider
         self._timeout = timeout
         self._dropped = dropped
+        self._reconnect = reconnect
+        self._response_timeout = response_timeout
+        self._resumes = resumes
+        self._on_resumed = resumed or (lambda provider: None)
+        self._session_id = session_id
         self._outbox: Outbox[dict[str, Any] | UpstreamError] = Outbox(OUTBOX_EVENTS)
+        self._notify: Callable[[], None] = lambda: None
         self._reader: asyncio.Task[None] | None = None
         self._failure: UpstreamError | None = None
         self._transport: asyncio.WriteTransport | None = getattr(websocket, "transport", None)
         # Message types whose translation reads one string member, and that member.
         self._string_kinds: dict[str, str] = getattr(translator, "string_kinds", {})
+        self._held: deque[str] = deque()  # messages for the provider while a new connection opens
+        self._held_bytes = 0
+        self._since_handle: deque[str] = deque()  # sent after the newest handle came
+        self._since_handle_bytes = 0
+        self._since_handle_limit = since_handle_bytes
+        self._handle: str | None = None
+        self._expanding = 0  # events of the message being queued, not yet in the outbox
+        self._resuming = False
+        self.resumptions = 0
+        self._answer_due: float | None = None  # loop time by which the provider must say something
+        self._silence: asyncio.TimerHandle | None = None  # checks `_answer_due` when it may have passed
+        self._receiving = False  # the reader waits on the provider (not on the browser)
+        self._silenced = False  # the silence check cancelled the reader
 
     def buffered_bytes(self) -> int:
-        """The events translated and not yet taken, counted as the provider frames they came from."""
-        return self._outbox.held
+        """Events translated and not yet taken (counted as the provider frames they came from, and
+        `EVENT_BYTES` each), and client messages held while a connection is resumed."""
+        return self._outbox.held + self._held_bytes + self._expanding + self._since_handle_bytes
 
     def on_growth(self, notify: Callable[[], None]) -> None:
+        self._notify = notify
         self._outbox.on_growth(notify)
 
     async def start(self) -> None:
         """Configure the provider's session and wait for its acknowledgement (the caller times it)."""
-        for message in self._translator.opening():
-            await self._send_message(message)
+        await self._configure(self._websocket, self._translator.opening(), "refused the session")
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _configure(
+        self, websocket: ClientConnection, opening: list[dict[str, Any]], refused: str
+    ) -> None:
+        """Send `opening` on `websocket`, then read until the provider acknowledges it."""
+        try:
+            for message in opening:
+                await self._send_text(encode_event(message), websocket)
+        except ConnectionClosed as exc:
+            raise _closed(self._provider, exc, "before acknowledging the session") from None
         while True:
-            message = await self._next_message("before acknowledging the session")
+            message = (await self._next_frame("before acknowledging the session", websocket))[0]
             if self._translator.acknowledges(message):
-                break
+                return
             for event in self._translate(message) or ():
                 if event.get("type") == "error":
                     said = str(event["error"]["message"]).removeprefix(f"{self._provider}: ")
-                    raise UpstreamError(f"{self._provider} refused the session: {said}")
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+                    raise UpstreamError(f"{self._provider} {refused}: {said}")
 
     async def aclose(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with suppress(asyncio.CancelledError):
@@ -156,23 +214,81 @@ class ProviderConnection:
         except (ProtocolError, SessionUpdateUnsupportedError) as exc:
             await self._outbox.put(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
             return
+        if self._translator.expects_answer(event):
+            self._expect_answer()
         for message in messages:
             await self._send_message(message)
 
+    def _expect_answer(self) -> None:
+        """The provider must answer: the reader's wait for its next message is bounded from now."""
+        loop = asyncio.get_running_loop()
+        self._answer_due = loop.time() + self._response_timeout
+        if self._silence is None:
+            self._silence = loop.call_at(self._answer_due, self._check_silence)
+
+    def _check_silence(self) -> None:
+        """The answer's deadline may have passed: a timer that moves lazily with `_answer_due`
+        (each provider message moves it; a timer per message would cost every frame)."""
+        self._silence = None
+        due = self._answer_due
+        if due is None or self._reader is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self._receiving and loop.time() >= due:
+            due = self._answer_due = loop.time() + self._response_timeout  # it waits on the browser
+        if loop.time() < due:
+            self._silence = loop.call_at(due, self._check_silence)
+            return
+        self._silenced = True
+        self._reader.cancel()
+
     async def _send_message(self, message: dict[str, Any]) -> None:
         text = encode_event(message)
+        if self._resuming:
+            self._hold(text)
+            return
         try:
-            if self._cannot_wait(len(text)):
-                await self._websocket.send(text)  # no timer for a send that returns at once
+            await self._send_text(text, self._websocket)
+        except ConnectionClosed as exc:
+            if self._resuming or self._can_resume():
+                self._hold(text)  # the reader sees the close too, and resumes
+                return
+            raise _closed(self._provider, exc, "mid-session") from None
+        self._sent(text)
+
+    def _sent(self, text: str) -> None:
+        """Keep a message sent since the newest handle: a resumed session has not seen it."""
+        if self._translator.handle is None:
+            return
+        self._since_handle.append(text)
+        self._since_handle_bytes += len(text)
+        while self._since_handle_bytes > self._since_handle_limit:
+            self._since_handle_bytes -= len(self._since_handle.popleft())
+        self._notify()
+
+    def _new_handle(self) -> None:
+        """A newer handle holds everything sent so far."""
+        self._handle = self._translator.handle
+        self._since_handle.clear()
+        self._since_handle_bytes = 0
+
+    def _hold(self, text: str) -> None:
+        self._held.append(text)
+        self._held_bytes += len(text)
+        self._notify()
+
+    async def _send_text(self, text: str, websocket: ClientConnection) -> None:
+        """Send one frame; ConnectionClosed passes through (the caller names the moment)."""
+        try:
+            if websocket is self._websocket and self._cannot_wait(len(text)):
+                await websocket.send(text)  # no timer for a send that returns at once
             else:
                 async with asyncio.timeout(self._timeout):
-                    await self._websocket.send(text)
+                    await websocket.send(text)
         except TimeoutError:
             raise UpstreamError(
                 f"{self._provider} stopped reading: a send waited over {self._timeout:g} s"
             ) from None
-        except ConnectionClosed as exc:
-            raise _closed(self._provider, exc, "mid-session") from None
 
     def _cannot_wait(self, chars: int) -> bool:
         """Whether a send of `chars` characters returns without waiting for the provider to read:
@@ -194,15 +310,15 @@ class ProviderConnection:
             raise item
         return item
 
-    async def _next_message(self, when: str) -> dict[str, Any]:
-        return (await self._next_frame(when))[0]
-
-    async def _next_frame(self, when: str) -> tuple[dict[str, Any], int]:
+    async def _next_frame(self, when: str, websocket: ClientConnection) -> tuple[dict[str, Any], int]:
         """The provider's next message, decoded, and the size of its frame."""
         try:
-            frame = await self._websocket.recv()
+            frame = await websocket.recv()
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, when) from None
+        return self._decode(frame)
+
+    def _decode(self, frame: str | bytes) -> tuple[dict[str, Any], int]:
         message = decode_message(frame, self._string_kinds)
         if not isinstance(message, dict):
             raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
@@ -211,6 +327,8 @@ class ProviderConnection:
     def _translate(self, message: dict[str, Any]) -> list[dict[str, Any]] | None:
         try:
             events = self._translator.from_provider(message)
+        except RecursionError:
+            raise UpstreamError(f"{self._provider} sent a message nested too deeply") from None
         except (KeyError, TypeError, AttributeError, ValueError):
             logger.info(
                 "%s sent a malformed %s message; dropped", self._provider, self._translator.kind(message)
@@ -220,17 +338,128 @@ class ProviderConnection:
             self._dropped(self._provider, self._translator.kind(message))
         return events
 
+    async def _receive_frame(self) -> str | bytes:
+        """The next frame of the current connection; the silence check may cancel the wait."""
+        self._receiving = True
+        try:
+            return await self._websocket.recv()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._silenced or task is None:
+                raise
+            self._silenced = False
+            task.uncancel()
+            raise UpstreamError(
+                f"{self._provider}: the provider stopped answering (nothing for "
+                f"{self._response_timeout:g} s after an answer was asked for)"
+            ) from None
+        finally:
+            self._receiving = False
+
     async def _read(self) -> None:
         """Provider messages to the outbox until the provider closes or fails (then its error)."""
         try:
             while True:
-                message, size = await self._next_frame("mid-session")
+                try:
+                    frame = await self._receive_frame()
+                except ConnectionClosed as exc:
+                    closed = _closed(self._provider, exc, "mid-session")
+                    if not self._can_resume():
+                        raise closed from None
+                    await self._resume(closed.message.removeprefix(f"{self._provider} "))
+                    continue
+                if self._answer_due is not None:  # it said something: the wait starts again
+                    self._expect_answer()
+                message, size = self._decode(frame)
                 events = self._translate(message) or []
-                # The frame's size is held until its last event is taken: its events share its data.
-                for index, event in enumerate(events, 1):
-                    await self._outbox.put(event, size if index == len(events) else 0)
+                if self._translator.handle != self._handle:
+                    self._new_handle()
+                await self._queue(events, size)
+                if self._translator.going_away:
+                    await self._resume("announced the end of its connection (goAway)")
         except UpstreamError as exc:
             await self._outbox.put(exc, 0)
+
+    async def _queue(self, events: list[dict[str, Any]], size: int) -> None:
+        """Events to the outbox, each counted (`EVENT_BYTES`) from now on: one message must not
+        expand past the budget unseen. The frame's size is held until its last event is taken."""
+        self._expanding = EVENT_BYTES * len(events)
+        if len(events) > 1:
+            self._notify()
+        for index, event in enumerate(events, 1):
+            self._expanding -= EVENT_BYTES
+            kind = event.get("type")
+            if kind == "response.completed":
+                self._answer_due = None
+            elif kind == "speech.stopped" and not self._translator.manual_turns:
+                self._expect_answer()  # a turn committed by the provider's voice detection
+            await self._outbox.put(event, EVENT_BYTES + (size if index == len(events) else 0))
+
+    # Resumption ---------------------------------------------------------------------------
+
+    def _can_resume(self) -> bool:
+        return self._reconnect is not None and self._translator.resumption_opening() is not None
+
+    async def _resume(self, why: str) -> None:
+        """A new connection, resuming the session, takes over; held client messages follow.
+
+        Raises:
+            UpstreamError: no handle to resume with, too many resumptions, or the new connection
+                failed or was not acknowledged within the upstream timeout.
+        """
+        opening = self._translator.resumption_opening()
+        if opening is None or self._reconnect is None:
+            raise UpstreamError(f"{self._provider} {why}, and gave no handle to resume the session with")
+        if self.resumptions >= self._resumes:
+            raise UpstreamError(
+                f"{self._provider} {why}: the session was resumed {self._resumes} times already"
+            )
+        self._resuming = True
+        self.resumptions += 1
+        _close_later(self._websocket)
+        websocket: ClientConnection | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                websocket = await self._reconnect()
+                await self._configure(websocket, opening, "refused to resume the session")
+        except BaseException as exc:
+            if websocket is not None:
+                _close_later(websocket)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamError(
+                    f"{self._provider} did not acknowledge the resumed session within {self._timeout:g} s"
+                ) from None
+            if isinstance(exc, UpstreamError):
+                raise UpstreamError(f"resuming the session failed: {exc.message}") from None
+            raise
+        self._websocket = websocket
+        self._transport = getattr(websocket, "transport", None)
+        logger.info(
+            "session %s: %s %s; resumed on a new connection (%d of at most %d)",
+            self._session_id,
+            self._provider,
+            why,
+            self.resumptions,
+            self._resumes,
+        )
+        self._on_resumed(self._provider)
+        for event in self._translator.resumed():
+            await self._outbox.put(event, EVENT_BYTES)
+        if self._answer_due is not None:
+            self._expect_answer()
+        try:
+            # What the old connection took after the handle was made, then what waited meanwhile
+            # (sends made while this runs join the queue: the order is kept).
+            for text in list(self._since_handle):
+                await self._send_text(text, websocket)
+            while self._held:
+                text = self._held.popleft()
+                self._held_bytes -= len(text)
+                await self._send_text(text, websocket)
+                self._sent(text)
+        except ConnectionClosed as exc:
+            raise _closed(self._provider, exc, "after resuming") from None
+        self._resuming = False
 
 
 class ProvidersUpstream:
@@ -242,10 +471,18 @@ class ProvidersUpstream:
         *,
         timeout: float,
         dropped: Dropped | None = None,
+        response_timeout: float = 30.0,
+        resumes: int = 10,
+        resumed: Callable[[str], None] | None = None,
+        memory_bytes: int = 8 << 20,
     ) -> None:
         self._endpoints = dict(providers)
+        self._since_handle_bytes = min(SINCE_HANDLE_BYTES, memory_bytes // 4)
         self._timeout = timeout
         self._dropped: Dropped = dropped or (lambda provider, kind: None)
+        self._response_timeout = response_timeout
+        self._resumes = resumes
+        self._resumed = resumed
 
     def serves(self, model: ModelInfo) -> bool:
         return model.provider in self._endpoints
@@ -283,6 +520,12 @@ class ProvidersUpstream:
                     endpoint,
                     timeout=self._timeout,
                     dropped=self._dropped,
+                    reconnect=lambda: self._open(endpoint, session.model),
+                    response_timeout=self._response_timeout,
+                    resumes=self._resumes,
+                    resumed=self._resumed,
+                    session_id=session.session_id,
+                    since_handle_bytes=self._since_handle_bytes,
                 )
                 await connection.start()
         except BaseException as exc:
