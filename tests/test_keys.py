@@ -481,7 +481,7 @@ def test_make_keys_on_a_complete_read_only_directory_needs_no_lock(
             raise OSError(30, "Read-only file system", str(path))
         return real_open(path, flags, mode)
 
-    monkeypatch.setattr("app.rotation.os.open", read_only)
+    monkeypatch.setattr("app.files.os.open", read_only)
     again, changed = ensure_keys(tmp_path, now=NOW + 1)
     assert not changed and [k.kid for k in again.keys] == [k.kid for k in first.keys]
 
