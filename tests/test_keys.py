@@ -22,10 +22,10 @@ import pytest
 from app import keys as keys_module
 from app.apikeys import create_key
 from app.exceptions import KeySetError, UnknownKeyError
-from app.files import atomic_write
+from app.files import atomic_write, locked
 from app.keys import KeySet
 from app.keysource import DirectoryKeySource, SealKeySource
-from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
+from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
 from app.sealkeys import SEAL_FILE
 from app.tickets import issue, verify
 from tests.servers import ServiceProcess
