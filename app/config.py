@@ -231,6 +231,10 @@ class Settings:
         )
         return f"Settings({', '.join(shown)})"
 
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secret values (provider and relay keys), for redaction by value."""
+        return tuple(value for name in sorted(SECRETS) if (value := getattr(self, name)))
+
     @property
     def api_keys_path(self) -> Path:
         """Where the hashed API keys live: the setting, else `<keys dir>/api_keys.json`."""

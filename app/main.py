@@ -120,6 +120,7 @@ def create_app(
     settings = settings or Settings.from_environ(os.environ)
     clock = clock or SystemClock()
     logs.install()
+    logs.add_secrets(settings.secrets())  # provider and relay keys: out of every line and event
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
