@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from app.apikeys import create_key
 from app.binding import Binding, prepare_binding
@@ -158,8 +159,8 @@ def session(process: ServiceProcess, key: str, body: Event) -> Iterator[ClientCo
     assert minted.status_code == 200, minted.text
     with connect(
         process.ws_url,
-        subprotocols=[f"opper-ticket.{minted.json()['client_secret']}"],
-        open_timeout=10,  # type: ignore[list-item]
+        subprotocols=[Subprotocol(f"opper-ticket.{minted.json()['client_secret']}")],
+        open_timeout=10,
     ) as ws:
         yield ws
 
