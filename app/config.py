@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,15 @@ def _origins(raw: str) -> tuple[str, ...]:
     return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
 
 
+def _hosts(raw: str) -> tuple[str, ...]:
+    """Comma-separated host names or IP literals (`[::1]` for IPv6), without ports, lower-cased."""
+    items = tuple(item.strip().lower() for item in raw.split(",") if item.strip())
+    for item in items:
+        if not re.fullmatch(r"[a-z0-9_.\-]+|\[[0-9a-f:.]+\]", item):
+            raise ValueError(f"expected host names or [IPv6] literals without ports, got {item!r}")
+    return items
+
+
 def _proxies(raw: str) -> tuple[str, ...]:
     """Comma-separated addresses or CIDRs (or `*` for any), each checked now."""
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
@@ -171,6 +181,7 @@ class Settings:
     retire_grace_seconds: int = _setting(60, _int(0), "RETIRE_GRACE_SECONDS")
     public_ws_url: str | None = _setting(None, _url("ws", "wss"), "PUBLIC_WS_URL")
     ws_url_enabled: bool = _setting(True, _bool, "WS_URL_ENABLED")
+    allowed_hosts: tuple[str, ...] = _setting((), _hosts, "ALLOWED_HOSTS")
     replay_url: str = _setting("memory://", _replay_url, "REPLAY_URL")
     replay_prefix: str = _setting("realtime:jti:", _text, "REPLAY_PREFIX")
     replay_memory_max: int = _setting(100_000, _int(1), "REPLAY_MEMORY_MAX")
@@ -223,6 +234,10 @@ class Settings:
             for value in (getattr(self, item.name),)
         )
         return f"Settings({', '.join(shown)})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secret values (provider and relay keys), for redaction by value."""
+        return tuple(value for name in sorted(SECRETS) if (value := getattr(self, name)))
 
     @property
     def api_keys_path(self) -> Path:

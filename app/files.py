@@ -4,17 +4,22 @@ and a file's content reloaded when the file changes."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
 from app.exceptions import KeySetError
 
 Stamp = tuple[int, int, int]
+#: The change lock of a keys directory: signing keys, seal keys and the API key file (`locked`).
+LOCK_FILE = ".lock"
+LOCK_TIMEOUT_SECONDS = 30.0
 T = TypeVar("T")
 
 
@@ -38,6 +43,41 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked(directory: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
+    """Hold the keys directory's change lock (released when the process dies, too).
+
+    Raises:
+        KeySetError: another process held it for `timeout` seconds.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        # A read-only keys directory (a mounted secret): no one changes it, so there is nothing to
+        # serialise; `make keys` on a complete set still succeeds there, and a write fails loudly.
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise KeySetError(
+                        f"another command has been changing {directory} for {timeout:.0f}s "
+                        f"(it holds {directory / LOCK_FILE}); try again when it has finished"
+                    ) from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def stamp(path: Path) -> Stamp | None:

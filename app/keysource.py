@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from app import logs
+from app.base64url import b64url
 from app.files import Reloading, Stamp, stamp
 from app.keys import MANIFEST, KeySet
 from app.sealkeys import SealKeySet
@@ -103,7 +105,7 @@ class SealKeySource:
         self.path = path
         self._file = Reloading(
             path,
-            lambda: SealKeySet.load(path),
+            lambda: _redacted(SealKeySet.load(path)),
             initial=SealKeySet.empty(),
             what="seal keys",
             size=lambda keys: len(keys.keys),
@@ -126,3 +128,9 @@ class SealKeySource:
     async def refresh(self) -> SealKeySet:
         """Look for a newer set now (unknown seal kid): a stat; a reload only if the file changed."""
         return self._file.check()
+
+
+def _redacted(keys: SealKeySet) -> SealKeySet:
+    """`keys`, whose secrets (as `seal.json` writes them) are now cut out of log lines and events."""
+    logs.set_secrets("seal", [b64url(key.secret) for key in keys.keys])
+    return keys

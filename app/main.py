@@ -43,8 +43,28 @@ async def _on_realtime_error(request: Request, exc: Exception) -> Response:
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    body = {"error": {"code": code, "message": str(exc.detail)}}
+    body = {"error": {"code": code, "message": _routing_message(request, exc)}}
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+#: The routes a client of the API calls, named by a 404 so that a typo is easy to see.
+API_ROUTES = (
+    "POST /v3/realtime-sessions, GET /v3/realtime (WebSocket), GET /v3/models, GET /.well-known/jwks.json"
+)
+
+
+def _routing_message(request: Request, exc: HTTPException) -> str:
+    """What to fix after a 404 or a 405: the path asked for (cut to 64 characters) and what exists."""
+    path = logs.redact(request.url.path)  # a ticket pasted into a path is not echoed
+    shown = path if len(path) <= 64 else path[:64] + "..."
+    if exc.status_code == 404:
+        return (
+            f"nothing is served at {shown!r} (paths take no trailing slash); the API's routes: {API_ROUTES}"
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        return f"{request.method} is not allowed on {shown!r}: use {allowed or 'another method'}"
+    return str(exc.detail)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -168,6 +188,7 @@ def create_app(
         return UnsupportedStart()
     clock = clock or SystemClock()
     logs.install()
+    logs.add_secrets(settings.secrets())  # provider and relay keys: out of every line and event
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ from app.exceptions import (
 )
 from app.keys import MAX_TICKET_SECONDS, SigningKey
 from app.models import ModelRegistry
-from app.proxies import first_headers, valid_host
+from app.proxies import first_headers, host_allowed, valid_host
 from app.responses import NO_STORE, JSONResponse
 from app.services import Services
 from app.tickets import IssuedTicket, issue, rfc3339
@@ -194,7 +194,8 @@ def check_host(services: Services, host: str | None) -> None:
 
 
 def ws_url(services: Services, request: Request, host: str | None, ticket: str) -> str:
-    """The URL to redeem `ticket` at: `REALTIME_PUBLIC_WS_URL`, else this request's scheme and `host`."""
+    """The URL to redeem `ticket` at: `REALTIME_PUBLIC_WS_URL`, else this request's scheme and `host`
+    when `host` may be believed (`app.proxies.host_allowed`), else the address the request reached."""
     settings = services.settings
     if not settings.ws_url_enabled:
         return ""
@@ -202,9 +203,9 @@ def ws_url(services: Services, request: Request, host: str | None, ticket: str) 
     if base is None:
         # From the scope and the Host header directly: building `request.url` costs more than the rest.
         scheme = "wss" if request.scope.get("scheme") == "https" else "ws"
-        if host is None:
+        if host is None or not host_allowed(request.scope, host, settings.allowed_hosts):
             server_host, server_port = request.scope.get("server") or ("localhost", 80)
-            host = f"{server_host}:{server_port}"
+            host = f"[{server_host}]:{server_port}" if ":" in server_host else f"{server_host}:{server_port}"
         base = f"{scheme}://{host}/v3/realtime"
     return f"{base}{'&' if '?' in base else '?'}ticket={ticket}"
 

@@ -68,6 +68,12 @@ http {{
         default upgrade;
         ''      close;
     }}
+    # The host the services build `ws_url` from: a name this nginx answers to, never the client's
+    # choice (the services believe nginx's Host and X-Forwarded-Host: it is a trusted proxy).
+    map $host $public_host {{
+        default   127.0.0.1;
+        localhost localhost;
+    }}
     upstream minter {{
         server 127.0.0.1:{minter};
     }}
@@ -76,7 +82,8 @@ http {{
     }}
     server {{
         {listen};
-        proxy_set_header Host $http_host;
+        proxy_set_header Host $public_host:$server_port;
+        proxy_set_header X-Forwarded-Host $public_host:$server_port;
         proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         proxy_set_header X-Forwarded-Proto $scheme;
         proxy_connect_timeout 2s;
@@ -85,6 +92,11 @@ http {{
         location = /v3/realtime {{
             proxy_pass http://edges;
             proxy_http_version 1.1;
+            # A location with its own proxy_set_header inherits none from the server: all of them.
+            proxy_set_header Host $public_host:$server_port;
+            proxy_set_header X-Forwarded-Host $public_host:$server_port;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
             proxy_read_timeout 1h;
@@ -96,9 +108,12 @@ http {{
         location / {{
             proxy_pass http://minter;
         }}
-        # Metrics and readiness are for the operator on the machine, not for clients of the fleet.
+        # Metrics and readiness are for the operator on the machine, not for clients of the fleet:
+        # under any spelling ($uri is decoded and its slashes merged; `~*` ignores case; `$` in
+        # PCRE also matches before a final newline; the class catches the rest).
         location = /metrics {{ return 404; }}
         location = /readyz {{ return 404; }}
+        location ~* ^/+(metrics|readyz)($|[/[:space:][:cntrl:]]) {{ return 404; }}
     }}
 }}
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import posixpath
 import re
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -23,6 +24,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ADMIN_PATHS = frozenset({"/metrics", "/readyz"})
+#: Scope key `ForwardedHeaders` sets to True when the peer is a trusted proxy.
+PROXIED = "realtime.proxied"
 # Underscores pass: container and service names often have them, and they change no URL.
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -81,6 +84,27 @@ def valid_host(host: str) -> bool:
     return len(host) <= 255 and _HOST.match(host) is not None
 
 
+def host_name(host: str) -> str:
+    """The name part of `host[:port]`, lower-cased: `rt.example.com`, `127.0.0.1`, `[::1]`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1].lower()
+    return host.rpartition(":")[0].lower() if ":" in host else host.lower()
+
+
+def host_allowed(scope: Scope, host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a URL handed back to the client may name `host` (a valid `host[:port]`): the request
+    came through a trusted proxy, or the host is in `allowed` (REALTIME_ALLOWED_HOSTS; empty: the
+    address the connection reached and `localhost`)."""
+    if scope.get(PROXIED):
+        return True
+    name = host_name(host)
+    if allowed:
+        return name in allowed
+    server = scope.get("server")
+    listen = (f"[{server[0]}]" if ":" in server[0] else server[0]).lower() if server else None
+    return name in ("localhost", listen)
+
+
 def _first(value: bytes) -> str:
     return value.decode("latin-1").split(",")[0].strip()
 
@@ -133,11 +157,24 @@ class ForwardedHeaders:
             peer = scope.get("client")
             if peer is not None and peer[0] in self.trusted:
                 scope = forwarded(scope, self.trusted)
+                scope[PROXIED] = True
         await self.app(scope, receive, send)
 
 
+def admin_route(path: str) -> bool:
+    """Whether `path` (decoded) names an admin route however it is spelt: case, repeated or trailing
+    slashes, dot segments, or control characters and spaces around it (Starlette's route pattern ends in
+    `$`, which also matches before a trailing newline: `/metrics%0A` reaches the metrics route)."""
+    bare = re.sub(r"[\x00-\x20\x7f]+", "", path).lower()
+    return posixpath.normpath("/" + bare.lstrip("/")) in ADMIN_PATHS
+
+
 class AdminListener:
-    """ASGI middleware: `/metrics` and `/readyz` only on the admin port, nothing else there but `/healthz`."""
+    """ASGI middleware: `/metrics` and `/readyz` only on the admin port, nothing else there but `/healthz`.
+
+    The admin port answers exact paths only; the public port refuses every spelling of an admin path
+    (`admin_route`).
+    """
 
     def __init__(self, app: ASGIApp, *, port: int) -> None:
         self.app = app
@@ -147,16 +184,17 @@ class AdminListener:
         if scope["type"] in ("http", "websocket"):
             server = scope.get("server")
             on_admin = server is not None and server[1] == self.port
-            admin_path = scope["path"] in ADMIN_PATHS
-            if on_admin != admin_path and not (on_admin and scope["path"] == "/healthz"):
-                await _not_found(scope, send)
+            path = scope["path"]
+            admin_path = path in ADMIN_PATHS if on_admin else admin_route(path)
+            if on_admin != admin_path and not (on_admin and path == "/healthz"):
+                await _not_found(scope, send, on_admin=on_admin)
                 return
         await self.app(scope, receive, send)
 
 
-async def _not_found(scope: Scope, send: Send) -> None:
-    if scope["path"] in ADMIN_PATHS:
-        message = f"{scope['path']} is served on the admin port only (REALTIME_ADMIN_PORT)"
+async def _not_found(scope: Scope, send: Send, *, on_admin: bool) -> None:
+    if not on_admin:
+        message = "/metrics and /readyz are served on the admin port only (REALTIME_ADMIN_PORT)"
     else:
         message = "the admin port serves only /metrics, /readyz and /healthz"
     body = json.dumps({"error": {"code": "not_found", "message": message}}).encode()

@@ -165,7 +165,8 @@ class WebSocketTransport:
         return bytes(message.get("bytes") or b"")
 
     async def send(self, event: dict[str, Any] | str) -> None:
-        text = event if isinstance(event, str) else encode_event(event)
+        # Configured secrets (provider and relay keys) never reach the client, whoever quoted them.
+        text = logs.redact_secrets(event if isinstance(event, str) else encode_event(event))
         try:
             await self._websocket.send_text(text)
         except (WebSocketDisconnect, WebSocketDisconnected):
@@ -174,7 +175,7 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str = "") -> None:
         try:
-            await self._websocket.close(code, reason)
+            await self._websocket.close(code, logs.redact_secrets(reason))
         except (WebSocketDisconnect, WebSocketDisconnected):
             pass  # already closed by the client or the server: nothing left to say
 

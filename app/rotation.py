@@ -13,13 +13,9 @@ signs would meet edges that do not know it yet.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import math
-import os
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -27,49 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from app.base64url import b64url
 from app.exceptions import KeySetError
-from app.files import atomic_write
+from app.files import atomic_write, locked
 from app.keys import MANIFEST, MAX_TICKET_SECONDS, KeySet, SigningKey, State, promote, thumbprint
 from app.sealkeys import SEAL_FILE, ensure_seal_keys, rotate_seal_keys
 
-LOCK_FILE = ".lock"
-LOCK_TIMEOUT_SECONDS = 30.0
 #: A minter notices a changed keys directory within this long (`DirectoryKeySource`).
 DIRECTORY_CHECK_SECONDS = 0.5
-
-
-@contextlib.contextmanager
-def locked(directory: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-    """Hold the keys directory's change lock (released when the process dies, too).
-
-    Raises:
-        KeySetError: another process held it for `timeout` seconds.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES):
-            raise
-        # A read-only keys directory (a mounted secret): no one changes it, so there is nothing to
-        # serialise; `make keys` on a complete set still succeeds there, and a write fails loudly.
-        yield
-        return
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise KeySetError(
-                        f"another command has been changing {directory} for {timeout:.0f}s "
-                        f"(it holds {directory / LOCK_FILE}); try again when it has finished"
-                    ) from None
-                time.sleep(0.02)
-        yield
-    finally:
-        os.close(fd)  # drops the lock
 
 
 def publish_wait(*, configured: int, refresh_interval: float, fetch_timeout: float) -> int:

@@ -25,6 +25,7 @@ from app.config import Settings
 from app.events import (
     SessionStart,
     SessionUpdate,
+    ToolResult,
     decode_relayed,
     error_event,
     forwarded,
@@ -56,6 +57,8 @@ Event = dict[str, Any]
 #: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
 #: hides them from the browser, so a diagnostic must not hand them back).
 HIDDEN_WHEN_BOUND = frozenset({"instructions", "tools"})
+#: Tool calls a session remembers until their `tool.result` (the oldest forgotten past this many).
+MAX_OPEN_TOOL_CALLS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,7 @@ class SessionCore:
         self._upstream_kind = settings.upstream
         #: What the session relayed and the provider reported (docs/operations.md, "Usage").
         self.usage = Usage(provider=settings.upstream)
+        self._tool_calls: dict[str, None] = {}  # ids of `tool.call`s sent and not yet answered, in order
         self.config: Event = {}
         self.model: ModelInfo | None = None
         self.ending: Ending | None = None
@@ -196,6 +200,8 @@ class SessionCore:
                 raise AlreadyStartedError("the session has already started; use session.update")
             if isinstance(event, SessionUpdate):
                 return self._update(event.config)
+            if isinstance(event, ToolResult):
+                self._answer_tool_call(event.tool_call_id)
         except RealtimeError as exc:
             return [SendClient(error_event(exc))]
         dumped = event.model_dump(exclude_none=True)
@@ -228,6 +234,18 @@ class SessionCore:
             output_rate=model.output_sample_rate,
         )
         return [Connect(SessionInfo(self.id, self.project, config, model, hidden, self.usage))]
+
+    def _answer_tool_call(self, tool_call_id: str) -> None:
+        """A `tool.result` answers a `tool.call` this session sent, once, and only while it has tools.
+
+        Raises:
+            InvalidEventError: no such call is open (never sent, answered already, or no tools).
+        """
+        if not self.config.get("tools") or self._tool_calls.pop(tool_call_id, False) is False:
+            raise InvalidEventError(
+                "tool.result must answer a tool.call of this session: its tool_call_id names none "
+                "that is open (never sent, already answered, or the session has no tools)"
+            )
 
     def _update(self, changes: Any) -> list[Action]:
         assert self.model is not None  # noqa: S101 - updates come after the start
@@ -279,7 +297,13 @@ class SessionCore:
         decoded: Any = decode_relayed(event) if isinstance(event, str) else event
         if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
             return self.upstream_failed("the upstream sent a frame that is not an event")
-        if decoded["type"] == "session.terminating":
+        if decoded["type"] == "tool.call":
+            call_id = decoded.get("tool_call_id")
+            if isinstance(call_id, str) and self.config.get("tools"):
+                self._tool_calls[call_id] = None
+                if len(self._tool_calls) > MAX_OPEN_TOOL_CALLS:
+                    del self._tool_calls[next(iter(self._tool_calls))]
+        elif decoded["type"] == "session.terminating":
             error = decoded.get("error")
             code = error.get("code") if isinstance(error, dict) else None
             self._upstream_ending = code if isinstance(code, str) and code else "upstream_error"

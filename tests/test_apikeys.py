@@ -3,6 +3,7 @@ broken files, the CLI, and a running service refusing revoked and expired keys."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,9 +19,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from app.apikeys import create_key, revoke_key
+from app.apikeys import create_key, read_keys, revoke_key, write_keys
 from app.apikeys.store import ApiKeyStore, bearer_token
 from app.exceptions import InvalidCredentialsError, KeySetError, MissingCredentialsError
+from app.files import locked
 from app.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
@@ -95,14 +97,16 @@ def test_store_picks_up_new_keys_without_restart(tmp_path: Path) -> None:
     assert store.check(plain).project == "p"
 
 
-def test_label_replaces_the_previous_key(tmp_path: Path) -> None:
+def test_a_label_never_removes_another_key(tmp_path: Path) -> None:
+    """A label names a key; it is not an identity: an earlier key with the same label, of this
+    project or another one, keeps working."""
     path = tmp_path / "api_keys.json"
-    first, _ = create_key(path, project="dev", kind="runtime", now=1, label="make-run")
-    second, _ = create_key(path, project="dev", kind="runtime", now=2, label="make-run")
+    other, _ = create_key(path, project="other", kind="runtime", now=1, label="ci")
+    first, _ = create_key(path, project="dev", kind="runtime", now=2, label="ci")
+    second, _ = create_key(path, project="dev", kind="runtime", now=3, label="ci")
     store = ApiKeyStore(path).load()
-    assert store.check(second).project == "dev"
-    with pytest.raises(InvalidCredentialsError):
-        store.check(first)
+    assert [store.check(key).project for key in (other, first, second)] == ["other", "dev", "dev"]
+    assert [entry["label"] for entry in stored(path)["keys"]] == ["ci", "ci", "ci"]
 
 
 def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -117,14 +121,16 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_prints_the_key_alone_on_the_last_line(tmp_path: Path) -> None:
+def test_cli_prints_the_id_on_stderr_and_the_key_alone_on_stdout(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "create", "--project", "acme")
     assert result.returncode == 0
-    key = result.stdout.strip().splitlines()[-1]
-    assert key.startswith("oprk-") and " " not in key
+    key = result.stdout.strip()
+    assert result.stdout == key + "\n" and key.startswith("oprk-") and " " not in key
+    key_id = stored(tmp_path / "api_keys.json")["keys"][0]["id"]
+    assert key_id in result.stderr and key not in result.stderr
     assert ApiKeyStore(tmp_path / "api_keys.json").load().check(key).project == "acme"
     management = run_cli(tmp_path, "create", "--project", "acme", "--kind", "management")
-    assert management.stdout.strip().splitlines()[-1].startswith("opmak-")
+    assert management.stdout.strip().startswith("opmak-") and len(management.stdout.splitlines()) == 1
 
 
 def test_cli_refuses_without_a_project(tmp_path: Path) -> None:
@@ -232,18 +238,104 @@ def test_a_broken_file_keeps_the_last_good_keys_and_logs_one_line(
 
 def test_cli_lists_without_keys_and_revokes(tmp_path: Path) -> None:
     made = run_cli(tmp_path, "create", "--project", "acme", "--expires-days", "2", "--label", "ci")
-    key = made.stdout.strip().splitlines()[-1]
+    key = made.stdout.strip()
     key_id = stored(tmp_path / "api_keys.json")["keys"][0]["id"]
     listing = run_cli(tmp_path, "list").stdout
     header, row = listing.splitlines()
-    assert header.split() == ["id", "project", "kind", "label", "created", "expires", "revoked"]
-    assert row.split()[:4] == [key_id, "acme", "runtime", "ci"] and row.split()[-1] == "-"
-    assert key not in listing
+    assert header.split() == ["id", "key", "project", "kind", "label", "created", "expires", "revoked"]
+    assert row.split()[:5] == [key_id, key[:8] + "...", "acme", "runtime", "ci"] and row.split()[-1] == "-"
+    assert key not in listing and key[:9] not in listing
     revoked = run_cli(tmp_path, "revoke", "--id", key_id)
     assert revoked.returncode == 0 and key_id in revoked.stdout
     assert run_cli(tmp_path, "list").stdout.splitlines()[1].split()[-1] != "-"
     unknown = run_cli(tmp_path, "revoke", "--id", "key_nope")
     assert unknown.returncode == 1 and "no API key with id" in unknown.stderr
+
+
+# The key directory's change lock: API key commands beside each other and beside the key commands --
+
+
+def holds_open(pid: int, lock: Path) -> bool:
+    """Whether process `pid` has `lock` open (it is waiting for, or holding, the flock)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if Path(os.readlink(fd)) == lock:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("command", ["create", "revoke"])
+def test_api_key_commands_wait_for_the_key_directory_lock(tmp_path: Path, command: str) -> None:
+    """While `make rotate` (or another key command) holds the lock, `create`/`revoke` wait for it,
+    then read the file again: a key written under the lock is kept, not overwritten."""
+    path = tmp_path / "api_keys.json"
+    _, victim = create_key(path, project="p", kind="runtime", now=1)
+    args = ["create", "--project", "acme"] if command == "create" else ["revoke", "--id", victim.id]
+    with locked(tmp_path):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.apikeys", *args],
+            env={**os.environ, "REALTIME_KEYS_DIR": str(tmp_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not holds_open(process.pid, tmp_path / ".lock"):
+                assert process.poll() is None, f"`{command}` changed the file without waiting for the lock"
+                assert time.monotonic() < deadline, "timed out waiting for the command to reach the lock"
+                time.sleep(0.02)
+            assert process.poll() is None
+            # Another command's change, made while it holds the lock.
+            write_keys(path, [*read_keys(path), dataclasses.replace(victim, id="key_underlock", digest="00")])
+        except BaseException:
+            process.kill()
+            raise
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    keys = {key.id: key for key in read_keys(path)}
+    assert "key_underlock" in keys and victim.id in keys
+    if command == "create":
+        assert len(keys) == 3
+    else:
+        assert keys[victim.id].revoked_at is not None
+
+
+def test_concurrent_api_key_commands_lose_no_key_and_no_revocation(tmp_path: Path) -> None:
+    """Real processes at once: 12 creates beside 6 revokes; every key made is stored, every
+    revocation reported is kept."""
+    path = tmp_path / "api_keys.json"
+    victims = [create_key(path, project=f"v{n}", kind="runtime", now=1)[1] for n in range(6)]
+    env = {**os.environ, "REALTIME_KEYS_DIR": str(tmp_path)}
+    commands = [["create", "--project", f"c{n}"] for n in range(12)]
+    commands += [["revoke", "--id", victim.id] for victim in victims]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.apikeys", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    printed = []
+    for process, args in zip(processes, commands, strict=True):
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        if args[0] == "create":
+            printed.append(out.strip())
+    store = ApiKeyStore(path).load()
+    assert sorted(store.check(key).project or "" for key in printed) == sorted(f"c{n}" for n in range(12))
+    keys = {key.id: key for key in read_keys(path)}
+    assert len(keys) == 18
+    assert [keys[victim.id].revoked_at is not None for victim in victims] == [True] * 6
 
 
 @pytest.mark.parametrize("days", ["0", "-1", "abc", "40000"], ids=["zero", "negative", "word", "too-many"])

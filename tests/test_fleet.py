@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -318,6 +319,70 @@ def summary(outcomes: list[Outcome]) -> str:
     return (
         ", ".join(f"{code}={count}" for code, count in sorted(codes.items())) + f" (slowest {slowest:.2f} s)"
     )
+
+
+def raw_get(port: int, path: str, headers: str = "") -> tuple[int, bytes]:
+    """One GET with `path` sent byte for byte (no client library normalises it); status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+ADMIN_SPELLINGS = [
+    "/metrics",
+    "/readyz",
+    "/metrics%0A",
+    "/readyz%0A",
+    "/metrics%0D%0A",
+    "/metrics%00",
+    "/metrics%20",
+    "/metrics/",
+    "/metrics%2F",
+    "/METRICS",
+    "/Readyz",
+    "//metrics",
+    "/./metrics",
+    "/x/../readyz",
+    "/%6Detrics",
+]
+
+
+def test_nginx_serves_no_admin_path_and_sets_the_host_a_ws_url_names(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """`make cluster`'s nginx answered `/metrics%0A` with the minter's metrics and passed a client's
+    `X-Forwarded-Host` on, which the minter believes from nginx: `ws_url` then named evil.example."""
+    cluster = make_cluster()
+    port = int(cluster.url.rsplit(":", 1)[1])
+    statuses = {path: raw_get(port, path)[0] for path in ADMIN_SPELLINGS}
+    # nginx refuses a NUL in a path with 400 itself; every other spelling is a 404.
+    assert statuses == {**dict.fromkeys(ADMIN_SPELLINGS, 404), "/metrics%00": 400}
+    for headers in (
+        {"Host": "evil.example"},
+        {"X-Forwarded-Host": "evil.example"},
+        {"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        {"Host": f"evil.example:{port}", "X-Forwarded-Host": f"evil.example:{port}"},
+    ):
+        response = httpx.post(
+            cluster.url + "/v3/realtime-sessions",
+            headers={"Authorization": f"Bearer {cluster.api_key}", **headers},
+            json={},
+            timeout=CLIENT_TIMEOUT,
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["ws_url"].startswith(f"ws://127.0.0.1:{port}/v3/realtime?ticket="), headers
+    localhost = httpx.post(
+        cluster.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {cluster.api_key}", "Host": f"localhost:{port}"},
+        json={},
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert localhost.json()["ws_url"].startswith(f"ws://localhost:{port}/v3/realtime?ticket=")
 
 
 def test_a_ticket_works_once_through_nginx_and_both_edges_answer(

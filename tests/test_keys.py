@@ -22,10 +22,10 @@ import pytest
 from app import keys as keys_module
 from app.apikeys import create_key
 from app.exceptions import KeySetError, UnknownKeyError
-from app.files import atomic_write
+from app.files import atomic_write, locked
 from app.keys import KeySet
 from app.keysource import DirectoryKeySource, SealKeySource
-from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
+from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
 from app.sealkeys import SEAL_FILE
 from app.tickets import issue, verify
 from tests.servers import ServiceProcess
@@ -481,7 +481,7 @@ def test_make_keys_on_a_complete_read_only_directory_needs_no_lock(
             raise OSError(30, "Read-only file system", str(path))
         return real_open(path, flags, mode)
 
-    monkeypatch.setattr("app.rotation.os.open", read_only)
+    monkeypatch.setattr("app.files.os.open", read_only)
     again, changed = ensure_keys(tmp_path, now=NOW + 1)
     assert not changed and [k.kid for k in again.keys] == [k.kid for k in first.keys]
 

@@ -352,3 +352,44 @@ def test_jwks_endpoint_serves_public_keys(client: TestClient, keyset: KeySet) ->
             "alg": "EdDSA",
             "use": "sig",
         }
+
+
+# Routing errors say what to fix ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code", "hints"),
+    [
+        (
+            "POST",
+            "/v3/realtime-sessions/",
+            404,
+            "not_found",
+            ["/v3/realtime-sessions/", "POST /v3/realtime-sessions"],
+        ),
+        ("GET", "/v3/nope", 404, "not_found", ["/v3/nope", "GET /v3/models"]),
+        ("GET", "/v3/realtime-sessions", 405, "method_not_allowed", ["GET", "POST"]),
+        ("POST", "/v3/models", 405, "method_not_allowed", ["POST", "use ", "GET"]),
+        ("DELETE", "/.well-known/jwks.json", 405, "method_not_allowed", ["DELETE", "use ", "GET"]),
+    ],
+)
+def test_404_and_405_say_what_to_fix(
+    client: TestClient, method: str, path: str, status: int, code: str, hints: list[str]
+) -> None:
+    response = client.request(method, path)
+    assert (response.status_code, error_of(response)) == (status, code)
+    message = response.json()["error"]["message"]
+    assert all(hint in message for hint in hints), message
+
+
+def test_an_unknown_api_key_says_what_to_use(client: TestClient) -> None:
+    response = client.post(URL, headers=auth("oprk-not-a-real-key"), json={})
+    assert (response.status_code, error_of(response)) == (401, "invalid_credentials")
+    assert "make api-key" in response.json()["error"]["message"]
+
+
+def test_a_404_never_echoes_a_ticket_in_the_path(client: TestClient, api_key: str) -> None:
+    ticket = client.post(URL, headers=auth(api_key), json={}).json()["client_secret"]
+    response = client.get(f"/v3/{ticket}")
+    assert (response.status_code, error_of(response)) == (404, "not_found")
+    assert ticket[:40] not in response.text and "[redacted]" in response.json()["error"]["message"]

@@ -17,9 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app.apikeys import create_key
+from app import jwe
+from app.apikeys import ApiKey, create_key, digest, read_keys, write_keys
+from app.files import locked
 from app.keys import KeySet
 from app.rotation import ensure_keys
+from app.sealkeys import SEAL_FILE, SealKeySet
 from tests.servers import ServiceProcess
 
 ORIGIN_OK = "https://app.example"
@@ -52,11 +55,17 @@ class Edge:
         return token
 
     def forge(
-        self, *, iat: int, exp: int, kid: str | None = None, private: Ed25519PrivateKey | None = None
+        self,
+        *,
+        iat: int,
+        exp: int,
+        kid: str | None = None,
+        private: Ed25519PrivateKey | None = None,
+        alg: str = "EdDSA",
     ) -> str:
         signer = KeySet.load(self.keys_dir).signer
         assert signer is not None and signer.private_key is not None
-        header = {"alg": "EdDSA", "kid": kid or signer.kid, "typ": "opper-ticket+jwt"}
+        header = {"alg": alg, "kid": kid or signer.kid, "typ": "opper-ticket+jwt"}
         claims = {
             "iss": "opper-realtime",
             "aud": "opper-realtime",
@@ -359,3 +368,100 @@ def test_a_session_logs_its_acceptance_and_its_end(edge: Edge) -> None:
     assert '"WebSocket /v3/realtime" [accepted]' in log
     # websockets' own `connection open`, which said again what the line above says, is not printed.
     assert "connection open" not in log
+
+
+# Failure-matrix gaps: what a careless edit of the checks would let through -------------------
+
+
+def redeemed(edge: Edge, ticket: str, **options: Any) -> None:
+    """The ticket opens a session (retrying while the one-session cap still counts the last one)."""
+    deadline = time.monotonic() + 10
+    while True:  # the server notices a close asynchronously
+        try:
+            with open_ws(edge, ticket=ticket, **options):
+                return
+        except InvalidStatus as exc:
+            assert exc.response.status_code == 429, exc.response.status_code
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+@pytest.mark.parametrize("alg", ["none", "HS256", "ES256", "eddsa", "EdDSA "])
+def test_a_header_alg_other_than_eddsa_is_refused_even_with_a_valid_eddsa_signature(
+    edge: Edge, alg: str, sealed: bool
+) -> None:
+    """Signed by the real key over the real header: only the header's `alg` is wrong. A verifier
+    that trusted a valid signature whatever `alg` said would open a session here."""
+    now = int(time.time())
+    ticket = edge.forge(iat=now, exp=now + 60, alg=alg)
+    if sealed:
+        sealer = SealKeySet.load(edge.keys_dir / SEAL_FILE).sealer
+        assert sealer is not None
+        ticket = jwe.seal(ticket.encode(), sealer)
+        edge.secrets.append(ticket)
+    status, body, headers = denial(edge, ticket=ticket)
+    assert (status, body["error"]["code"]) == (401, "invalid_ticket")
+    assert "EdDSA" in body["error"]["message"]
+    # The same forgery with the right `alg` opens a session: the signature itself was good.
+    redeemed(edge, edge.forge(iat=now, exp=now + 60))
+
+
+LOOK_ALIKE_ORIGINS = [
+    "https://app.example.evil.net",
+    "https://app.example@evil.net",
+    "https://app.examplex",
+    "https://app.exampl",
+    "https://evil.net/https://app.example",
+    "https://evil.net?https://app.example",
+    "https://APP.example",
+    "HTTPS://app.example",
+    "https://app.example:443",
+    "https://app.example.",
+    "http://app.example",
+    "wss://app.example",
+    "null",
+]
+
+
+@pytest.mark.parametrize("origin", LOOK_ALIKE_ORIGINS)
+def test_look_alike_origins_are_refused_and_leave_the_ticket_redeemable(edge: Edge, origin: str) -> None:
+    """The allow-list compares exact serialised origins (RFC 6454 section 6.2: lower-case scheme
+    and host, no default port, as every browser sends them): no prefix, suffix or case variant."""
+    ticket = edge.mint()
+    status, body, _ = denial(edge, ticket=ticket, origin=origin)
+    assert (status, body["error"]["code"]) == (403, "origin_not_allowed")
+    redeemed(edge, ticket, origin=ORIGIN_OK)
+
+
+def stored_key(edge: Edge, plain: str, *, kind: str) -> None:
+    """Store `plain` (whatever its prefix) as a key of `kind` in the running edge's key file."""
+    path = edge.keys_dir / "api_keys.json"
+    entry = ApiKey(f"key_{kind}_{plain[-6:]}", digest(plain), PROJECT, kind, int(time.time()))  # type: ignore[arg-type]
+    with locked(path.parent):
+        write_keys(path, [*read_keys(path), entry])
+    edge.secrets.append(plain)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "kind"),
+    [("oprk-", "management"), ("opmak-", "management"), ("opmak-", "runtime")],
+    ids=["management-kind-runtime-prefix", "management-key", "runtime-kind-management-prefix"],
+)
+def test_management_keys_are_refused_at_the_mint_and_the_edge(edge: Edge, prefix: str, kind: str) -> None:
+    plain = prefix + base64.urlsafe_b64encode(Ed25519PrivateKey.generate().sign(b"k")[:32]).decode().rstrip(
+        "="
+    )
+    stored_key(edge, plain, kind=kind)
+    minted = httpx.post(
+        edge.service.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {plain}"},
+        json={},
+        timeout=10,
+    )
+    assert (minted.status_code, minted.json()["error"]["code"]) == (401, "invalid_credentials")
+    assert "management" in minted.json()["error"]["message"]
+    assert minted.headers["www-authenticate"].lower().startswith("bearer")
+    status, body, _ = denial(edge, headers={"Authorization": f"Bearer {plain}"})
+    assert (status, body["error"]["code"]) == (401, "invalid_credentials")
+    assert "management" in body["error"]["message"] and plain not in json.dumps(body)

@@ -97,6 +97,57 @@ def test_ws_url_believes_forwarded_headers_from_trusted_proxies_only(
         assert body["ws_url"].startswith(expected.format(port=service.port) + "v3/realtime?ticket=")
 
 
+# (source address, headers) -> the ws_url's host; `{port}` is the service's port.
+HOST_CASES: dict[str, tuple[str, dict[str, str], str]] = {
+    "untrusted-host-evil": ("127.0.0.2", {"Host": "evil.example"}, "127.0.0.1:{port}"),
+    "untrusted-host-evil-with-port": ("127.0.0.2", {"Host": "evil.example:8000"}, "127.0.0.1:{port}"),
+    "untrusted-forwarded-host-evil": ("127.0.0.2", {"X-Forwarded-Host": "evil.example"}, "127.0.0.1:{port}"),
+    "untrusted-both-evil": (
+        "127.0.0.2",
+        {"Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+        "127.0.0.1:{port}",
+    ),
+    "untrusted-localhost": ("127.0.0.2", {"Host": "localhost:{port}"}, "localhost:{port}"),
+    "untrusted-localhost-upper-case": ("127.0.0.2", {"Host": "LOCALHOST:{port}"}, "LOCALHOST:{port}"),
+    "untrusted-listen-address": ("127.0.0.2", {"Host": "127.0.0.1:{port}"}, "127.0.0.1:{port}"),
+    "untrusted-other-loopback-name": ("127.0.0.2", {"Host": "127.0.0.2:{port}"}, "127.0.0.1:{port}"),
+    "trusted-proxy-host": ("127.0.0.1", {"Host": "rt.example.com"}, "rt.example.com"),
+    "trusted-proxy-forwarded-host": ("127.0.0.1", {"X-Forwarded-Host": "rt.example.com"}, "rt.example.com"),
+}
+
+
+def test_ws_url_host_comes_from_the_request_only_when_trusted_or_allowed(tmp_path: Path) -> None:
+    """Without REALTIME_PUBLIC_WS_URL, a client that is not a trusted proxy cannot make the mint hand
+    out a ws_url on another host (`Host: evil.example`): it gets the listen address instead."""
+    keys, key = prepared(tmp_path)
+    with ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys)}, log_path=tmp_path / "service.log") as service:
+        found = {}
+        for case, (source, headers, _) in HOST_CASES.items():
+            sent = {name: value.format(port=service.port) for name, value in headers.items()}
+            ws_url = mint_from(service.url, key, source=source, headers=sent)["ws_url"]
+            found[case] = ws_url.split("://", 1)[1].split("/v3/realtime?ticket=", 1)[0]
+    expected = {case: host.format(port=service.port) for case, (_, _, host) in HOST_CASES.items()}
+    assert found == expected
+    assert not any("evil" in host for host in found.values())
+
+
+def test_allowed_hosts_name_the_hosts_a_ws_url_may_use(tmp_path: Path) -> None:
+    keys, key = prepared(tmp_path)
+    env = {"REALTIME_KEYS_DIR": str(keys), "REALTIME_ALLOWED_HOSTS": "rt.example.com, [::1]"}
+    with ServiceProcess(env=env, log_path=tmp_path / "service.log") as service:
+
+        def host_for(host: str) -> str:
+            ws_url: str = mint_from(service.url, key, source="127.0.0.2", headers={"Host": host})["ws_url"]
+            return ws_url.split("://", 1)[1].split("/v3/realtime?ticket=", 1)[0]
+
+        assert host_for("rt.example.com") == "rt.example.com"
+        assert host_for("RT.example.com:8443") == "RT.example.com:8443"
+        assert host_for("[::1]:9") == "[::1]:9"
+        assert host_for("evil.example") == f"127.0.0.1:{service.port}"
+        assert host_for("rt.example.com.evil.example") == f"127.0.0.1:{service.port}"
+        assert host_for(f"localhost:{service.port}") == f"127.0.0.1:{service.port}"  # not in the list
+
+
 def scope(client: str, headers: list[tuple[bytes, bytes]], kind: str = "http") -> dict[str, Any]:
     return {"type": kind, "scheme": "http", "client": (client, 5000), "headers": headers, "path": "/"}
 
@@ -235,6 +286,58 @@ def test_admin_port_takes_metrics_and_readiness_off_the_public_port(tmp_path: Pa
     log = service.log()
     assert f"Admin listener (/metrics, /readyz) on http://127.0.0.1:{admin}" in log
     assert "ERROR" not in log and "Traceback" not in log
+
+
+ADMIN_SPELLINGS = [
+    "/metrics%0A",
+    "/readyz%0A",
+    "/metrics%0a",
+    "/metrics%0D%0A",
+    "/metrics%00",
+    "/metrics%20",
+    "/metrics/",
+    "/readyz/",
+    "/metrics%2F",
+    "/METRICS",
+    "/Readyz",
+    "//metrics",
+    "//readyz",
+    "///metrics/",
+    "/./metrics",
+    "/metrics/.",
+    "/x/../metrics",
+    "/%6Detrics",
+]
+
+
+def raw_get(port: int, path: str) -> tuple[int, bytes]:
+    """One GET with `path` sent byte for byte (no client library normalises it); status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_no_spelling_of_an_admin_path_answers_on_the_public_port(tmp_path: Path) -> None:
+    """`/metrics%0A` once reached the metrics route on the public port (the route's pattern accepts a
+    trailing newline); every spelling is refused there, and the admin port answers only exact paths."""
+    keys, _ = prepared(tmp_path)
+    admin = free_port()
+    env = {"REALTIME_KEYS_DIR": str(keys), "REALTIME_ADMIN_PORT": str(admin)}
+    with ServiceProcess(env=env, log_path=tmp_path / "service.log") as service:
+        poll(lambda: b"Admin listener" in service.log().encode(), "the admin listener line")
+        public = int(service.url.rsplit(":", 1)[1])
+        answers = {path: raw_get(public, path) for path in ADMIN_SPELLINGS}
+        assert {path: status for path, (status, _) in answers.items()} == dict.fromkeys(ADMIN_SPELLINGS, 404)
+        for path, (_, body) in answers.items():
+            assert json.loads(body)["error"]["code"] == "not_found", path
+            assert b"realtime_" not in body and b'"status"' not in body, path
+        assert raw_get(admin, "/metrics")[0] == 200 and raw_get(admin, "/readyz")[0] == 200
+        assert raw_get(admin, "/metrics%0A")[0] == 404
+    assert "Traceback" not in service.log()
 
 
 # Several worker processes ---------------------------------------------------------------------

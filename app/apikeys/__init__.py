@@ -1,12 +1,16 @@
 """API keys: the key file, hashed at rest; the lookup is in `app.apikeys.store`.
 
 The file (`keys/api_keys.json` by default) holds one entry per key: an id, the SHA-256 of the key,
-the project, the kind, and optionally a label, an expiry and a revocation time. Keys are 256 random
+the project, the kind, the key's first 8 characters (so a listing can tell keys apart), and optionally
+a label, an expiry and a revocation time. Keys are 256 random
 bits, so a fast hash is enough: there is nothing to brute-force, unlike a password. The plain key
 is printed once, when it is made, and never stored (except `make run`'s dev key: see `dev_key`).
 
 A request's key is checked in constant time by `app.apikeys.store.ApiKeyStore`, which rereads the
 file when it changes; the commands (`python -m app.apikeys`) are in `app/apikeys/__main__.py`.
+Every change holds the change lock of the file's directory (`app.files.locked`), the one the signing
+and seal key commands take in the keys directory, from reading the file to replacing it: commands
+run at once never lose a key or a revocation.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from pathlib import Path
 from typing import Literal
 
 from app.exceptions import KeySetError
-from app.files import atomic_write
+from app.files import atomic_write, locked
 
 Kind = Literal["runtime", "management"]
 RUNTIME_PREFIX = "oprk-"
 MANAGEMENT_PREFIX = "opmak-"
 DEV_KEY_FILE = "dev_api_key"  # the plain dev key of `make run`, beside api_keys.json
+SHOWN_CHARACTERS = 8  # of a key, stored and listed so an operator can tell which id is which key
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class ApiKey:
     label: str | None = None
     expires_at: int | None = None
     revoked_at: int | None = None
+    shown: str | None = None  # the key's first SHOWN_CHARACTERS characters (None: made before they were kept)
 
     def refusal(self, now: float) -> str | None:
         """Why this key cannot be used at `now` (revoked, expired), or None."""
@@ -112,6 +118,7 @@ def read_keys(path: Path) -> list[ApiKey]:
                     label=_optional_str(entry.get("label")),
                     expires_at=_optional_int(entry.get("expires_at")),
                     revoked_at=_optional_int(entry.get("revoked_at")),
+                    shown=_optional_str(entry.get("shown")),
                 )
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -129,6 +136,7 @@ def write_keys(path: Path, keys: Sequence[ApiKey]) -> None:
                 "project": key.project,
                 "kind": key.kind,
                 "created_at": key.created_at,
+                **({"shown": key.shown} if key.shown else {}),
                 **({"label": key.label} if key.label else {}),
                 **({"expires_at": key.expires_at} if key.expires_at is not None else {}),
                 **({"revoked_at": key.revoked_at} if key.revoked_at is not None else {}),
@@ -150,13 +158,29 @@ def create_key(
 ) -> tuple[str, ApiKey]:
     """Make a key, store its hash, and return (the plain key, the stored entry).
 
-    With a `label`, an earlier key of the same label is replaced (so `make run` keeps one dev key).
+    A `label` only describes the key: other keys with the same label stay as they are.
     """
+    with locked(path.parent):
+        return _add_key(path, project=project, kind=kind, now=now, label=label, expires_at=expires_at)
+
+
+def _add_key(
+    path: Path, *, project: str | None, kind: Kind, now: int, label: str | None, expires_at: int | None
+) -> tuple[str, ApiKey]:
+    """`create_key` with the lock already held."""
     prefix = MANAGEMENT_PREFIX if kind == "management" else RUNTIME_PREFIX
     plain = prefix + secrets.token_urlsafe(32)
-    entry = ApiKey(f"key_{secrets.token_hex(6)}", digest(plain), project, kind, now, label, expires_at)
-    kept = [key for key in read_keys(path) if label is None or key.label != label]
-    write_keys(path, [*kept, entry])
+    entry = ApiKey(
+        f"key_{secrets.token_hex(6)}",
+        digest(plain),
+        project,
+        kind,
+        now,
+        label,
+        expires_at,
+        shown=plain[:SHOWN_CHARACTERS],
+    )
+    write_keys(path, [*read_keys(path), entry])
     return plain, entry
 
 
@@ -166,15 +190,16 @@ def revoke_key(path: Path, key_id: str, *, now: int) -> ApiKey:
     Raises:
         KeySetError: no key with that id.
     """
-    keys = read_keys(path)
-    found = next((key for key in keys if key.id == key_id), None)
-    if found is None:
-        raise KeySetError(f"no API key with id {key_id!r} in {path} (see make api-keys)")
-    if found.revoked_at is not None:
-        return found
-    revoked = dataclasses.replace(found, revoked_at=now)
-    write_keys(path, [revoked if key.id == key_id else key for key in keys])
-    return revoked
+    with locked(path.parent):
+        keys = read_keys(path)
+        found = next((key for key in keys if key.id == key_id), None)
+        if found is None:
+            raise KeySetError(f"no API key with id {key_id!r} in {path} (see make api-keys)")
+        if found.revoked_at is not None:
+            return found
+        revoked = dataclasses.replace(found, revoked_at=now)
+        write_keys(path, [revoked if key.id == key_id else key for key in keys])
+        return revoked
 
 
 def dev_key(path: Path, keep: Path, *, project: str, now: int) -> tuple[str, bool]:
@@ -183,14 +208,16 @@ def dev_key(path: Path, keep: Path, *, project: str, now: int) -> tuple[str, boo
     Returns (the key, whether it is new). The plain key is kept (mode 0600, beside the signing keys)
     only for this dev key, so that restarting `make run` does not invalidate a key already in use.
     """
-    try:
-        kept = keep.read_text(encoding="utf-8").strip()
-    except (FileNotFoundError, UnicodeDecodeError):
-        kept = ""
-    if kept:
-        stored = {key.digest: key for key in read_keys(path)}.get(digest(kept))
-        if stored is not None and stored.project == project and stored.refusal(now) is None:
-            return kept, False
-    plain, _ = create_key(path, project=project, kind="runtime", now=now, label="make-run")
-    atomic_write(keep, (plain + "\n").encode("utf-8"), mode=0o600)
-    return plain, True
+    with locked(path.parent):  # two `make run`s at once make one dev key, not two
+        try:
+            kept = keep.read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, UnicodeDecodeError):
+            kept = ""
+        if kept:
+            stored = {key.digest: key for key in read_keys(path)}.get(digest(kept))
+            if stored is not None and stored.project == project and stored.refusal(now) is None:
+                return kept, False
+        # The earlier dev key (revoked, expired or of another project) stays listed, as any key does.
+        plain, _ = _add_key(path, project=project, kind="runtime", now=now, label="make-run", expires_at=None)
+        atomic_write(keep, (plain + "\n").encode("utf-8"), mode=0o600)
+        return plain, True

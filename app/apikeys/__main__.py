@@ -1,7 +1,8 @@
 """`python -m app.apikeys {create,list,revoke,dev}`: the API key file's commands.
 
-`make api-key`, `make api-keys`, `make revoke-api-key` and `make run` (its dev key) call this. The
-plain key is printed once, alone on the last line, and never stored (except the dev key).
+`make api-key`, `make api-keys`, `make revoke-api-key` and `make run` (its dev key) call this.
+`create` prints the plain key once, alone on stdout (what it did, with the key id, goes to stderr),
+and never stores it (except the dev key); `list` shows each key's first 8 characters, never more.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from app.exceptions import KeySetError, SettingsError
 
 
 def _table(keys: Sequence[ApiKey], now: float) -> list[str]:
-    header = ("id", "project", "kind", "label", "created", "expires", "revoked")
+    header = ("id", "key", "project", "kind", "label", "created", "expires", "revoked")
     rows = [header] + [
         (
             key.id,
+            f"{key.shown}..." if key.shown else "-",
             key.project or "-",
             key.kind,
             key.label or "-",
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m app.apikeys create --project ID [--expires-days N] | list | revoke --id ID | dev`."""
     parser = argparse.ArgumentParser(prog="python -m app.apikeys", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    make = sub.add_parser("create", help="create a key and print it once, alone on the last line")
+    make = sub.add_parser("create", help="create a key and print it once, alone on stdout (its id on stderr)")
     make.add_argument("--project", default="", help="project id the key belongs to")
     make.add_argument("--kind", choices=["runtime", "management"], default="runtime")
     make.add_argument(
@@ -60,9 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="make a key with no project (only useful to test rejections)",
     )
-    make.add_argument("--label", help="replace the earlier key with this label")
+    make.add_argument("--label", help="a note shown by `list` (other keys with this label stay)")
     make.add_argument("--expires-days", type=_days, help="the key stops working after this many days")
-    sub.add_parser("list", help="list stored keys (id, project, kind, label, dates; never the keys)")
+    sub.add_parser(
+        "list", help="list stored keys (id, first 8 characters, project, kind, label, dates; never the keys)"
+    )
     revoke = sub.add_parser(
         "revoke", help="revoke a key by its id; running servers refuse it within a second"
     )
@@ -101,8 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     until = f", expires {utc_time(entry.expires_at)}" if entry.expires_at else ""
-    print(f"created {entry.kind} key {entry.id} for project {entry.project or '-'} in {path}{until}")
-    print("store it now; it is not shown again:")
+    print(
+        f"created {entry.kind} key {entry.id} for project {entry.project or '-'} in {path}{until}; "
+        "store it now, it is not shown again:",
+        file=sys.stderr,
+    )
     print(plain)
     return 0
 

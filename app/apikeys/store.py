@@ -82,7 +82,9 @@ class ApiKeyStore:
                 raise InvalidCredentialsError(
                     "management keys (opmak-) cannot mint or open sessions: use a runtime key"
                 )
-            raise InvalidCredentialsError("the API key is not valid")
+            raise InvalidCredentialsError(
+                "the API key is not valid: send a runtime key as `make api-key PROJECT=<id>` printed it"
+            )
         if found.kind == "management" or token.startswith(MANAGEMENT_PREFIX):
             raise InvalidCredentialsError(
                 "management keys (opmak-) cannot mint or open sessions: use a runtime key"

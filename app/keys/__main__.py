@@ -16,8 +16,9 @@ from pathlib import Path
 
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
+from app.files import locked
 from app.keys import STATES, KeySet
-from app.rotation import ensure_keys, locked, publish_wait, retire, retire_after, rotate
+from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
 from app.sealkeys import SEAL_FILE, SealKeySet, retire_seal_keys
 
 
