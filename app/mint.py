@@ -245,6 +245,7 @@ def issue_ticket(
         max_bytes=settings.ticket_max_bytes,
         seal=seal,
     )
+    services.replay.minted(ticket.jti, ticket.issued_at)
     services.metrics.tickets_minted.inc()
     return ticket
 

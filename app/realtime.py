@@ -120,7 +120,7 @@ async def verify_ticket(services: Services, token: str) -> Ticket:
                 await (services.seal_keys.refresh() if exc.sealed else services.keys.refresh())
     finally:
         services.metrics.verify_seconds.observe(time.perf_counter() - started)
-    services.replay.admits(ticket.issued_at)
+    services.replay.admits(ticket.issued_at, ticket.jti)
     return ticket
 
 

@@ -14,9 +14,9 @@ import uvicorn
 from app import logs
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
-from app.keys import KeySet
 from app.main import create_app
 from app.server import DrainingServer, connection_limits, listen, tune_gc, uvicorn_config
+from app.services import preflight
 from app.workers import supervise
 
 
@@ -52,12 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.admin_port is not None and settings.admin_port == args.port:
         print(f"error: REALTIME_ADMIN_PORT ({settings.admin_port}) must differ from --port", file=sys.stderr)
         return 2
-    if settings.jwks_url is None:
-        try:
-            KeySet.load(settings.keys_dir)
-        except KeySetError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
+    try:
+        preflight(settings)
+    except KeySetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except SettingsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         logs.lighten()
         logging.config.dictConfig(logs.config(args.log_level.upper()))
