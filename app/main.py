@@ -119,7 +119,7 @@ def create_app(
     """Build the app. Without `settings`, they are read from the environment now (not at import)."""
     settings = settings or Settings.from_environ(os.environ)
     clock = clock or SystemClock()
-    logs.install()
+    logs.install(settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
