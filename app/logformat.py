@@ -4,7 +4,7 @@ A line that traces something (a mint, a redemption, a session's end) carries its
 record: `logger.info("session ended", extra=fields(session_id=..., tid=...))`. The text format
 appends them to the message as `key=value`; the JSON format writes them as members of the line's
 object, beside `ts`, `level`, `logger` and `msg`. Field values are this service's own (ids, codes,
-numbers), never a secret; control characters in them are escaped all the same.
+numbers), never a secret; they are redacted and their control characters escaped all the same.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from app.logs import FIELDS, escape_controls
+from app.logs import FIELDS, escape_controls, redact
 
 _RESERVED = frozenset({"ts", "level", "logger", "msg", "exc"})
 
@@ -25,11 +25,9 @@ def fields(**values: object) -> dict[str, dict[str, object]]:
 
 
 def _json_value(value: object) -> object:
-    if isinstance(value, str):
-        return escape_controls(value)
     if value is None or isinstance(value, bool | int | float):
         return value
-    return escape_controls(str(value))
+    return escape_controls(redact(value if isinstance(value, str) else str(value)))
 
 
 class JsonFormat(logging.Formatter):

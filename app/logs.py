@@ -159,7 +159,7 @@ _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 
 def _field_text(value: object) -> str:
-    text = escape_controls(value if isinstance(value, str) else str(value))
+    text = escape_controls(redact(value if isinstance(value, str) else str(value)))
     if text and all(char in _PLAIN for char in text):
         return text
     return json.dumps(text)  # quoted: a space, `=` or quote in a value cannot forge another field

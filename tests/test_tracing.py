@@ -125,12 +125,13 @@ def record(message: str, **values: object) -> logging.LogRecord:
 def test_control_characters_and_secrets_never_reach_a_line_raw() -> None:
     forged = "evil\n2026-01-01 00:00:00,000 INFO app.realtime: redemption ok\x1b[31m\u2028\x7f"
     ticket = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJwIn0.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
-    made = record(f"path {forged} ?ticket={ticket}", project=forged, tid="abc")
+    made = record(f"path {forged} ?ticket={ticket}", project=forged, model=ticket, tid="abc")
     for line in (JsonFormat().format(made), Format(LINE).format(made)):
         assert "\n" not in line and "\x1b" not in line and "\u2028" not in line and "\x7f" not in line
         assert ticket not in line
     body = json.loads(JsonFormat().format(made))
     assert body["project"].startswith("evil\\x0a2026") and body["tid"] == "abc"
+    assert body["model"] == "[redacted]"  # a field's value is redacted like a message
     text = Format(LINE).format(made)
     # A field value with a space or `=` is quoted: it cannot pose as a field of its own.
     assert ' project="evil\\\\x0a2026-01-01 ' in text and text.endswith(" tid=abc")
