@@ -155,12 +155,14 @@ def lighten() -> None:
 
 
 FIELDS = "fields"  # the record attribute holding a line's fields (`app.logformat.fields`)
-_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.:,/+*@")
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9_\-.:,/+*@]")
 
 
 def _field_text(value: object) -> str:
-    text = escape_controls(redact(value if isinstance(value, str) else str(value)))
-    if text and all(char in _PLAIN for char in text):
+    if not isinstance(value, str):
+        return str(value)  # a number: nothing to redact, escape or quote
+    text = escape_controls(redact(value))
+    if text and not _NOT_PLAIN.search(text):
         return text
     return json.dumps(text)  # quoted: a space, `=` or quote in a value cannot forge another field
 

@@ -155,3 +155,23 @@ def test_secret_key_files_open_to_others_are_refused(tmp_path: Path, which: str)
     path.chmod(0o600)
     with ServiceProcess(env={"REALTIME_KEYS_DIR": str(keys_dir)}, log_path=tmp_path / "ok.log") as service:
         assert httpx.get(service.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0
+    rows = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.startswith("  REALTIME_"))
+    assert set(rows) == {name for name, _ in Settings.variables()}
+    assert rows["REALTIME_REPLAY_URL"].strip() == "memory://"
+    assert rows["REALTIME_LEEWAY_SECONDS"].strip() == "5"
+    assert rows["REALTIME_JWKS_URL"].strip() == "unset"
+    assert rows["REALTIME_LOG_FORMAT"].strip() == "text"
+    assert rows["REALTIME_SEAL_KEYS_FILE"].strip() == "<keys dir>/seal.json"
+    assert rows["REALTIME_TRUSTED_PROXIES"].strip() == "127.0.0.1"
