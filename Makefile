@@ -10,7 +10,7 @@ ifdef KEYS_DIR
 export REALTIME_KEYS_DIR := $(KEYS_DIR)
 endif
 
-.PHONY: run test test-latest lock keys rotate retire key-status jwks api-key api-keys revoke-api-key lint format bench cluster cluster-stop clean
+.PHONY: run test test-latest lock keys rotate retire key-status jwks api-key api-keys revoke-api-key inspect lint format bench cluster cluster-stop clean
 
 # Every install comes from the hashed lock (docs/decisions.md, "Locked installs"); `make lock` refreshes it.
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
@@ -53,6 +53,9 @@ api-keys: $(VENV)/.installed
 
 revoke-api-key: $(VENV)/.installed
 	@$(PY) -m app.apikeys revoke --id "$(ID)"
+
+inspect: $(VENV)/.installed
+	@$(PY) -m app.inspect $(if $(TICKET),"$(TICKET)",-)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy

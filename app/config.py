@@ -222,6 +222,10 @@ class Settings:
     seal_keys_file: Path | None = _setting(None, _optional_path, "SEAL_KEYS_FILE")
     trusted_proxies: tuple[str, ...] = _setting(("127.0.0.1",), _proxies, "TRUSTED_PROXIES")
     admin_port: int | None = _setting(None, _optional_port, "ADMIN_PORT")
+    log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")
+    #: Whether `replay_url` is the default because REALTIME_REPLAY_URL was not set (`from_environ`
+    #: only): a process that verifies other minters' tickets must then refuse to start. Not a setting.
+    replay_url_defaulted: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.upstream == "relay" and not self.upstream_url:
@@ -230,7 +234,7 @@ class Settings:
     def __repr__(self) -> str:
         shown = (
             f"{item.name}={'***' if item.name in SECRETS and value is not None else repr(value)}"
-            for item in dataclasses.fields(self)
+            for item in _settings_fields(type(self))
             for value in (getattr(self, item.name),)
         )
         return f"Settings({', '.join(shown)})"
@@ -252,8 +256,8 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
         """Read every `REALTIME_*` variable; an invalid value raises `SettingsError` naming it."""
-        values: dict[str, Any] = {}
-        for item in dataclasses.fields(cls):
+        values: dict[str, Any] = {"replay_url_defaulted": PREFIX + "REPLAY_URL" not in environ}
+        for item in _settings_fields(cls):
             name = PREFIX + item.metadata["env"]
             raw = environ.get(name)
             if raw is None:
@@ -268,7 +272,7 @@ class Settings:
     def variables(cls) -> list[tuple[str, Any]]:
         """Each environment variable with its default, for docs and `--help`."""
         rows = []
-        for item in dataclasses.fields(cls):
+        for item in _settings_fields(cls):
             default = (
                 item.default_factory()  # type: ignore[operator]
                 if item.default is dataclasses.MISSING
@@ -276,3 +280,8 @@ class Settings:
             )
             rows.append((PREFIX + item.metadata["env"], default))
         return rows
+
+
+def _settings_fields(cls: type[Settings]) -> list[dataclasses.Field[Any]]:
+    """The fields read from the environment (each has its variable's name)."""
+    return [item for item in dataclasses.fields(cls) if "env" in item.metadata]

@@ -12,7 +12,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from app.binding import prepare_binding
+from app.claims import tid
 from app.exceptions import InvalidRequestError
+from app.logformat import fields
 from app.mint import DEFAULT_TTL, issue_ticket, require_signer
 from app.responses import NO_STORE
 from app.services import Services
@@ -121,7 +123,10 @@ async def dev_ticket(request: Request) -> JSONResponse:
     signer = require_signer(services)
     binding = prepare_binding({"model": model}, [], services.registry)
     ticket = issue_ticket(services, signer, project=DEV_PROJECT, binding=binding, ttl=DEFAULT_TTL)
-    logger.info("minted dev ticket kid=%s project=%s model=%s", ticket.kid, DEV_PROJECT, model)
+    logger.info(
+        "minted dev ticket",
+        extra=fields(tid=tid(ticket.jti), kid=ticket.kid, project=DEV_PROJECT, model=model),
+    )
     return JSONResponse(
         {
             "client_secret": ticket.token,

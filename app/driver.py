@@ -159,11 +159,26 @@ class SessionDriver:
         else:
             self._arm()
 
+    @property
+    def end_code(self) -> str:
+        """How the session ended, as a code: `client_gone` (the client closed or vanished), a
+        `session.terminating` code, or a close reason (`frame_too_large`, `session_not_started`)."""
+        ending = self.core.ending
+        if ending is None:
+            return "client_gone"
+        if isinstance(ending, Terminate):
+            return ending.code
+        return ending.reason.replace(" ", "_")
+
+    def usage_fields(self) -> dict[str, object]:
+        """The session's usage totals for its session-end log line: audio seconds and provider
+        tokens each way (docs/operations.md, "Usage")."""
+        return self.core.usage.fields()
+
     async def _finish(self) -> None:
         ending = self.core.ending
         if ending is None:
-            logger.info("session %s ended: the client went (%s)", self.core.id, self.core.usage.summary())
-            return
+            return  # the client went: nothing left to say (the end is logged by whoever ran it)
         if isinstance(ending, Terminate):
             code, reason = ending.close_code, ending.code
         else:
@@ -178,7 +193,6 @@ class SessionDriver:
             logger.info(
                 "session %s: its close took over %g s; left to the server", self.core.id, CLOSE_SECONDS
             )
-        logger.info("session %s ended: %s (%s)", self.core.id, reason, self.core.usage.summary())
 
     # Tasks -------------------------------------------------------------------------------------
 

@@ -171,17 +171,24 @@ _FILTER = RedactSecrets()
 WATCHED = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "app")
 
 
-def install() -> None:
+def install(log_format: str = "text") -> None:
     """Put the filter on the loggers that may see request lines, and on their handlers.
 
     A logger's filter sees only records logged on that very logger; a handler's sees every record
-    it writes, children's included. Idempotent.
+    it writes, children's included. With `log_format` `json`, those handlers write JSON lines
+    (whoever configured them: `python -m app.serve`, or uvicorn itself under `--factory`).
+    Idempotent.
     """
+    from app.logformat import JsonFormat
+
     for name in (*WATCHED, None):
         logger = logging.getLogger(name)
         for target in (logger, *logger.handlers):
             if _FILTER not in target.filters:
                 target.addFilter(_FILTER)
+            if log_format == "json" and isinstance(target, logging.Handler):
+                if not isinstance(target.formatter, JsonFormat):
+                    target.setFormatter(JsonFormat())
 
 
 def lighten() -> None:
@@ -193,6 +200,27 @@ def lighten() -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+
+
+FIELDS = "fields"  # the record attribute holding a line's fields (`app.logformat.fields`)
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9_\-.:,/+*@]")
+
+
+def _field_text(value: object) -> str:
+    if not isinstance(value, str):
+        return str(value)  # a number: nothing to redact, escape or quote
+    text = escape_controls(redact(value))
+    if text and not _NOT_PLAIN.search(text):
+        return text
+    return json.dumps(text)  # quoted: a space, `=` or quote in a value cannot forge another field
+
+
+def fields_text(record: logging.LogRecord) -> str:
+    """` key=value ...` for the record's fields (empty without any)."""
+    values: dict[str, object] | None = getattr(record, FIELDS, None)
+    if not values:
+        return ""
+    return "".join(f" {key}={_field_text(value)}" for key, value in values.items())
 
 
 #: The service's line: `2026-05-13 15:32:00,123 INFO app.realtime: redemption ok ...`.
@@ -213,11 +241,14 @@ class Format(logging.Formatter):
         self._line = fmt == LINE
 
     def format(self, record: logging.LogRecord) -> str:
+        # A line's fields (`app.logformat.fields`) follow its message as `key=value`.
+        extra = fields_text(record) if hasattr(record, FIELDS) else ""
         if not self._line or record.exc_info or record.exc_text or record.stack_info:
-            return super().format(record)
+            line, newline, rest = super().format(record).partition("\n")
+            return f"{line}{extra}{newline}{rest}"
         message = record.message = record.getMessage()
         stamp = record.asctime = self.formatTime(record)
-        return f"{stamp} {record.levelname} {record.name}: {message}"
+        return f"{stamp} {record.levelname} {record.name}: {message}{extra}"
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         second = int(record.created)
@@ -227,19 +258,23 @@ class Format(logging.Formatter):
         return f"{stamp[1]},{int(record.msecs):03d}"
 
 
-def config(level: str = "INFO") -> dict[str, object]:
-    """A `logging.config.dictConfig` for `python -m app.serve`: uvicorn's lines, secrets removed."""
+def config(level: str = "INFO", log_format: str = "text") -> dict[str, object]:
+    """A `logging.config.dictConfig` for `python -m app.serve`: uvicorn's lines, secrets removed.
+
+    `log_format` `json` writes one JSON object per line (`app.logformat.JsonFormat`).
+    """
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"redact": {"()": RedactSecrets}},
         "formatters": {
             "plain": {"()": Format, "fmt": LINE},
+            "json": {"()": "app.logformat.JsonFormat"},
         },
         "handlers": {
             "stderr": {
                 "()": QueueWriter,
-                "formatter": "plain",
+                "formatter": "json" if log_format == "json" else "plain",
                 "filters": ["redact"],
                 "stream": "ext://sys.stderr",
             },

@@ -187,7 +187,7 @@ def create_app(
     if settings is None:
         return UnsupportedStart()
     clock = clock or SystemClock()
-    logs.install()
+    logs.install(settings.log_format)
     logs.add_secrets(settings.secrets())  # provider and relay keys: out of every line and event
 
     @asynccontextmanager

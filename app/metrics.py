@@ -64,9 +64,26 @@ class Metrics:
         )
         self.active_sessions = Gauge(
             "realtime_active_sessions",
-            "Sessions open in this process",
+            "Sessions open in this process, by project",
+            ["project"],
             registry=self.registry,
         )
+        self._active: dict[str, Gauge] = {}
+        self.session_duration = Histogram(
+            "realtime_session_duration_seconds",
+            "How long sessions lasted, from the accepted upgrade to the end, by provider",
+            ["provider"],
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600),
+            registry=self.registry,
+        )
+        self._durations: dict[str, Histogram] = {}
+        self.session_ends = Counter(
+            "realtime_session_ends",
+            "Sessions ended, by end code (`client_gone` when the client closed or vanished)",
+            ["code"],
+            registry=self.registry,
+        )
+        self._ends: dict[str, Counter] = {}
         self.verify_seconds = Histogram(
             "realtime_verify_seconds",
             "Time to verify a ticket (signature and claims)",
@@ -132,6 +149,21 @@ class Metrics:
     def redemption(self, code: str) -> Counter:
         """The redemption counter of `code` (children cached: `labels()` costs more than `inc()`)."""
         return _child(self.redemptions, self._redemptions, code)
+
+    def session_opened(self, project: str) -> None:
+        child = self._active.get(project)
+        if child is None:
+            child = self._active[project] = self.active_sessions.labels(project)
+        child.inc()
+
+    def session_closed(self, project: str, *, provider: str, code: str, seconds: float) -> None:
+        """One session is over: the gauge, its end code and its length."""
+        self._active[project].dec()
+        _child(self.session_ends, self._ends, code).inc()
+        histogram = self._durations.get(provider)
+        if histogram is None:
+            histogram = self._durations[provider] = self.session_duration.labels(provider)
+        histogram.observe(seconds)
 
     def mint_error(self, code: str) -> Counter:
         return _child(self.mint_errors, self._mint_errors, code)

@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from app.apikeys.store import bearer_token
 from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
+from app.claims import tid
 from app.exceptions import (
     InvalidJSONError,
     InvalidRequestError,
@@ -19,6 +20,7 @@ from app.exceptions import (
     TicketsDisabledError,
 )
 from app.keys import MAX_TICKET_SECONDS, SigningKey
+from app.logformat import fields
 from app.models import ModelRegistry
 from app.proxies import first_headers, host_allowed, valid_host
 from app.responses import NO_STORE, JSONResponse
@@ -246,6 +248,7 @@ def issue_ticket(
         max_bytes=settings.ticket_max_bytes,
         seal=seal,
     )
+    services.replay.minted(ticket.jti, ticket.issued_at)
     services.metrics.tickets_minted.inc()
     return ticket
 
@@ -264,13 +267,16 @@ async def mint(request: Request) -> JSONResponse:
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
     ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
     logger.info(
-        "minted ticket kid=%s project=%s key=%s ttl=%d bound=%s locked=%s",
-        ticket.kid,
-        api_key.project,
-        api_key.id,
-        ttl,
-        ",".join(sorted(binding.config)) or "-",
-        ",".join(binding.locked) or "-",
+        "minted ticket",
+        extra=fields(
+            tid=tid(ticket.jti),
+            kid=ticket.kid,
+            project=api_key.project,
+            key=api_key.id,
+            ttl=ttl,
+            bound=",".join(sorted(binding.config)) or "-",
+            locked=",".join(binding.locked) or "-",
+        ),
     )
     return JSONResponse(
         {

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDiscon
 from app import logs
 from app.apikeys.store import bearer_token
 from app.binding import Binding
+from app.claims import tid
 from app.driver import SessionDriver, new_session_id
 from app.events import encode_event
 from app.exceptions import (
@@ -27,6 +28,7 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
+from app.logformat import fields
 from app.proxies import first_headers
 from app.responses import error_response
 from app.services import Services
@@ -124,7 +126,6 @@ async def verify_ticket(services: Services, token: str) -> Ticket:
                 await (services.seal_keys.refresh() if exc.sealed else services.keys.refresh())
     finally:
         services.metrics.verify_seconds.observe(time.perf_counter() - started)
-    services.replay.admits(ticket.issued_at)
     return ticket
 
 
@@ -191,6 +192,7 @@ async def realtime(websocket: WebSocket) -> None:
         credentials = read_credentials(websocket, headers)
         if credentials.ticket is not None:
             ticket = await verify_ticket(services, credentials.ticket)
+            services.replay.admits(ticket.issued_at, ticket.jti)  # a fresh memory:// store's window
             project, binding = ticket.project, Binding(ticket.config, ticket.locked)
         else:
             assert credentials.api_key is not None  # noqa: S101 - read_credentials guarantees one
@@ -209,16 +211,19 @@ async def realtime(websocket: WebSocket) -> None:
     except RealtimeError as exc:
         if held:
             services.sessions.release(project)
-        _log(services, exc.code, ticket, started, logging.INFO)
+        _log(services, exc.code, ticket, started, None)
         await websocket.send_denial_response(error_response(exc))
         logs.DENIED.set(True)
         return
-    _log(services, "ok", ticket, started, logging.INFO)
-    services.metrics.active_sessions.inc()
+    session_id = new_session_id()
+    _log(services, "ok", ticket, started, session_id)
+    services.metrics.session_opened(project)
+    opened = time.monotonic()
+    driver: SessionDriver | None = None
     try:
         await websocket.accept(subprotocol=credentials.subprotocol())
         core = SessionCore(
-            new_session_id(),
+            session_id,
             project=project,
             binding=binding,
             settings=services.settings,
@@ -231,17 +236,52 @@ async def realtime(websocket: WebSocket) -> None:
         await services.sessions.run(driver)  # the project's slot was `hold`-ed above
         services.metrics.session_usage(project, core.usage)
     finally:
-        services.metrics.active_sessions.dec()
+        seconds = time.monotonic() - opened
+        code = driver.end_code if driver is not None else "client_gone"
+        provider = session_provider(services, driver)
+        services.metrics.session_closed(project, provider=provider, code=code, seconds=seconds)
         services.sessions.release(project)
+        logger.info(
+            "session ended",
+            extra=fields(
+                session_id=session_id,
+                tid=tid(ticket.jti) if ticket is not None else "-",
+                project=project,
+                code=code,
+                provider=provider,
+                duration_s=round(seconds, 3),
+                # The session's usage totals (audio seconds, provider tokens), once it counts them.
+                **(driver.usage_fields() if driver is not None else {}),
+            ),
+        )
 
 
-def _log(services: Services, code: str, ticket: Ticket | None, started: float, level: int) -> None:
+def session_provider(services: Services, driver: SessionDriver | None) -> str:
+    """Who answered the session: `local` or `relay`, else the model's provider (`openai`, `xai`,
+    `gemini`); `none` for a session that never started."""
+    upstream = services.settings.upstream
+    if upstream != "providers":
+        return upstream
+    model = driver.core.model if driver is not None else None
+    return model.id.split("/", 1)[0] if model is not None else "none"
+
+
+def _log(
+    services: Services,
+    code: str,
+    ticket: Ticket | None,
+    started: float,
+    session_id: str | None,
+) -> None:
+    """The redemption line: `redemption <code>` with the ticket's `tid` and, when accepted, the
+    session id its session-end line carries too."""
     services.metrics.redemption(code).inc()
-    logger.log(
-        level,
-        "redemption %s kid=%s project=%s latency_ms=%.2f",
-        code,
-        ticket.kid if ticket else "-",
-        ticket.project if ticket else "-",
-        (time.perf_counter() - started) * 1000,
+    values: dict[str, object] = {"tid": tid(ticket.jti) if ticket else "-"}
+    if session_id is not None:
+        values["session_id"] = session_id
+    values.update(
+        kid=ticket.kid if ticket else "-",
+        project=ticket.project if ticket else "-",
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
     )
+    logger.info("redemption %s", code, extra=fields(**values))

@@ -107,8 +107,11 @@ class RedisReplayStore:
         remaining = max(0.0, expires_at - self._clock())
         return max(1, math.ceil((remaining + self._leeway + self._skew_margin) * 1000))
 
-    def admits(self, issued_at: int) -> None:
+    def admits(self, issued_at: int, jti: str) -> None:
         return None  # the store outlives any one edge process
+
+    def minted(self, jti: str, issued_at: int) -> None:
+        return None
 
     def _unavailable(self, exc: BaseException) -> ReplayStoreUnavailableError:
         if isinstance(exc, TimeoutError | RedisTimeoutError):

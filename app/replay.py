@@ -16,13 +16,21 @@ from typing import Protocol
 from cachetools import TLRUCache
 
 from app.exceptions import ReplayStoreFullError, TicketNotRedeemableError, TicketReplayedError
+from app.keys import MAX_TICKET_SECONDS
 
 RETRY_AFTER_SECONDS = 1
+#: Most `jti`s of its own first seconds a memory store remembers (a few MB at most; past it, those
+#: tickets are refused as if minted elsewhere).
+OWN_MAX = 100_000
 
 
 class ReplayStore(Protocol):
-    def admits(self, issued_at: int) -> None:
+    def admits(self, issued_at: int, jti: str) -> None:
         """Raise TicketNotRedeemableError when this store cannot know whether the ticket was used."""
+        ...
+
+    def minted(self, jti: str, issued_at: int) -> None:
+        """This process has just minted the ticket `jti` (so it knows the ticket is new)."""
         ...
 
     async def consume(self, jti: str, *, expires_at: int) -> None:
@@ -54,7 +62,14 @@ class ReplayStore(Protocol):
 
 
 class MemoryReplayStore:
-    """One process's store: a bounded TTL cache that refuses rather than evict a live entry."""
+    """One process's store: a bounded TTL cache that refuses rather than evict a live entry.
+
+    A restart empties it, so it refuses every ticket that may have been minted before it started:
+    any `iat` up to `floor(start) + leeway`. A minter's clock may run up to the leeway ahead of this
+    one (the verifier accepts an `iat` that far in the future), so a ticket minted just before the
+    restart can carry an `iat` of up to `start + leeway`. The tickets this process mints itself in
+    that window are known by their `jti` and redeem as usual (docs/decisions.md).
+    """
 
     def __init__(self, *, maxsize: int, leeway: int, clock: Callable[[], float]) -> None:
         self._leeway = leeway
@@ -63,18 +78,34 @@ class MemoryReplayStore:
         self._cache: TLRUCache[str, float] = TLRUCache(
             maxsize=maxsize, ttu=lambda _key, until, _now: math.nextafter(until, math.inf), timer=clock
         )
+        self._clock = clock
         self.started = math.floor(clock())
+        #: The first `iat` admitted from a ticket this process did not mint.
+        self.admits_from = self.started + leeway + 1
+        # Tickets minted here with an `iat` below `admits_from`: a few seconds' worth, bounded, and
+        # dropped once all of them have expired.
+        self._own: set[str] = set()
+        self._own_until = float(self.admits_from + MAX_TICKET_SECONDS + leeway)
 
     def __len__(self) -> int:
         self._cache.expire()
         return len(self._cache)
 
-    def admits(self, issued_at: int) -> None:
-        if issued_at < self.started:
+    def admits(self, issued_at: int, jti: str) -> None:
+        if issued_at < self.admits_from and jti not in self._own:
             raise TicketNotRedeemableError(
-                "the ticket was issued before this edge started, and its memory:// replay store "
-                "cannot know whether it was used: mint a new ticket (or use a redis:// store)"
+                "the ticket may have been issued before this edge started (its memory:// replay "
+                "store cannot know whether it was used, and tickets from other minters are refused "
+                f"for the first {self.admits_from - self.started} s): mint a new ticket "
+                "(or use a redis:// store)"
             )
+
+    def minted(self, jti: str, issued_at: int) -> None:
+        own = self._own
+        if own and self._clock() > self._own_until:
+            own.clear()  # every ticket of the window has expired: the set is never needed again
+        if issued_at < self.admits_from and len(own) < OWN_MAX:
+            own.add(jti)
 
     async def consume(self, jti: str, *, expires_at: int) -> None:
         cache = self._cache

@@ -14,14 +14,19 @@ import uvicorn
 from app import internals, logs
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
-from app.keys import KeySet
 from app.main import create_app
 from app.server import DrainingServer, connection_limits, listen, tune_gc, uvicorn_config
+from app.services import preflight
 from app.workers import supervise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.serve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m app.serve",
+        description=__doc__,
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument("--log-level", default="info")
@@ -57,15 +62,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.admin_port is not None and settings.admin_port == args.port:
         print(f"error: REALTIME_ADMIN_PORT ({settings.admin_port}) must differ from --port", file=sys.stderr)
         return 2
-    if settings.jwks_url is None:
-        try:
-            KeySet.load(settings.keys_dir)
-        except KeySetError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 1
+    try:
+        preflight(settings)
+    except KeySetError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except SettingsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
     if args.workers > 1:
         logs.lighten()
-        logging.config.dictConfig(logs.config(args.log_level.upper()))
+        logging.config.dictConfig(logs.config(args.log_level.upper(), settings.log_format))
         probe = uvicorn.Config(_no_app, host=args.host, port=args.port, log_config=None)
         shared = listen(probe, settings.admin_port)
         child = [sys.executable, "-m", "app.serve", "--log-level", args.log_level]
@@ -81,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits=connection_limits(settings),
         pings_per_second=settings.max_frames_per_second,
         bytes_per_second=settings.max_bytes_per_second,
+        log_format=settings.log_format,
     )
     server = DrainingServer(config, app=app)
     sockets: list[socket.socket] | None = None
@@ -96,6 +104,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         # turns it into KeyboardInterrupt: exit as a shell does after Ctrl-C, without a traceback.
         return 130
     return 0 if server.started else 1
+
+
+# Defaults that are another setting's value, said as such.
+_DERIVED = {
+    "REALTIME_API_KEYS_FILE": "<keys dir>/api_keys.json",
+    "REALTIME_SEAL_KEYS_FILE": "<keys dir>/seal.json",
+}
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value) or "unset"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def settings_help() -> str:
+    """Every `REALTIME_*` setting with its default, for `--help` (docs/operations.md says more)."""
+    rows = [(name, _DERIVED.get(name) or _shown(default)) for name, default in Settings.variables()]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {default}" for name, default in rows]
+    return "settings (environment variables, with their defaults; see docs/operations.md):\n" + "\n".join(
+        lines
+    )
 
 
 async def _no_app(scope: object, receive: object, send: object) -> None:  # pragma: no cover

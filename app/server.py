@@ -61,6 +61,7 @@ def uvicorn_config(
     limits: Limits | None = None,
     pings_per_second: float | None = None,
     bytes_per_second: float | None = None,
+    log_format: str = "text",
 ) -> uvicorn.Config:
     """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
     logs.lighten()
@@ -76,7 +77,7 @@ def uvicorn_config(
         port=port,
         http=http,
         ws=ws,
-        log_config=logs.config(log_level.upper()),
+        log_config=logs.config(log_level.upper(), log_format),
         log_level=log_level,
         proxy_headers=False,  # app.proxies.ForwardedHeaders, with REALTIME_TRUSTED_PROXIES
         timeout_graceful_shutdown=DRAIN_SECONDS + 5,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.apikeys.store import ApiKeyStore
 from app.clock import Clock
-from app.config import Settings
+from app.config import PREFIX, Settings
+from app.exceptions import KeySetError, SettingsError
+from app.keys import KeySet
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource
 from app.metrics import Metrics
 from app.models import ModelRegistry
@@ -61,6 +66,9 @@ class Services:
             directory = DirectoryKeySource(settings.keys_dir, clock=clock.now)
             directory.load()
             keys = directory
+        check_secret_modes(settings)
+        if check_single_use(settings, keys.current()):
+            logger.warning("replay store: %s", PER_PROCESS_WARNING)
         seal_keys = open_seal_keys(settings, clock=clock)
         metrics = Metrics()
         metrics.watch_keys(keys.current)
@@ -100,14 +108,99 @@ def open_seal_keys(settings: Settings, *, clock: Clock) -> SealKeySource:
     source = SealKeySource(settings.seal_keys_path, clock=clock.now)
     keys = source.load()
     if not keys.keys:
+        if settings.jwks_url:
+            # A verify-only edge: `make keys` here would make keys of its own, which open nothing.
+            advice = (
+                "copy the minter's seal.json there (mode 0600), or point REALTIME_SEAL_KEYS_FILE "
+                "at such a copy"
+            )
+        else:
+            advice = (
+                "run `make keys` on the minter, or point REALTIME_SEAL_KEYS_FILE at a copy of "
+                "the minter's seal.json"
+            )
         minting = settings.sealed_tickets and not settings.jwks_url
         logger.warning(
-            "no seal keys at %s: sealed tickets are refused with unknown_key%s; "
-            "run `make keys` or point REALTIME_SEAL_KEYS_FILE at a copy of the minter's seal.json",
+            "no seal keys at %s: sealed tickets are refused with unknown_key%s; %s",
             settings.seal_keys_path,
             " and the mint answers 503 tickets_disabled" if minting else "",
+            advice,
         )
     return source
+
+
+PER_PROCESS_WARNING = (
+    "REALTIME_REPLAY_URL=memory:// on a process that verifies tickets minted elsewhere: single use "
+    "holds per process only (a ticket used here can be used again on any other process); "
+    "set REALTIME_REPLAY_URL=redis://host:port/db to share one store"
+)
+
+
+def check_single_use(settings: Settings, keys: KeySet) -> bool:
+    """Whether single use holds per process only, as asked (the caller logs it once).
+
+    A process that verifies tickets it did not mint (a JWKS edge, or a keys directory without an
+    active private key) on the default `memory://` store would let each ticket be used once here
+    and once more wherever else it is accepted: that must be asked for by name.
+
+    Raises:
+        SettingsError: it would be so, and REALTIME_REPLAY_URL was not set.
+    """
+    if settings.replay_url != "memory://" or (settings.jwks_url is None and keys.signer is not None):
+        return False
+    if settings.replay_url_defaulted:
+        raise SettingsError(
+            PREFIX + "REPLAY_URL",
+            "this process verifies tickets it did not mint (REALTIME_JWKS_URL, or a keys directory "
+            "without an active private key), and the default memory:// store would let each ticket "
+            "be used once here and again on every other process. Set REALTIME_REPLAY_URL="
+            "redis://host:port/db (shared by every edge and minter), or REALTIME_REPLAY_URL=memory:// "
+            "to accept single use per process only",
+        )
+    return True
+
+
+def secret_files(settings: Settings) -> list[Path]:
+    """The files that hold secrets this process reads: private signing keys and the seal keys."""
+    found = sorted(settings.keys_dir.glob("*.pem")) if settings.keys_dir.is_dir() else []
+    if settings.seal_keys_path.is_file():
+        found.append(settings.seal_keys_path)
+    return found
+
+
+def check_secret_modes(settings: Settings) -> None:
+    """Refuse private key files and `seal.json` that others, or needlessly the group, may read.
+
+    Group access is refused on a file this process owns (it reads it as its owner; `chmod 600`
+    fixes it). A file owned by someone else can only be read through its group: a Kubernetes
+    secret volume, owned by root with the pod's `fsGroup` and mode 0440, is such a file.
+
+    Raises:
+        KeySetError: naming the first such file and the `chmod 600` that fixes it.
+    """
+    for path in secret_files(settings):
+        try:
+            status = path.stat()
+        except OSError:
+            continue  # gone meanwhile: reading it reports what is wrong
+        mode = stat.S_IMODE(status.st_mode)
+        if mode & 0o007 or (mode & 0o070 and status.st_uid == os.geteuid()):
+            raise KeySetError(
+                f"{path} holds a secret key and is open to group or others (mode {mode:04o}): "
+                f"run `chmod 600 {path}`"
+            )
+
+
+def preflight(settings: Settings) -> None:
+    """What `Services.open` would refuse, checked before a server starts (no network).
+
+    Raises:
+        KeySetError: the keys directory cannot be loaded, or a secret key file is open to others.
+        SettingsError: single use would silently hold per process only.
+    """
+    keys = KeySet.empty() if settings.jwks_url else KeySet.load(settings.keys_dir)
+    check_secret_modes(settings)
+    check_single_use(settings, keys)
 
 
 def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:

@@ -3,7 +3,7 @@
 One `Usage` per session, created by the session core and handed to the upstream in `SessionInfo`:
 the core counts the audio it relays (both directions, every upstream), a provider translator adds
 the tokens its provider reports. When the session ends, `app.realtime` reports it to `/metrics` and
-the session-end log line carries `Usage.summary()`. Audio seconds are what an operator bills on
+the session-end log line carries `Usage.fields()`. Audio seconds are what an operator bills on
 (docs/operations.md, "Usage").
 """
 
@@ -44,13 +44,14 @@ class Usage:
         self.input_tokens += _count(input_tokens)
         self.output_tokens += _count(output_tokens)
 
-    def summary(self) -> str:
-        """The session-end log line's part: `provider=... audio_in_s=... audio_out_s=... tokens_in=...`."""
-        return (
-            f"provider={self.provider} audio_in_s={self.input_audio_seconds:.3f} "
-            f"audio_out_s={self.output_audio_seconds:.3f} "
-            f"tokens_in={self.input_tokens} tokens_out={self.output_tokens}"
-        )
+    def fields(self) -> dict[str, object]:
+        """The session-end log line's usage fields: audio seconds and provider tokens, each way."""
+        return {
+            "audio_in_s": round(self.input_audio_seconds, 3),
+            "audio_out_s": round(self.output_audio_seconds, 3),
+            "tokens_in": self.input_tokens,
+            "tokens_out": self.output_tokens,
+        }
 
 
 def _count(value: object) -> int:

@@ -55,6 +55,7 @@ class ServiceProcess:
         self.args = args  # more `python -m app.serve` options, e.g. ("--workers", "2")
         self.nofile = nofile
         self.port = 0
+        self.ready_at = 0.0  # time.time() once it answered: it started before this
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,12 +108,21 @@ class ServiceProcess:
                 except RuntimeError:
                     self.stop()
                     raise
+                self.ready_at = time.time()
                 return self
             if self.process.poll() is not None:
                 raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.log()}")
             time.sleep(0.02)
         self.stop()
         raise RuntimeError(f"service did not start within {self.start_timeout}s:\n{self.log()}")
+
+    def wait_out_start_window(self, leeway: int = 5) -> None:
+        """Let pass the seconds in which a fresh `memory://` process refuses tickets it did not mint.
+
+        It started before `ready_at` and admits any other minter's `iat` from `floor(start) +
+        leeway + 1` on (docs/decisions.md). Letting wall-clock time pass is the point here.
+        """
+        time.sleep(max(0.0, int(self.ready_at) + leeway + 1 - time.time()))
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:

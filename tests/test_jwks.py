@@ -395,9 +395,14 @@ def test_an_edge_process_fed_a_gzip_bomb_keeps_its_memory_and_its_keys(
 ) -> None:
     """A real edge (REALTIME_JWKS_URL): an unknown kid makes it fetch 200 MiB of gzipped spaces."""
     stranger, _ = ensure_keys(tmp_path / "other", now=int(time.time()) - 60)
-    env = {"REALTIME_JWKS_URL": minter.url, "REALTIME_KEYS_DIR": str(tmp_path / "edge-keys")}
+    env = {
+        "REALTIME_JWKS_URL": minter.url,
+        "REALTIME_KEYS_DIR": str(tmp_path / "edge-keys"),
+        "REALTIME_REPLAY_URL": "memory://",
+    }
     with ServiceProcess(env=env, log_path=tmp_path / "edge.log") as edge:
         assert edge.process is not None
+        edge.wait_out_start_window()
         assert handshake(edge, signed(keyset)) == "upgraded"
         minter.raw, minter.mode = spaces_gzipped(200), "raw"
         before = peak_rss(edge.process.pid)

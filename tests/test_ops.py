@@ -14,6 +14,7 @@ from app.config import Settings
 from app.main import create_app
 from app.processes import free_port
 from app.server import YOUNG_GC_THRESHOLD, tune_gc
+from tests.conftest import PROJECT
 
 METRICS = (
     "realtime_tickets_minted_total",
@@ -24,6 +25,8 @@ METRICS = (
     "realtime_replay_store_errors_total",
     "realtime_replay_clock_offset_seconds",
     "realtime_signing_keys",
+    "realtime_session_duration_seconds",
+    "realtime_session_ends_total",
 )
 
 
@@ -65,7 +68,7 @@ def test_metrics_exports_every_family_and_counts(client: TestClient, api_key: st
         ws.send_json({"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}})
         assert ws.receive_json()["type"] == "session.started"
         during = client.get("/metrics").text
-        assert metric(during, "realtime_active_sessions") == 1
+        assert metric(during, "realtime_active_sessions", f'{{project="{PROJECT}"}}') == 1
     after = client.get("/metrics").text
     assert (
         metric(after, "realtime_tickets_minted_total") == metric(before, "realtime_tickets_minted_total") + 1
@@ -73,7 +76,9 @@ def test_metrics_exports_every_family_and_counts(client: TestClient, api_key: st
     assert metric(after, "realtime_mint_errors_total", '{code="missing_credentials"}') == 1
     assert metric(after, "realtime_redemptions_total", '{code="ok"}') == 1
     assert metric(after, "realtime_verify_seconds_count") == 1
-    assert metric(after, "realtime_active_sessions") == 0
+    assert metric(after, "realtime_active_sessions", f'{{project="{PROJECT}"}}') == 0
+    assert metric(after, "realtime_session_ends_total", '{code="client_gone"}') == 1
+    assert metric(after, "realtime_session_duration_seconds_count", '{provider="local"}') == 1
 
 
 def test_models_lists_the_realtime_registry(client: TestClient) -> None:

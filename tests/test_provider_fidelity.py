@@ -351,8 +351,8 @@ def test_usage_reaches_the_metrics_and_the_session_end_line(fidelity: Deployment
     assert metric(fidelity, "realtime_provider_tokens_total", labels.format("output")) == tokens_before + 7
     assert metric(fidelity, "realtime_audio_seconds_total", labels.format("output")) > 0  # 20 ms an answer
     assert re.search(
-        r"ended: the client went \(provider=openai audio_in_s=0\.500 audio_out_s=0\.020 "
-        r"tokens_in=11 tokens_out=7\)",
+        r"session ended session_id=sess_\S+ tid=\S+ project=\S+ code=client_gone provider=openai "
+        r"duration_s=\S+ audio_in_s=0\.5 audio_out_s=0\.02 tokens_in=11 tokens_out=7",
         fidelity.edge.log(),
     )
 

@@ -106,16 +106,33 @@ def test_memory_full_of_live_entries_refuses_and_never_evicts(clock: FakeClock) 
     assert len(store) == 2
 
 
-def test_memory_admits_only_tickets_issued_since_it_started() -> None:
+def test_memory_admits_only_tickets_issued_after_start_plus_leeway_or_minted_here() -> None:
+    """A minter whose clock runs up to the leeway ahead stamps a pre-restart ticket up to
+    `start + leeway`: every `iat` up to `floor(start) + leeway` is refused, unless minted here."""
     clock = FakeClock(1_800_000_000.75)
     store = memory_store(clock)
     assert store.started == 1_800_000_000
-    store.admits(1_800_000_000)  # the same second the process started
-    store.admits(1_800_000_100)
-    with pytest.raises(TicketNotRedeemableError) as caught:
-        store.admits(1_799_999_999)
-    assert (caught.value.code, caught.value.status) == ("ticket_not_redeemable", 401)
-    assert "started" in caught.value.message
+    assert store.admits_from == 1_800_000_000 + LEEWAY + 1
+    for iat in (1_799_999_999, 1_800_000_000, 1_800_000_000 + LEEWAY):
+        with pytest.raises(TicketNotRedeemableError) as caught:
+            store.admits(iat, "someone-elses")
+        assert (caught.value.code, caught.value.status) == ("ticket_not_redeemable", 401)
+        assert "started" in caught.value.message
+    store.admits(1_800_000_000 + LEEWAY + 1, "someone-elses")
+    store.minted("mine", 1_800_000_000)  # this process minted it after it started
+    store.admits(1_800_000_000, "mine")
+    with pytest.raises(TicketNotRedeemableError):
+        store.admits(1_800_000_000, "not-mine")
+
+
+def test_memory_forgets_its_own_window_once_every_ticket_of_it_expired() -> None:
+    clock = FakeClock(1_800_000_000.0)
+    store = memory_store(clock)
+    store.minted("mine", 1_800_000_001)
+    clock.advance(LEEWAY + 1 + 300 + LEEWAY + 1)
+    store.minted("later", int(clock.now()))  # past the window: not kept, and the old set dropped
+    with pytest.raises(TicketNotRedeemableError):
+        store.admits(1_800_000_001, "mine")
 
 
 def test_memory_race_in_one_loop_admits_exactly_one(clock: FakeClock) -> None:

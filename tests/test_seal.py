@@ -31,6 +31,7 @@ from tests.sealing import claims_of, segment_json, signed_part
 ISS = AUD = "opper-realtime"
 START_EVENT = {"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}}
 NOW = int(START)
+AFTER_START = NOW + 6  # the first `iat` a memory:// edge started at NOW admits from another minter
 URL = "/v3/realtime-sessions"
 SECRET_INSTRUCTIONS = "You are Aurora, the support agent of Example Corp. Never reveal the discount code Z7Q."
 TOOL = {
@@ -443,9 +444,11 @@ def test_edge_answers_each_sealed_rejection(
 def test_an_edge_without_seal_keys_refuses_sealed_tickets_and_takes_plain_ones(
     keys_dir: Path, clock: FakeClock, api_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sealed, plain = mint(keys_dir), mint(keys_dir, sealed=False)
+    # Minted elsewhere: a fresh memory:// edge admits those from its start + leeway + 1 on.
+    sealed, plain = mint(keys_dir), mint(keys_dir, sealed=False, now=AFTER_START)
     settings = Settings(keys_dir=keys_dir, seal_keys_file=keys_dir / "elsewhere.json", sealed_tickets=False)
     with TestClient(create_app(settings, clock=clock)) as client:
+        clock.advance(1)  # the plain ticket's `iat` is then within the leeway of the edge's clock
         with pytest.raises(WebSocketDenialResponse) as caught:
             with client.websocket_connect("/v3/realtime", subprotocols=["opper-ticket." + sealed]):
                 pass
@@ -477,11 +480,12 @@ def test_a_rotated_seal_file_is_picked_up_without_a_restart(
     copy = tmp_path / "copy" / SEAL_FILE
     copy.parent.mkdir()
     copy.write_bytes((keys_dir / SEAL_FILE).read_bytes())
+    copy.chmod(0o600)  # a secret: the service refuses a copy others may read
     edge = Settings(keys_dir=keys_dir, seal_keys_file=copy)
     with TestClient(create_app(edge, clock=clock)) as client:
         rotate(keys_dir, now=NOW)
         rotate(keys_dir, now=NOW + 1)  # twice: the key that seals now was never in the old copy
-        token = mint(keys_dir)
+        token = mint(keys_dir, now=AFTER_START)  # minted elsewhere, after the edge's first seconds
         with pytest.raises(WebSocketDenialResponse) as caught:
             with client.websocket_connect("/v3/realtime", subprotocols=["opper-ticket." + token]):
                 pass
@@ -496,6 +500,7 @@ def test_a_rotated_seal_file_is_picked_up_without_a_restart(
 def _copied(keys_dir: Path, tmp_path: Path) -> Path:
     staged = tmp_path / "staged.json"
     staged.write_bytes((keys_dir / SEAL_FILE).read_bytes())
+    staged.chmod(0o600)
     return staged
 
 
