@@ -10,12 +10,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, live, providers, sessions, workers
+from bench import abuse, cases, common, ed25519, live, providers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers", "live")
+NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers", "live", "ed25519")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "abuse": lambda: abuse.case_abuse(plan),
             "workers": lambda: workers.case_workers(plan),
             "live": lambda: live.case_live(plan),
+            "ed25519": lambda: ed25519.case_ed25519(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}
