@@ -10,12 +10,24 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, ed25519, live, providers, sessions, workers
+from bench import abuse, cases, common, ed25519, live, providers, servers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers", "live", "ed25519")
+NAMES = (
+    "mint",
+    "redemption",
+    "verify",
+    "relay",
+    "scale",
+    "providers",
+    "abuse",
+    "workers",
+    "live",
+    "ed25519",
+    "servers",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "workers": lambda: workers.case_workers(plan),
             "live": lambda: live.case_live(plan),
             "ed25519": lambda: ed25519.case_ed25519(plan),
+            "servers": lambda: servers.case_servers(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}
