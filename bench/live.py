@@ -310,7 +310,7 @@ def case_live(plan: Plan) -> CaseResult:
                 resolution=2.0 if plan.quick else 1.1,
             )
     edge_n, floor_n = searches["edge"].good, searches["floor"].good
-    ratio = edge_n / floor_n if floor_n else float("nan")
+    ratio = edge_n / floor_n if floor_n else 0.0  # the floor held none: a failed run, not a ratio
 
     def best(search: Search) -> dict[str, Any]:
         kept = [probe for probe in search.probes if probe["held"] and probe["sessions"] == search.good]
@@ -359,7 +359,7 @@ def case_live(plan: Plan) -> CaseResult:
     ]
     if "baseline" in searches:
         base_n = searches["baseline"].good
-        gain = edge_n / base_n if base_n else float("nan")
+        gain = edge_n / base_n if base_n else 0.0
         result.data["baseline"] = {
             "sessions": base_n,
             "probes": searches["baseline"].probes,
