@@ -13,8 +13,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from jwt.algorithms import OKPAlgorithm
-
 from app import jwe
 from app.base64url import b64url
 from app.claims import Ticket as Ticket
@@ -27,10 +25,9 @@ from app.segments import json_object, segment_bytes
 
 ALGORITHM = "EdDSA"  # fixed next to the key type, never read from the token (RFC 8725 section 3.1)
 TYPE = "opper-ticket+jwt"
-# PyJWT's EdDSA algorithm signs and checks the signature; the framing around it is this module's,
-# stricter than PyJWT's `decode` (exact header members, no duplicate JSON members). The algorithm is
-# fixed here, never read from the token (RFC 8725 section 3.1).
-_EDDSA = OKPAlgorithm()
+# The key signs and checks the signature (libsodium, `SigningKey.sign` and `.verifies`); the framing
+# around it is this module's, stricter than PyJWT's `decode` (exact header members, no duplicate JSON
+# members). The algorithm is fixed here, never read from the token (RFC 8725 section 3.1).
 COMPRESS_FROM = 1024  # bound configs shorter than this (JSON bytes) are never worth deflating
 HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
 # Every character a compact JWS or JWE may hold: checked before anything else reads the token, by
@@ -116,7 +113,7 @@ def issue(
             claims["cfz"] = packed
             payload = _json(claims)
     signing_input = f"{_header_segment(signer.kid)}.{b64url(payload)}"
-    signature = _EDDSA.sign(signing_input.encode("ascii"), signer.private_key)
+    signature = signer.sign(signing_input.encode("ascii"))
     token = f"{signing_input}.{b64url(signature)}"
     if seal is not None:
         token = jwe.seal(token.encode("ascii"), seal)
@@ -174,7 +171,7 @@ def verify(
     if key is None:
         raise UnknownKeyError(kid)
     signing_input = token[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
-    if not _EDDSA.verify(signing_input, key.public_key, segment_bytes(parts[2], "signature")):
+    if not key.verifies(signing_input, segment_bytes(parts[2], "signature")):
         raise InvalidTicketError("the ticket's signature does not verify")
     claims = json_object(segment_bytes(parts[1], "payload"), "payload")
     if sealed and "cfz" in claims:

@@ -10,20 +10,37 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, providers, sessions, workers
+from bench import abuse, cases, common, ed25519, live, providers, servers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers")
+NAMES = (
+    "mint",
+    "redemption",
+    "verify",
+    "relay",
+    "scale",
+    "providers",
+    "abuse",
+    "workers",
+    "live",
+    "ed25519",
+)
+OPTIONAL = ("servers",)  # run with --only: it needs granian, which the service does not depend on
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short repetition, 200 sessions (~1 min)")
     parser.add_argument("--out", type=Path, default=HERE, help="where results.json and results.md go")
-    parser.add_argument("--only", nargs="*", choices=NAMES, help="run only these cases")
+    parser.add_argument("--only", nargs="*", choices=NAMES + OPTIONAL, help="run only these cases")
     parser.add_argument("--sessions", type=int, help="sessions to hold in the scale case")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="live case: also measure the edge of this checkout (e.g. `git worktree add` of an older commit)",
+    )
     args = parser.parse_args(argv)
     limit = raise_nofile()
     count = args.sessions or (200 if args.quick else 10_000)
@@ -38,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=16,
             sessions=8,
             workdir=Path(tmp),
+            baseline=args.baseline_tree,
         )
         runners: dict[str, Callable[[], common.CaseResult]] = {
             "verify": lambda: cases.case_verify(plan),
@@ -48,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "providers": lambda: providers.case_providers(plan),
             "abuse": lambda: abuse.case_abuse(plan),
             "workers": lambda: workers.case_workers(plan),
+            "live": lambda: live.case_live(plan),
+            "ed25519": lambda: ed25519.case_ed25519(plan),
+            "servers": lambda: servers.case_servers(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}

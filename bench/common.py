@@ -69,6 +69,7 @@ class Plan:
     concurrency: int
     sessions: int
     workdir: Path
+    baseline: Path | None = None  # another checkout of the project, measured beside this one
 
 
 @dataclass

@@ -56,7 +56,11 @@ def test_quick_bench_gives_a_number_for_every_case(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text()
     summary = table.split("## Every figure")[0]
     assert summary.count("\n| ") - 1 == len(targets)  # the targets table: one line per target
-    assert all(f"{number}. " in table for number in range(1, 9))
+    assert all(f"{number}. " in table for number in range(1, 11))
+    # The live voice case searched both the edge and its floor, and each probe says whether it held.
+    live = results["cases"]["live"]["data"]
+    for side in ("edge", "floor"):
+        assert live[side]["probes"] and all(isinstance(p["held"], bool) for p in live[side]["probes"])
     # The provider case: its pass-through floor, the translation cost per audio frame, a resumption.
     rows = {row["what"]: row["value"] for row in results["cases"]["providers"]["rows"]}
     assert rows["floor: pass-through relay to the same fake, round trips"] > 0

@@ -138,6 +138,15 @@ def denial(edge: Edge, **options: Any) -> tuple[int, dict[str, Any], dict[str, s
 
 
 TRANSPORTS = ["subprotocol", "query"]
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493  # L, RFC 8032 section 5.1
+
+
+def non_canonical(token: str) -> str:
+    """The same ticket with its signature's S replaced by S + L: the same equation, other bytes."""
+    signing_input, signature = token.rsplit(".", 1)
+    raw = base64.urlsafe_b64decode(signature + "==")
+    s = int.from_bytes(raw[32:], "little") + ED25519_ORDER
+    return f"{signing_input}.{b64(raw[:32] + s.to_bytes(32, 'little'))}"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -175,8 +184,21 @@ def test_no_credentials(edge: Edge) -> None:
             "invalid_ticket",
         ),
         (lambda e: e.forge(iat=int(time.time()) - 3600, exp=int(time.time()) - 3400), 401, "ticket_expired"),
+        (
+            lambda e: non_canonical(e.forge(iat=int(time.time()), exp=int(time.time()) + 60)),
+            401,
+            "invalid_ticket",
+        ),
     ],
-    ids=["garbage", "empty", "expired", "unknown-kid", "bad-signature", "expired-long-ago"],
+    ids=[
+        "garbage",
+        "empty",
+        "expired",
+        "unknown-kid",
+        "bad-signature",
+        "expired-long-ago",
+        "non-canonical-s",
+    ],
 )
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ticket_refusals(edge: Edge, transport: str, make: Any, status: int, code: str) -> None:

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl import bindings as sodium
+from nacl.exceptions import BadSignatureError
 
 from app.base64url import b64url, b64url_decode
 from app.exceptions import KeySetError
@@ -81,6 +83,33 @@ class SigningKey:
     created_at: int
     state_since: int
     private_key: Ed25519PrivateKey | None = None
+
+    def __post_init__(self) -> None:
+        # Signatures are made and checked by libsodium (PyNaCl), about 1.1x and 1.4x faster than
+        # OpenSSL here, and stricter: it refuses a non-canonical `S` and small-order public keys and
+        # `R` (docs/decisions.md). Its raw key bytes are taken once, when the key is loaded.
+        object.__setattr__(self, "_public", self.public_key.public_bytes_raw())
+        secret = None
+        if self.private_key is not None:
+            _, secret = sodium.crypto_sign_seed_keypair(self.private_key.private_bytes_raw())
+        object.__setattr__(self, "_secret", secret)
+
+    def sign(self, message: bytes) -> bytes:
+        """The Ed25519 signature (RFC 8032) of `message`, 64 bytes; ValueError without a private key."""
+        secret: bytes | None = self._secret  # type: ignore[attr-defined]
+        if secret is None:
+            raise ValueError(f"key {self.kid} cannot sign: no private key")
+        return sodium.crypto_sign(message, secret)[: sodium.crypto_sign_BYTES]
+
+    def verifies(self, message: bytes, signature: bytes) -> bool:
+        """Whether `signature` is this key's Ed25519 signature of `message` (RFC 8032, strictly)."""
+        if len(signature) != sodium.crypto_sign_BYTES:
+            return False
+        try:
+            sodium.crypto_sign_open(signature + message, self._public)  # type: ignore[attr-defined]
+        except BadSignatureError:
+            return False
+        return True
 
     def public_jwk(self) -> dict[str, str]:
         """The JWK served to verifiers: nothing private, nothing of ours."""
