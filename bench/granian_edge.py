@@ -9,17 +9,20 @@ ping bound, the handshake timeout, the drain on SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from starlette.applications import Starlette
 
+from app.config import Settings
 from app.main import create_app
 from app.server import tune_gc
 
 
 def create() -> Starlette:
-    app = create_app()
+    # With settings given, as `app.serve` gives them: `create_app()` alone refuses an outside server.
+    app = create_app(Settings.from_environ(os.environ))
     tune_gc()  # the same collector settings as `python -m app.serve`
     return app
 
