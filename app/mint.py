@@ -226,7 +226,13 @@ def require_signer(services: Services) -> SigningKey:
 
 
 def issue_ticket(
-    services: Services, signer: SigningKey, *, project: str, binding: Binding, ttl: int
+    services: Services,
+    signer: SigningKey,
+    *,
+    project: str,
+    binding: Binding,
+    ttl: int,
+    api_key_id: str | None = None,
 ) -> IssuedTicket:
     """Sign a ticket with this deployment's issuer, audience and size budget, and count it."""
     settings = services.settings
@@ -244,6 +250,7 @@ def issue_ticket(
         audience=settings.audience,
         max_bytes=settings.ticket_max_bytes,
         seal=seal,
+        api_key_id=api_key_id,
     )
     services.metrics.tickets_minted.inc()
     return ticket
@@ -261,7 +268,9 @@ async def mint(request: Request) -> JSONResponse:
     host = _text(raw_host)
     check_host(services, host)
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
-    ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
+    ticket = issue_ticket(
+        services, signer, project=api_key.project, binding=binding, ttl=ttl, api_key_id=api_key.id
+    )
     logger.info(
         "minted ticket kid=%s project=%s key=%s ttl=%d bound=%s locked=%s",
         ticket.kid,

@@ -1,6 +1,7 @@
 """`GET /v3/realtime`: every check before `accept()`, then the session protocol.
 
-Order (SPEC section 5): credentials, ticket or bearer key, Origin, per-project cap, replay store.
+Order (docs/api.md): credentials, ticket or bearer key, revocations, Origin, the project's daily
+audio quota, its session cap (fleet-wide leases on Redis), the replay store.
 A refusal is an HTTP denial response (the ASGI `websocket.http.response` extension): status and
 the JSON error body, never an upgrade. A ticket is consumed only when every earlier check passed.
 """
@@ -27,8 +28,11 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
+from app.leases import SessionRecord
 from app.proxies import first_headers
+from app.quota import relayed_audio_seconds
 from app.responses import error_response
+from app.revocations import Subject
 from app.services import Services
 from app.session import SessionCore
 from app.tickets import Ticket, verify
@@ -180,41 +184,67 @@ async def realtime(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     started = time.perf_counter()
     ticket: Ticket | None = None
-    held = False
+    held = leased = False
     project = "-"
+    session_id = new_session_id()
     try:
         headers = first_headers(websocket.scope)
         credentials = read_credentials(websocket, headers)
+        now = services.clock.now()
         if credentials.ticket is not None:
             ticket = await verify_ticket(services, credentials.ticket)
             project, binding = ticket.project, Binding(ticket.config, ticket.locked)
+            subject = Subject(project, ticket.api_key_id, ticket.kid, ticket.issued_at, session_id)
         else:
             assert credentials.api_key is not None  # noqa: S101 - read_credentials guarantees one
-            project = str(services.api_keys.check(credentials.api_key).project)
-            binding = None
+            api_key = services.api_keys.check(credentials.api_key)
+            project, binding = str(api_key.project), None
+            subject = Subject(project, api_key.id, None, now, session_id)
+        # Revoked key, project or signing key: refused before anything else is spent on it.
+        if not services.revocations.check(subject):
+            await services.revocations.refresh()  # not following the store now: read it (or 503)
+            services.revocations.check(subject)
         check_origin(services, headers)
-        # Step 4: the per-project cap, counted per process; the slot is held until the session ends.
-        services.sessions.hold(project, cap=services.settings.max_sessions_per_project)
-        held = True
+        if services.quota is not None:
+            await services.quota.check(project)
+        # The per-project cap: a lease across the fleet (Redis), else a slot in this process; held
+        # until the session ends.
+        model = binding.config.get("model") if binding is not None else None
+        record = SessionRecord(
+            session_id,
+            project,
+            services.edge,
+            now,
+            subject.api_key_id,
+            model if isinstance(model, str) else None,
+        )
+        cap = services.settings.max_sessions_per_project
+        if services.leases is not None:
+            await services.leases.acquire(record, cap=cap)
+            leased = True
+        else:
+            services.sessions.hold(project, cap=cap)
+            held = True
         if ticket is not None:
-            try:
-                await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
-            except ReplayStoreUnavailableError:
-                services.metrics.replay_store_errors.inc()
-                raise
+            await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
     except RealtimeError as exc:
+        if isinstance(exc, ReplayStoreUnavailableError):  # replay, revocations, leases or quota
+            services.metrics.replay_store_errors.inc()
         if held:
             services.sessions.release(project)
+        if leased and services.leases is not None:
+            await services.leases.release(record)
         _log(services, exc.code, ticket, started, logging.INFO)
         await websocket.send_denial_response(error_response(exc))
         logs.DENIED.set(True)
         return
     _log(services, "ok", ticket, started, logging.INFO)
     services.metrics.active_sessions.inc()
+    core: SessionCore | None = None
     try:
         await websocket.accept(subprotocol=credentials.subprotocol())
         core = SessionCore(
-            new_session_id(),
+            session_id,
             project=project,
             binding=binding,
             settings=services.settings,
@@ -224,10 +254,22 @@ async def realtime(websocket: WebSocket) -> None:
         driver = SessionDriver(
             core, WebSocketTransport(websocket), upstream=services.upstream, clock=services.clock
         )
-        await services.sessions.run(driver)  # the project's slot was `hold`-ed above
+        # The project's slot was taken above. A revocation made while the checks above awaited
+        # is not missed: the registry is asked once more as the session joins it.
+        if (late := services.revocations.matching(subject)) is not None:
+            driver.revoke(f"this session's {late.kind.replace('_', ' ')} was revoked")
+        await services.sessions.run(driver, record=record, subject=subject)
     finally:
         services.metrics.active_sessions.dec()
-        services.sessions.release(project)
+        if held:
+            services.sessions.release(project)
+        if leased and services.leases is not None:
+            await services.leases.release(record)
+        if services.quota is not None and core is not None and core.model is not None:
+            seconds = relayed_audio_seconds(
+                core, input_rate=core.model.input_sample_rate, output_rate=core.model.output_sample_rate
+            )
+            await services.quota.record_audio(project, seconds)
 
 
 def _log(services: Services, code: str, ticket: Ticket | None, started: float, level: int) -> None:

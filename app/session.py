@@ -50,6 +50,7 @@ CLOSE_CODES = {
     "rate_limited": POLICY,
     "upstream_error": SERVER_ERROR,
     "server_shutdown": RESTART,
+    "revoked": POLICY,
 }
 Event = dict[str, Any]
 #: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
@@ -126,7 +127,11 @@ class SessionCore:
         self._budget = Budget(settings.session_memory_bytes)
         self._connecting = False
         self._shutdown = False
+        self._revoked: str | None = None
         self._upstream_ending: str | None = None
+        # Decoded audio relayed each way (base64 length * 3/4), for the daily audio quota.
+        self.audio_bytes_in = 0
+        self.audio_bytes_out = 0
         self.config: Event = {}
         self.model: ModelInfo | None = None
         self.ending: Ending | None = None
@@ -150,6 +155,8 @@ class SessionCore:
         """Time has passed, or a shutdown was asked for: end the session if a limit says so."""
         if self.over:
             return []
+        if self._revoked is not None:
+            return self._end(Terminate("revoked", self._revoked))
         if self._shutdown:
             return self._end(
                 Terminate("server_shutdown", "the server is shutting down; reconnect with a new ticket")
@@ -160,6 +167,10 @@ class SessionCore:
     def shutdown(self) -> None:
         """Ask for the end; the next `tick` ends the session with `server_shutdown`."""
         self._shutdown = True
+
+    def revoke(self, message: str) -> None:
+        """Ask for the end; the next `tick` ends the session with `revoked` (close 1008)."""
+        self._revoked = message
 
     # The client ------------------------------------------------------------------------------
 
@@ -182,6 +193,8 @@ class SessionCore:
             return self._before_start(frame)
         ready = forwarded(frame)  # audio and turn control: checked without the models
         if ready is not None:
+            if "audio" in ready:
+                self.audio_bytes_in += len(ready["audio"]) * 3 // 4
             return [SendUpstream(ready)]
         try:
             event = parse_event(frame)
@@ -264,7 +277,9 @@ class SessionCore:
         decoded: Any = decode_relayed(event) if isinstance(event, str) else event
         if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
             return self.upstream_failed("the upstream sent a frame that is not an event")
-        if decoded["type"] == "session.terminating":
+        if decoded["type"] == "audio.delta" and type(audio := decoded.get("audio")) is str:
+            self.audio_bytes_out += len(audio) * 3 // 4
+        elif decoded["type"] == "session.terminating":
             error = decoded.get("error")
             code = error.get("code") if isinstance(error, dict) else None
             self._upstream_ending = code if isinstance(code, str) and code else "upstream_error"
