@@ -9,7 +9,7 @@ ifdef KEYS_DIR
 export REALTIME_KEYS_DIR := $(KEYS_DIR)
 endif
 
-.PHONY: run test keys rotate retire key-status jwks api-key api-keys revoke-api-key lint format bench cluster cluster-stop clean
+.PHONY: run test keys rotate retire key-status jwks api-key api-keys revoke-api-key revoke lint format bench cluster cluster-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[dev]' && touch $@
@@ -43,6 +43,9 @@ api-keys: $(VENV)/.installed
 
 revoke-api-key: $(VENV)/.installed
 	@$(PY) -m app.apikeys revoke --id "$(ID)"
+
+revoke: $(VENV)/.installed
+	@$(PY) -m app.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy

@@ -22,7 +22,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ADMIN_PATHS = frozenset({"/metrics", "/readyz"})
+ADMIN_PATHS = frozenset({"/metrics", "/readyz", "/v3/admin/sessions", "/v3/admin/revocations"})
 # Underscores pass: container and service names often have them, and they change no URL.
 _HOST = re.compile(r"^[A-Za-z0-9_.\-]+(:[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -158,7 +158,7 @@ async def _not_found(scope: Scope, send: Send) -> None:
     if scope["path"] in ADMIN_PATHS:
         message = f"{scope['path']} is served on the admin port only (REALTIME_ADMIN_PORT)"
     else:
-        message = "the admin port serves only /metrics, /readyz and /healthz"
+        message = "the admin port serves only /metrics, /readyz, /healthz and /v3/admin/"
     body = json.dumps({"error": {"code": "not_found", "message": message}}).encode()
     if scope["type"] == "websocket":
         logs.DENIED.set(True)  # an ordinary answer, not the ERROR uvicorn logs for an unfinished handshake
