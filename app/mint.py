@@ -13,6 +13,7 @@ from starlette.requests import Request
 from app.apikeys.store import bearer_token
 from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
 from app.exceptions import (
+    InvalidCredentialsError,
     InvalidJSONError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -263,6 +264,8 @@ async def mint(request: Request) -> JSONResponse:
     headers = first_headers(request.scope)  # one pass for the three headers read here
     authorization, raw_host = headers.get(b"authorization"), headers.get(b"host")
     api_key = services.api_keys.check(bearer_token(_text(authorization)))
+    if services.revocations.revoked_key(api_key.id) is not None:
+        raise InvalidCredentialsError("the API key was revoked")
     raw = await read_body(request, limit=MAX_BODY_BYTES, declared_length=headers.get(b"content-length"))
     ttl, binding = read_request(raw, services.registry)
     host = _text(raw_host)

@@ -1,10 +1,12 @@
 """Revocations: end a session, an API key's, a project's or a signing key's tickets and sessions.
 
-A revocation names one thing (`session`, `api_key`, `project` or `kid`) and a moment: it refuses
-every ticket of that thing issued at or before the moment (`401 ticket_revoked`) and ends every
-session of it that started by then (`session.terminating` `revoked`). Later tickets are not
-affected, so nothing needs to be kept once every ticket and session it could reach has ended: an
-entry lives for the longest ticket lifetime plus the longest session (docs/decisions.md).
+A revocation names one thing (`session`, `api_key`, `project` or `kid`) and a moment. A session id
+or an API key is revoked outright: the key's tickets are refused (`401 ticket_revoked`), its
+sessions end (`session.terminating` `revoked`) and the mint refuses it. A project or a signing key
+is revoked for what was issued until the moment: its earlier tickets are refused and its sessions
+end, later tickets work (to stop a project for good, revoke its keys). An entry lives for the
+longest ticket lifetime plus the longest session (docs/decisions.md); the API key file keeps a
+key's own revocation for good.
 
 MemoryRevocations   memory://  one process's revocations
 RedisRevocations    redis://   a hash every edge reads at start and after each reconnection, plus
@@ -47,6 +49,7 @@ MAX_REASON = 500
 #: How often an edge on Redis rereads every revocation, besides pub/sub (a message lost in a
 #: reconnection is found then; a Redis that stopped answering is noticed then).
 RESYNC_SECONDS = 2.0
+_OUTRIGHT = frozenset({"session", "api_key"})
 
 
 def lifetime(*, leeway: int, skew_margin: int, max_duration: float) -> float:
@@ -124,6 +127,9 @@ class RevocationIndex:
         fresh = [revocation for revocation in revocations if self.add(revocation)]
         return fresh
 
+    def get(self, kind: Kind, value: str) -> Revocation | None:
+        return self._entries.get(f"{kind}:{value}")
+
     def expire(self, now: float) -> None:
         for key in [key for key, rev in self._entries.items() if rev.expires_at <= now]:
             del self._entries[key]
@@ -145,7 +151,9 @@ class RevocationIndex:
             if value is None:
                 continue
             found = entries.get(f"{kind}:{value}")
-            if found is not None and (kind == "session" or subject.issued_at <= found.at):
+            # A session id, and an API key (its mint is refused too), are revoked outright; a project
+            # or a signing key for what was issued until the revocation.
+            if found is not None and (kind in _OUTRIGHT or subject.issued_at <= found.at):
                 return found
         return None
 
@@ -176,6 +184,10 @@ class Revocations(Protocol):
         ...
 
     def matching(self, subject: Subject) -> Revocation | None: ...
+
+    def revoked_key(self, key_id: str) -> Revocation | None:
+        """The revocation of API key `key_id` held here, if any (the mint refuses the key)."""
+        ...
 
     async def add(self, revocation: Revocation) -> None: ...
 
@@ -209,6 +221,9 @@ class MemoryRevocations:
 
     def matching(self, subject: Subject) -> Revocation | None:
         return self._index.matching(subject)
+
+    def revoked_key(self, key_id: str) -> Revocation | None:
+        return self._index.get("api_key", key_id)
 
     def apply(self, revocation: Revocation) -> None:
         """Hold `revocation` here (no I/O): refuse its tickets and end its sessions in this process."""

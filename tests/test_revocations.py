@@ -129,6 +129,9 @@ def test_a_revoked_key_project_or_signing_key_refuses_its_unredeemed_tickets(
     assert status == 201, body
     assert body["revocation"]["kind"] == {"api_key_id": "api_key", "project": "project", "kid": "kid"}[what]
     assert denial(client, ticket) == (401, "ticket_revoked")
+    if what == "api_key_id":  # the key itself is dead: the mint refuses it too
+        response = client.post("/v3/realtime-sessions", headers=bearer(keys.runtime), json={})
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_credentials")
     if what != "kid":  # a signing key signs every project's tickets
         with client.websocket_connect("/v3/realtime", subprotocols=[f"opper-ticket.{spared}"]) as ws:
             ws.send_json({"type": "session.start", "config": {"model": MODEL}})
