@@ -2,7 +2,7 @@
 
 Each session holds a lease in its project's sorted set (`<prefix>lease:<project>`, scored by the
 time the lease ends on Redis's clock) and a record (`<prefix>sess:<session id>`, same lifetime)
-for the admin API's listing. The edge renews its sessions' leases every third of their length;
+for the admin API's listing. The edge renews its sessions' leases every third of their length (`LeaseKeeper`);
 an edge that dies stops renewing, and its sessions stop counting once their leases run out
 (`REALTIME_SESSION_LEASE_SECONDS`). Taking a lease is one Lua script: drop the project's
 expired leases, count, add when under the cap; concurrent handshakes on any edge cannot all pass.
@@ -46,7 +46,7 @@ redis.call('SET', KEYS[2], ARGV[4], 'PX', lease)
 redis.call('SADD', KEYS[3], ARGV[5])
 return 1
 """
-# KEYS: lease set, record. ARGV: lease ms, session id, record JSON.
+# KEYS: lease set, record, project index. ARGV: lease ms, session id, record JSON, project.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -54,6 +54,7 @@ local lease = tonumber(ARGV[1])
 redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], lease)
 redis.call('SET', KEYS[2], ARGV[3], 'PX', lease)
+redis.call('SADD', KEYS[3], ARGV[4])
 return 1
 """
 
@@ -148,6 +149,24 @@ class RedisLeases:
         except (RedisError, OSError, TimeoutError) as exc:
             logger.info("session %s: lease left to expire (%s)", record.session_id, type(exc).__name__)
 
+    async def release_all(self, records: list[SessionRecord]) -> None:
+        """Give several leases back in one round trip.
+
+        Raises:
+            ReplayStoreUnavailableError: Redis did not answer.
+        """
+        if not records:
+            return
+        try:
+            async with asyncio.timeout(self._timeout * 4):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for record in records:
+                        pipe.zrem(self._lease_key(record.project), record.session_id)
+                        pipe.delete(self._record_key(record.session_id))
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise _unavailable(exc) from None
+
     async def renew(self, records: Iterable[SessionRecord]) -> None:
         """Extend every given session's lease (one round trip).
 
@@ -162,8 +181,17 @@ class RedisLeases:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for record in batch:
                         await self._renew(
-                            keys=[self._lease_key(record.project), self._record_key(record.session_id)],
-                            args=[self._lease_ms, record.session_id, json.dumps(record.to_json())],
+                            keys=[
+                                self._lease_key(record.project),
+                                self._record_key(record.session_id),
+                                self._projects,
+                            ],
+                            args=[
+                                self._lease_ms,
+                                record.session_id,
+                                json.dumps(record.to_json()),
+                                record.project,
+                            ],
                             client=pipe,
                         )
                     await pipe.execute()
@@ -228,22 +256,67 @@ class RedisLeases:
         await self._redis.aclose()
 
 
-async def renew_forever(
-    leases: RedisLeases, records: Callable[[], list[SessionRecord]], *, every: float
-) -> None:
-    """Renew this edge's leases every `every` seconds until cancelled; a failure is logged once."""
-    failing = False
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await leases.renew(records())
-        except ReplayStoreUnavailableError as exc:
-            if not failing:
-                logger.warning("session leases not renewed: %s", exc.message)
-            failing = True
-        else:
+#: How often an edge writes the leases of sessions opened (without a cap) or ended since it last did.
+FLUSH_SECONDS = 0.5
+#: At most this many ended sessions wait for their release (Redis down): their leases run out anyway.
+MAX_PENDING = 100_000
+
+
+class LeaseKeeper:
+    """This edge's side of the leases: renews them, and writes the uncapped ones in batches.
+
+    Without a cap, a handshake does no Redis work for its lease: the session is written with the
+    next batch (within `FLUSH_SECONDS`, so the admin API lists it after up to that long) and its
+    lease given back the same way once it ends. With a cap, the handshake takes the lease itself
+    (the count must be exact) and gives it back at once when the session ends.
+    """
+
+    def __init__(
+        self, leases: RedisLeases, records: Callable[[], list[SessionRecord]], *, lease_seconds: float
+    ) -> None:
+        self._leases = leases
+        self._records = records
+        self._renew_every = lease_seconds / 3
+        self._written: set[str] = set()
+        self._ended: list[SessionRecord] = []
+
+    def taken(self, record: SessionRecord) -> None:
+        """The handshake took `record`'s lease itself."""
+        self._written.add(record.session_id)
+
+    def ended(self, record: SessionRecord) -> None:
+        """Give `record`'s lease back with the next batch (again, if the handshake's own release
+        raced a renewal that wrote it anew)."""
+        self._written.discard(record.session_id)
+        if len(self._ended) < MAX_PENDING:
+            self._ended.append(record)
+
+    async def run(self) -> None:
+        """Write, renew and release until cancelled; a failure is logged once, then retried."""
+        failing = False
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            live = self._records()
+            renew = loop.time() - renewed >= self._renew_every
+            batch = live if renew else [record for record in live if record.session_id not in self._written]
+            ended, self._ended = self._ended, []
+            try:
+                await self._leases.renew(batch)
+                await self._leases.release_all(ended)
+            except ReplayStoreUnavailableError as exc:
+                self._ended = (ended + self._ended)[:MAX_PENDING]
+                if not failing:
+                    logger.warning("session leases not written: %s", exc.message)
+                failing = True
+                continue
+            if renew:
+                renewed = loop.time()
+            still = {record.session_id for record in self._records()}  # not those ended meanwhile
+            self._written.update(record.session_id for record in batch if record.session_id in still)
             if failing:
-                logger.info("session leases renewed again")
+                logger.info("session leases written again")
             failing = False
 
 

@@ -220,8 +220,11 @@ async def realtime(websocket: WebSocket) -> None:
         )
         cap = services.settings.max_sessions_per_project
         if services.leases is not None:
-            await services.leases.acquire(record, cap=cap)
-            leased = True
+            if cap:  # the count must be exact: the lease is taken now (without a cap, in a batch)
+                await services.leases.acquire(record, cap=cap)
+                leased = True
+                if services.lease_keeper is not None:
+                    services.lease_keeper.taken(record)
         else:
             services.sessions.hold(project, cap=cap)
             held = True
@@ -265,6 +268,8 @@ async def realtime(websocket: WebSocket) -> None:
             services.sessions.release(project)
         if leased and services.leases is not None:
             await services.leases.release(record)
+        if services.lease_keeper is not None:
+            services.lease_keeper.ended(record)
         if services.quota is not None and core is not None and core.model is not None:
             seconds = relayed_audio_seconds(
                 core, input_rate=core.model.input_sample_rate, output_rate=core.model.output_sample_rate

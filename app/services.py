@@ -14,7 +14,7 @@ from app.apikeys.store import ApiKeyStore
 from app.clock import Clock
 from app.config import Settings
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource
-from app.leases import RedisLeases, renew_forever
+from app.leases import LeaseKeeper, RedisLeases
 from app.metrics import Metrics
 from app.models import ModelRegistry
 from app.quota import MemoryQuota, Quota, RedisQuota
@@ -46,6 +46,7 @@ class Services:
     skew: SkewWatch
     revocations: Revocations
     leases: RedisLeases | None = None  # redis://: the fleet's session leases and records
+    lease_keeper: LeaseKeeper | None = None
     quota: Quota | None = None  # REALTIME_PROJECT_AUDIO_MINUTES_PER_DAY
     edge: str = ""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -113,10 +114,9 @@ class Services:
         services.revoke_keys_from_file()
         services._tasks.append(asyncio.create_task(services._watch_key_file(), name="api-key revocations"))
         if leases is not None:
-            every = settings.session_lease_seconds / 3
-            services._tasks.append(
-                asyncio.create_task(renew_forever(leases, sessions.records, every=every), name="leases")
-            )
+            keeper = LeaseKeeper(leases, sessions.records, lease_seconds=settings.session_lease_seconds)
+            services.lease_keeper = keeper
+            services._tasks.append(asyncio.create_task(keeper.run(), name="leases"))
         return services
 
     def revoke_keys_from_file(self) -> None:

@@ -10,12 +10,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, providers, sessions, workers
+from bench import abuse, cases, common, fleet, providers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
 HERE = Path(__file__).resolve().parent
-NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers")
+NAMES = ("mint", "redemption", "verify", "relay", "scale", "providers", "abuse", "workers", "fleet")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "providers": lambda: providers.case_providers(plan),
             "abuse": lambda: abuse.case_abuse(plan),
             "workers": lambda: workers.case_workers(plan),
+            "fleet": lambda: fleet.case_fleet(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}

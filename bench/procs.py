@@ -74,9 +74,16 @@ class Server:
     """One server process (`python -m <module> --port N`) listening on 127.0.0.1; a context manager."""
 
     def __init__(
-        self, module: str, *, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()
+        self,
+        module: str,
+        *,
+        env: dict[str, str],
+        log_path: Path,
+        args: tuple[str, ...] = (),
+        cwd: Path = ROOT,
     ) -> None:
         self.module = module
+        self.cwd = cwd  # `python -m` imports the `app` found here first (another tree: a baseline)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
         self.env.update(env)
         self.log_path = log_path
@@ -107,7 +114,7 @@ class Server:
                     str(self.port),
                     *self.args,
                 ],
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
