@@ -79,7 +79,7 @@ async def list_sessions(request: Request) -> JSONResponse:
     if project is not None and not _covers(key, project):
         raise ForbiddenError("this management key acts on its own project only")
     if services.leases is not None:
-        sessions = await services.leases.list(project)
+        sessions = await services.leases.sessions(project)
     else:
         sessions = [
             record.to_json()

@@ -1,7 +1,7 @@
 """The fleet's live sessions on Redis: one lease per session, the per-project cap counted across edges.
 
-Each session holds a lease in its project's sorted set (`<prefix>lease:<project>`, scored by the
-time the lease ends on Redis's clock) and a record (`<prefix>sess:<session id>`, same lifetime)
+Each session holds a lease in its project's sorted set (`<prefix>{fleet}lease:<project>`, scored by
+the time the lease ends on Redis's clock) and a record (`<prefix>{fleet}sess:<id>`, same lifetime)
 for the admin API's listing. The edge renews its sessions' leases every third of their length (`LeaseKeeper`);
 an edge that dies stops renewing, and its sessions stop counting once their leases run out
 (`REALTIME_SESSION_LEASE_SECONDS`). Taking a lease is one Lua script: drop the project's
@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.claims import rfc3339
 from app.exceptions import ReplayStoreUnavailableError, TooManySessionsError
+from app.fleetredis import FleetRedis, fleet_key
 from app.replay import RETRY_AFTER_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -95,22 +94,16 @@ class RedisLeases:
         self._prefix = prefix
         self._lease_ms = max(1, math.ceil(lease_seconds * 1000))
         self._timeout = timeout
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="realtime-leases",
-        )
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._renew = self._redis.register_script(_RENEW)
-        self._projects = f"{prefix}lease-projects"
+        self._redis = FleetRedis(url, timeout=timeout, name="realtime-leases")
+        self._acquire = self._redis.client.register_script(_ACQUIRE)
+        self._renew = self._redis.client.register_script(_RENEW)
+        self._projects = fleet_key(prefix, "lease-projects")
 
     def _lease_key(self, project: str) -> str:
-        return f"{self._prefix}lease:{project}"
+        return fleet_key(self._prefix, f"lease:{project}")
 
     def _record_key(self, session_id: str) -> str:
-        return f"{self._prefix}sess:{session_id}"
+        return fleet_key(self._prefix, f"sess:{session_id}")
 
     async def acquire(self, record: SessionRecord, *, cap: int) -> None:
         """Count `record`'s session in its project, unless the project has `cap` live ones (0: no cap).
@@ -129,7 +122,9 @@ class RedisLeases:
         ]
         try:
             async with asyncio.timeout(self._timeout):
-                taken = await self._acquire(keys=keys, args=args)
+                taken = await self._redis.run(
+                    lambda client: self._acquire(keys=keys, args=args, client=client)
+                )
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
         if not taken:
@@ -142,10 +137,7 @@ class RedisLeases:
         """Give the lease back now (a failure only leaves it to run out)."""
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.zrem(self._lease_key(record.project), record.session_id)
-                    pipe.delete(self._record_key(record.session_id))
-                    await pipe.execute()
+                await self._redis.run(lambda client: self._release(client, [record]))
         except (RedisError, OSError, TimeoutError) as exc:
             logger.info("session %s: lease left to expire (%s)", record.session_id, type(exc).__name__)
 
@@ -159,13 +151,16 @@ class RedisLeases:
             return
         try:
             async with asyncio.timeout(self._timeout * 4):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for record in records:
-                        pipe.zrem(self._lease_key(record.project), record.session_id)
-                        pipe.delete(self._record_key(record.session_id))
-                    await pipe.execute()
+                await self._redis.run(lambda client: self._release(client, records))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
+
+    async def _release(self, client: aioredis.Redis, records: list[SessionRecord]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for record in records:
+                pipe.zrem(self._lease_key(record.project), record.session_id)
+                pipe.delete(self._record_key(record.session_id))
+            await pipe.execute()
 
     async def renew(self, records: Iterable[SessionRecord]) -> None:
         """Extend every given session's lease (one round trip).
@@ -178,27 +173,24 @@ class RedisLeases:
             return
         try:
             async with asyncio.timeout(self._timeout * 4):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for record in batch:
-                        await self._renew(
-                            keys=[
-                                self._lease_key(record.project),
-                                self._record_key(record.session_id),
-                                self._projects,
-                            ],
-                            args=[
-                                self._lease_ms,
-                                record.session_id,
-                                json.dumps(record.to_json()),
-                                record.project,
-                            ],
-                            client=pipe,
-                        )
-                    await pipe.execute()
+                await self._redis.run(lambda client: self._renew_all(client, batch))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
 
-    async def list(self, project: str | None) -> list[dict[str, Any]]:
+    async def _renew_all(self, client: aioredis.Redis, batch: list[SessionRecord]) -> None:
+        async with client.pipeline(transaction=False) as pipe:
+            for record in batch:
+                keys = [self._lease_key(record.project), self._record_key(record.session_id), self._projects]
+                args: list[str | int] = [
+                    self._lease_ms,
+                    record.session_id,
+                    json.dumps(record.to_json()),
+                    record.project,
+                ]
+                await self._renew(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+
+    async def sessions(self, project: str | None) -> list[dict[str, Any]]:
         """The live sessions of `project` (None: of every project) across the fleet.
 
         Raises:
@@ -206,19 +198,7 @@ class RedisLeases:
         """
         try:
             async with asyncio.timeout(self._timeout * 4):
-                seconds, micros = await self._redis.time()
-                now = seconds * 1000 + micros // 1000
-                if project is None:
-                    projects = sorted(_text(item) for item in await self._redis.smembers(self._projects))
-                else:
-                    projects = [project]
-                ids: list[str] = []
-                for name in projects:
-                    live = await self._redis.zrangebyscore(self._lease_key(name), now, "+inf")
-                    if not live and project is None:
-                        await self._redis.srem(self._projects, name)
-                    ids.extend(_text(item) for item in live)
-                raw = await self._redis.mget([self._record_key(i) for i in ids]) if ids else []
+                raw = await self._redis.run(lambda client: self._records_of(client, project))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
         sessions = []
@@ -233,6 +213,22 @@ class RedisLeases:
                 sessions.append(data)
         return sorted(sessions, key=lambda item: str(item.get("started")))
 
+    async def _records_of(self, client: aioredis.Redis, project: str | None) -> list[Any]:
+        # Redis's clock decides which leases are live, as it does when they are taken.
+        seconds, micros = await client.time()
+        now = seconds * 1000 + micros // 1000
+        if project is None:
+            projects = sorted(_text(item) for item in await client.smembers(self._projects))
+        else:
+            projects = [project]
+        ids: list[str] = []
+        for name in projects:
+            live = await client.zrangebyscore(self._lease_key(name), now, "+inf")
+            if not live and project is None:
+                await client.srem(self._projects, name)
+            ids.extend(_text(item) for item in live)
+        return list(await client.mget([self._record_key(i) for i in ids])) if ids else []
+
     async def find(self, session_id: str) -> dict[str, Any] | None:
         """The record of a live session anywhere in the fleet, or None.
 
@@ -241,7 +237,7 @@ class RedisLeases:
         """
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(self._record_key(session_id))
+                raw = await self._redis.run(lambda client: client.get(self._record_key(session_id)))
         except (RedisError, OSError, TimeoutError) as exc:
             raise _unavailable(exc) from None
         if raw is None:

@@ -6,7 +6,7 @@ reached the quota. A session under way is never cut short: the total is checked 
 session opens, so the last sessions of a day may take a project past its quota.
 
 MemoryQuota  memory://  one process's totals
-RedisQuota   redis://   `<prefix>audio:<YYYY-MM-DD>:<project>`, INCRBYFLOAT, kept two days
+RedisQuota   redis://   `<prefix>{fleet}audio:<YYYY-MM-DD>:<project>`, INCRBYFLOAT, kept two days
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.exceptions import QuotaExceededError, ReplayStoreUnavailableError
+from app.fleetredis import FleetRedis, fleet_key
 from app.replay import RETRY_AFTER_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -118,22 +117,16 @@ class RedisQuota:
         self._prefix = prefix
         self._timeout = timeout
         self._clock = clock
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            client_name="realtime-quota",
-        )
+        self._redis = FleetRedis(url, timeout=timeout, name="realtime-quota")
 
     def _key(self, project: str, now: float) -> str:
-        return f"{self._prefix}audio:{utc_day(now)}:{project}"
+        return fleet_key(self._prefix, f"audio:{utc_day(now)}:{project}")
 
     async def check(self, project: str) -> None:
         now = self._clock()
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._redis.get(self._key(project, now))
+                raw = await self._redis.run(lambda client: client.get(self._key(project, now)))
         except (RedisError, OSError, TimeoutError) as exc:
             raise ReplayStoreUnavailableError(
                 f"the quota store did not answer ({type(exc).__name__}); try again shortly",
@@ -152,10 +145,7 @@ class RedisQuota:
         key = self._key(project, self._clock())
         try:
             async with asyncio.timeout(self._timeout):
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.incrbyfloat(key, seconds)
-                    pipe.expire(key, 2 * DAY)
-                    await pipe.execute()
+                await self._redis.run(lambda client: _add(client, key, seconds))
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning(
                 "project %s: %.1f s of audio not counted (%s)", project, seconds, type(exc).__name__
@@ -163,3 +153,10 @@ class RedisQuota:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+async def _add(client: aioredis.Redis, key: str, seconds: float) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.incrbyfloat(key, seconds)
+        pipe.expire(key, 2 * DAY)
+        await pipe.execute()

@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from app.config import Settings
 from app.exceptions import KeySetError, ReplayStoreUnavailableError, SettingsError, TicketRevokedError
+from app.fleetredis import FleetRedis, fleet_key
 from app.keys import MAX_TICKET_SECONDS
 from app.replay import RETRY_AFTER_SECONDS
 
@@ -267,15 +266,9 @@ class RedisRevocations(MemoryRevocations):
         super().__init__(clock=clock)
         self._url = url
         self._timeout = timeout
-        self.hash_key = f"{prefix}revocations"
-        self.channel = f"{prefix}revocations:new"
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-            "client_name": "realtime-revocations",
-        }
-        self._redis = aioredis.Redis.from_url(url, **options)
+        self.hash_key = fleet_key(prefix, "revocations")
+        self.channel = fleet_key(prefix, "revocations:new")
+        self._redis = FleetRedis(url, timeout=timeout, name="realtime-revocations")
         self._in_sync = False
         self._task: asyncio.Task[None] | None = None
 
@@ -301,8 +294,11 @@ class RedisRevocations(MemoryRevocations):
         Raises:
             ReplayStoreUnavailableError: Redis did not take it.
         """
-        await write(
-            self._redis, self.hash_key, self.channel, revocation, timeout=self._timeout, now=self._clock()
+        now = self._clock()
+        await self._redis.run(
+            lambda client: write(
+                client, self.hash_key, self.channel, revocation, timeout=self._timeout, now=now
+            )
         )
         self._apply(revocation)
 
@@ -313,7 +309,7 @@ class RedisRevocations(MemoryRevocations):
     async def _read(self) -> list[Revocation]:
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._redis.hgetall(self.hash_key)
+                raw = await self._redis.run(lambda client: client.hgetall(self.hash_key))
         except (RedisError, OSError, TimeoutError) as exc:
             raise ReplayStoreUnavailableError(
                 f"the store did not answer ({type(exc).__name__})", retry_after=RETRY_AFTER_SECONDS
@@ -348,7 +344,7 @@ class RedisRevocations(MemoryRevocations):
     async def _follow(self) -> None:
         """Subscribe, read the hash, then apply each announcement; on any failure, start again."""
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.subscribe(self.channel)
@@ -443,16 +439,18 @@ def record(settings: Settings, revocation: Revocation) -> bool:
         return False
 
     async def send() -> None:
-        client = aioredis.Redis.from_url(settings.replay_url, socket_timeout=5, socket_connect_timeout=5)
+        client = FleetRedis(settings.replay_url, timeout=5, name="realtime-revoke")
         try:
             prefix = settings.replay_prefix
-            await write(
-                client,
-                f"{prefix}revocations",
-                f"{prefix}revocations:new",
-                revocation,
-                timeout=5,
-                now=time.time(),
+            await client.run(
+                lambda redis: write(
+                    redis,
+                    fleet_key(prefix, "revocations"),
+                    fleet_key(prefix, "revocations:new"),
+                    revocation,
+                    timeout=5,
+                    now=time.time(),
+                )
             )
         finally:
             await client.aclose()

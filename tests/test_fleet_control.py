@@ -19,7 +19,7 @@ from websockets.typing import Subprotocol
 
 from app.apikeys import create_key
 from app.rotation import ensure_keys
-from tests.redis_server import RedisServer, require_redis_server
+from tests.redis_server import RedisServer, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.redis
@@ -240,3 +240,39 @@ def kill_with_sessions_open(fleet: Fleet, held: list[ClientConnection]) -> None:
     with ExitStack() as stack:  # the whole cap is free again
         for _ in range(CAP):
             open_session(stack, b, mint(b, fleet.keys.runtime))
+
+
+def test_fleet_control_works_on_a_redis_cluster(tmp_path: Path) -> None:
+    """The URL names one node of a two-shard cluster: fleet keys share one shard, reached by MOVED."""
+    require_redis_server()
+    keys_dir = tmp_path / "keys"
+    ensure_keys(keys_dir, now=int(time.time()) - 60)
+    path, now = keys_dir / "api_keys.json", int(time.time())
+    runtime, _ = create_key(path, project=PROJECT, kind="runtime", now=now)
+    admin_key, _ = create_key(path, project=PROJECT, kind="management", now=now)
+    nodes = start_cluster(tmp_path)
+    try:
+        edges = []
+        for node in nodes:  # one edge per node: one of them is sent elsewhere by MOVED
+            env = {
+                "REALTIME_KEYS_DIR": str(keys_dir),
+                "REALTIME_REPLAY_URL": node.url,
+                "REALTIME_REPLAY_TIMEOUT_SECONDS": "2",
+                "REALTIME_MAX_SESSIONS_PER_PROJECT": "1",
+            }
+            edges.append(ServiceProcess(env=env, log_path=tmp_path / f"edge-{node.port}.log").start())
+        try:
+            with ExitStack() as stack:
+                ws, _ = open_session(stack, edges[0], mint(edges[0], runtime))
+                assert refusal(edges[1].ws_url, ticket=mint(edges[1], runtime)) == (429, "too_many_sessions")
+                response = admin(edges[1], admin_key, "POST", "/v3/admin/revocations", {"project": PROJECT})
+                assert response.status_code == 201, response.text
+                assert ending(ws) == ("revoked", 1008)
+        finally:
+            for edge in edges:
+                edge.stop()
+        for edge in edges:
+            assert "Traceback" not in edge.log() and " ERROR " not in edge.log(), edge.log()
+    finally:
+        for node in nodes:
+            node.stop()
