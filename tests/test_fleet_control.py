@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -18,11 +22,15 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from app.apikeys import create_key
+from app.exceptions import QuotaExceededError
+from app.quota import RedisQuota, seconds_to_midnight
 from app.rotation import ensure_keys
 from tests.redis_server import RedisServer, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 
 pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PROJECT = "proj_fleet"
 MODEL = "openai/gpt-realtime-2"
@@ -276,3 +284,73 @@ def test_fleet_control_works_on_a_redis_cluster(tmp_path: Path) -> None:
     finally:
         for node in nodes:
             node.stop()
+
+
+def _command(fleet: Fleet, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update(REALTIME_KEYS_DIR=str(fleet.keys_dir), REALTIME_REPLAY_URL=fleet.redis.url)
+    return subprocess.run(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_make_revoke_and_make_revoke_api_key_reach_every_edge(fleet: Fleet) -> None:
+    a, b = fleet.edges
+    with ExitStack() as stack:
+        ws, session_id = open_session(stack, b, mint(a, fleet.keys.runtime))
+        done = _command(fleet, "app.revocations", "revoke", "--session", session_id, "--reason", "by script")
+        assert done.returncode == 0, done.stderr
+        assert ending(ws) == ("revoked", 1008)
+    unredeemed = mint(a, fleet.keys.runtime)
+    with ExitStack() as stack:
+        ws, _ = open_session(stack, b, mint(a, fleet.keys.runtime))
+        done = _command(fleet, "app.apikeys", "revoke", "--id", fleet.keys.runtime_id)
+        assert done.returncode == 0, done.stderr
+        assert "revoked across the fleet" in done.stdout
+        assert ending(ws) == ("revoked", 1008)
+    assert refusal(a.ws_url, ticket=unredeemed) == (401, "ticket_revoked")
+
+
+def test_make_revoke_on_memory_says_to_use_the_admin_api(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
+    env.update(REALTIME_KEYS_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-m", "app.revocations", "revoke", "--project", "p"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "admin API" in done.stderr
+
+
+def test_the_audio_quota_is_shared_by_the_fleet(fleet: Fleet) -> None:
+    quotas = [
+        RedisQuota(fleet.redis.url, prefix=f"q{number}:", minutes_per_day=1, timeout=2, clock=time.time)
+        for number in (1, 1, 2)
+    ]
+
+    async def run() -> None:
+        one, other_edge, other_fleet = quotas
+        try:
+            await one.record_audio(PROJECT, 45.0)
+            await other_edge.record_audio(PROJECT, 15.0)
+            with pytest.raises(QuotaExceededError) as refused:
+                await one.check(PROJECT)
+            assert 0 < refused.value.retry_after <= seconds_to_midnight(time.time() - 5)
+            await other_fleet.check(PROJECT)  # another prefix: another deployment
+            await one.check("proj_else")
+        finally:
+            for quota in quotas:
+                await quota.aclose()
+
+    asyncio.run(run())

@@ -352,3 +352,18 @@ def test_a_project_past_its_quota_gets_429_with_retry_after_and_live_sessions_go
         with client.websocket_connect("/v3/realtime", subprotocols=[f"opper-ticket.{other}"]) as ws:
             ws.send_json({"type": "session.start", "config": {"model": MODEL}})
             assert ws.receive_json()["type"] == "session.started"
+
+
+@pytest.mark.parametrize(
+    ("port", "status", "code"),
+    [(80, 404, "not_found"), (9001, 401, "missing_credentials")],
+    ids=["public-port", "admin-port"],
+)
+def test_with_an_admin_port_the_admin_api_answers_there_only(
+    keys_dir: Path, clock: FakeClock, port: int, status: int, code: str
+) -> None:
+    app = create_app(Settings(keys_dir=keys_dir, admin_port=9001), clock=clock)
+    with TestClient(app, base_url=f"http://127.0.0.1:{port}") as client:
+        for path in ("/v3/admin/sessions", "/v3/admin/revocations"):
+            response = client.get(path)
+            assert (response.status_code, response.json()["error"]["code"]) == (status, code)
