@@ -10,7 +10,7 @@ ifdef KEYS_DIR
 export REALTIME_KEYS_DIR := $(KEYS_DIR)
 endif
 
-.PHONY: run test test-latest lock keys rotate retire key-status jwks api-key api-keys revoke-api-key inspect lint format bench cluster cluster-stop clean
+.PHONY: run test test-latest lock keys rotate retire key-status jwks api-key api-keys revoke-api-key revoke inspect lint format bench cluster cluster-stop clean
 
 # Every install comes from the hashed lock (docs/decisions.md, "Locked installs"); `make lock` refreshes it.
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
@@ -56,6 +56,9 @@ revoke-api-key: $(VENV)/.installed
 
 inspect: $(VENV)/.installed
 	@$(PY) -m app.inspect $(if $(TICKET),"$(TICKET)",-)
+
+revoke: $(VENV)/.installed
+	@$(PY) -m app.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy

@@ -32,6 +32,7 @@ class Ticket:
     expires_at: int
     config: dict[str, Any]
     locked: tuple[str, ...]
+    api_key_id: str | None = None  # `akid`: the API key that minted it (revocation by key)
 
 
 TID_CHARS = 12
@@ -102,7 +103,17 @@ def check_claims(
         expires_at=exp,
         config=_bound_config(claims),
         locked=_locked(claims),
+        api_key_id=_api_key_id(claims),
     )
+
+
+def _api_key_id(claims: dict[str, Any]) -> str | None:
+    akid = claims.get("akid")
+    if akid is None:
+        return None
+    if not isinstance(akid, str) or not akid or len(akid) > 128:
+        raise InvalidTicketError("the ticket's `akid` claim is not an API key id")
+    return akid
 
 
 def _bound_config(claims: dict[str, Any]) -> dict[str, Any]:

@@ -150,6 +150,10 @@ def _proxies(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _optional_minutes(raw: str) -> float | None:
+    return _float(0.0)(raw) if raw.strip() else None
+
+
 def _optional_port(raw: str) -> int | None:
     if not raw.strip():
         return None
@@ -222,6 +226,10 @@ class Settings:
     seal_keys_file: Path | None = _setting(None, _optional_path, "SEAL_KEYS_FILE")
     trusted_proxies: tuple[str, ...] = _setting(("127.0.0.1",), _proxies, "TRUSTED_PROXIES")
     admin_port: int | None = _setting(None, _optional_port, "ADMIN_PORT")
+    session_lease_seconds: float = _setting(15.0, _float(1.0), "SESSION_LEASE_SECONDS")
+    project_audio_minutes_per_day: float | None = _setting(
+        None, _optional_minutes, "PROJECT_AUDIO_MINUTES_PER_DAY"
+    )
     log_format: str = _setting("text", _choice("text", "json"), "LOG_FORMAT")
     #: Whether `replay_url` is the default because REALTIME_REPLAY_URL was not set (`from_environ`
     #: only): a process that verifies other minters' tickets must then refuse to start. Not a setting.

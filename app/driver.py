@@ -105,6 +105,13 @@ class SessionDriver:
         if self._task is not None:
             asyncio.get_running_loop().call_soon(self._on_clock)
 
+    def revoke(self, message: str) -> None:
+        """End the session with `revoked` now (from any task; returns at once)."""
+        self.core.revoke(message)
+        self._shutdown = True  # the same path as a shutdown: the clock's next tick ends it
+        if self._task is not None:
+            asyncio.get_running_loop().call_soon(self._on_clock)
+
     async def run(self) -> None:
         """Run the session until the core ends it or the client goes; then its last word and close.
 

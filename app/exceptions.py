@@ -18,9 +18,13 @@
     │       ├── TicketExpiredError     ticket_expired (details.server_time)
     │       ├── UnknownKeyError        unknown_key
     │       ├── TicketReplayedError    ticket_replayed
-    │       └── TicketNotRedeemableError ticket_not_redeemable
+    │       ├── TicketNotRedeemableError ticket_not_redeemable
+    │       └── TicketRevokedError     ticket_revoked
+    ├── ForbiddenError (403)           forbidden (a management key acting outside its project)
+    ├── NotFoundError (404)            not_found
     ├── OriginNotAllowedError (403)    origin_not_allowed
     ├── TooManySessionsError (429)     too_many_sessions
+    ├── QuotaExceededError (429)       quota_exceeded (retry_after)
     ├── UnavailableError (503)         retry_after
     │   ├── TicketsDisabledError       tickets_disabled
     │   ├── ReplayStoreUnavailableError replay_store_unavailable
@@ -173,6 +177,10 @@ class TicketNotRedeemableError(TicketError):
     code = "ticket_not_redeemable"
 
 
+class TicketRevokedError(TicketError):
+    code = "ticket_revoked"
+
+
 # 403, 429, 503 -------------------------------------------------------------------------------
 
 
@@ -181,9 +189,28 @@ class OriginNotAllowedError(RealtimeError):
     code = "origin_not_allowed"
 
 
+class ForbiddenError(RealtimeError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFoundError(RealtimeError):
+    status = 404
+    code = "not_found"
+
+
 class TooManySessionsError(RealtimeError):
     status = 429
     code = "too_many_sessions"
+
+
+class QuotaExceededError(RealtimeError):
+    status = 429
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UnavailableError(RealtimeError):

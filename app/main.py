@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app import logs
+from app import admin, logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.demo import dev_ticket, favicon, page, static
@@ -211,6 +211,9 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/v3/admin/sessions", admin.list_sessions, methods=["GET"]),
+            Route("/v3/admin/revocations", admin.list_revocations, methods=["GET"]),
+            Route("/v3/admin/revocations", admin.revoke, methods=["POST"]),
             Route("/", page, methods=["GET"]),
             Route("/static/{name}", static, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),

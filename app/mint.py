@@ -14,6 +14,7 @@ from app.apikeys.store import bearer_token
 from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
 from app.claims import tid
 from app.exceptions import (
+    InvalidCredentialsError,
     InvalidJSONError,
     InvalidRequestError,
     RequestTooLargeError,
@@ -229,7 +230,13 @@ def require_signer(services: Services) -> SigningKey:
 
 
 def issue_ticket(
-    services: Services, signer: SigningKey, *, project: str, binding: Binding, ttl: int
+    services: Services,
+    signer: SigningKey,
+    *,
+    project: str,
+    binding: Binding,
+    ttl: int,
+    api_key_id: str | None = None,
 ) -> IssuedTicket:
     """Sign a ticket with this deployment's issuer, audience and size budget, and count it."""
     settings = services.settings
@@ -247,6 +254,7 @@ def issue_ticket(
         audience=settings.audience,
         max_bytes=settings.ticket_max_bytes,
         seal=seal,
+        api_key_id=api_key_id,
     )
     services.replay.minted(ticket.jti, ticket.issued_at)
     services.metrics.tickets_minted.inc()
@@ -260,12 +268,16 @@ async def mint(request: Request) -> JSONResponse:
     headers = first_headers(request.scope)  # one pass for the three headers read here
     authorization, raw_host = headers.get(b"authorization"), headers.get(b"host")
     api_key = services.api_keys.check(bearer_token(_text(authorization)))
+    if services.revocations.revoked_key(api_key.id) is not None:
+        raise InvalidCredentialsError("the API key was revoked")
     raw = await read_body(request, limit=MAX_BODY_BYTES, declared_length=headers.get(b"content-length"))
     ttl, binding = read_request(raw, services.registry)
     host = _text(raw_host)
     check_host(services, host)
     assert api_key.project is not None  # noqa: S101 - ApiKeyStore.check refuses project-less keys
-    ticket = issue_ticket(services, signer, project=api_key.project, binding=binding, ttl=ttl)
+    ticket = issue_ticket(
+        services, signer, project=api_key.project, binding=binding, ttl=ttl, api_key_id=api_key.id
+    )
     logger.info(
         "minted ticket",
         extra=fields(

@@ -23,7 +23,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ADMIN_PATHS = frozenset({"/metrics", "/readyz"})
+ADMIN_PATHS = frozenset({"/metrics", "/readyz", "/v3/admin/sessions", "/v3/admin/revocations"})
 #: Scope key `ForwardedHeaders` sets to True when the peer is a trusted proxy.
 PROXIED = "realtime.proxied"
 # Underscores pass: container and service names often have them, and they change no URL.
@@ -196,7 +196,7 @@ async def _not_found(scope: Scope, send: Send, *, on_admin: bool) -> None:
     if not on_admin:
         message = "/metrics and /readyz are served on the admin port only (REALTIME_ADMIN_PORT)"
     else:
-        message = "the admin port serves only /metrics, /readyz and /healthz"
+        message = "the admin port serves only /metrics, /readyz, /healthz and /v3/admin/"
     body = json.dumps({"error": {"code": "not_found", "message": message}}).encode()
     if scope["type"] == "websocket":
         logs.DENIED.set(True)  # an ordinary answer, not the ERROR uvicorn logs for an unfinished handshake

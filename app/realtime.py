@@ -1,6 +1,7 @@
 """`GET /v3/realtime`: every check before `accept()`, then the session protocol.
 
-Order (SPEC section 5): credentials, ticket or bearer key, Origin, per-project cap, replay store.
+Order (docs/api.md): credentials, ticket or bearer key, revocations, Origin, the project's daily
+audio quota, its session cap (fleet-wide leases on Redis), the replay store.
 A refusal is an HTTP denial response (the ASGI `websocket.http.response` extension): status and
 the JSON error body, never an upgrade. A ticket is consumed only when every earlier check passed.
 """
@@ -28,9 +29,11 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
+from app.leases import SessionRecord
 from app.logformat import fields
 from app.proxies import first_headers
 from app.responses import error_response
+from app.revocations import Subject
 from app.services import Services
 from app.session import SessionCore
 from app.tickets import Ticket, verify
@@ -185,40 +188,68 @@ async def realtime(websocket: WebSocket) -> None:
     services: Services = websocket.app.state.services
     started = time.perf_counter()
     ticket: Ticket | None = None
-    held = False
+    held = leased = False
     project = "-"
+    session_id = new_session_id()
     try:
         headers = first_headers(websocket.scope)
         credentials = read_credentials(websocket, headers)
+        now = services.clock.now()
         if credentials.ticket is not None:
             ticket = await verify_ticket(services, credentials.ticket)
             services.replay.admits(ticket.issued_at, ticket.jti)  # a fresh memory:// store's window
             project, binding = ticket.project, Binding(ticket.config, ticket.locked)
+            subject = Subject(project, ticket.api_key_id, ticket.kid, ticket.issued_at, session_id)
         else:
             assert credentials.api_key is not None  # noqa: S101 - read_credentials guarantees one
-            project = str(services.api_keys.check(credentials.api_key).project)
-            binding = None
+            api_key = services.api_keys.check(credentials.api_key)
+            project, binding = str(api_key.project), None
+            subject = Subject(project, api_key.id, None, now, session_id)
+        # Revoked key, project or signing key: refused before anything else is spent on it.
+        if not services.revocations.check(subject):
+            await services.revocations.refresh()  # not following the store now: read it (or 503)
+            services.revocations.check(subject)
         check_origin(services, headers)
-        # Step 4: the per-project cap, counted per process; the slot is held until the session ends.
-        services.sessions.hold(project, cap=services.settings.max_sessions_per_project)
-        held = True
+        if services.quota is not None:
+            await services.quota.check(project)
+        # The per-project cap: a lease across the fleet (Redis), else a slot in this process; held
+        # until the session ends.
+        model = binding.config.get("model") if binding is not None else None
+        record = SessionRecord(
+            session_id,
+            project,
+            services.edge,
+            now,
+            subject.api_key_id,
+            model if isinstance(model, str) else None,
+        )
+        cap = services.settings.max_sessions_per_project
+        if services.leases is not None:
+            if cap:  # the count must be exact: the lease is taken now (without a cap, in a batch)
+                await services.leases.acquire(record, cap=cap)
+                leased = True
+                if services.lease_keeper is not None:
+                    services.lease_keeper.taken(record)
+        else:
+            services.sessions.hold(project, cap=cap)
+            held = True
         if ticket is not None:
-            try:
-                await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
-            except ReplayStoreUnavailableError:
-                services.metrics.replay_store_errors.inc()
-                raise
+            await services.replay.consume(ticket.jti, expires_at=ticket.expires_at)
     except RealtimeError as exc:
+        if isinstance(exc, ReplayStoreUnavailableError):  # replay, revocations, leases or quota
+            services.metrics.replay_store_errors.inc()
         if held:
             services.sessions.release(project)
+        if leased and services.leases is not None:
+            await services.leases.release(record)
         _log(services, exc.code, ticket, started, None)
         await websocket.send_denial_response(error_response(exc))
         logs.DENIED.set(True)
         return
-    session_id = new_session_id()
     _log(services, "ok", ticket, started, session_id)
     services.metrics.session_opened(project)
     opened = time.monotonic()
+    core: SessionCore | None = None
     driver: SessionDriver | None = None
     try:
         await websocket.accept(subprotocol=credentials.subprotocol())
@@ -233,14 +264,28 @@ async def realtime(websocket: WebSocket) -> None:
         driver = SessionDriver(
             core, WebSocketTransport(websocket), upstream=services.upstream, clock=services.clock
         )
-        await services.sessions.run(driver)  # the project's slot was `hold`-ed above
+        # The project's slot was taken above. A revocation made while the checks above awaited
+        # is not missed: the registry is asked once more as the session joins it.
+        if (late := services.revocations.matching(subject)) is not None:
+            driver.revoke(f"this session's {late.kind.replace('_', ' ')} was revoked")
+        await services.sessions.run(driver, record=record, subject=subject)
         services.metrics.session_usage(project, core.usage)
     finally:
         seconds = time.monotonic() - opened
         code = driver.end_code if driver is not None else "client_gone"
         provider = session_provider(services, driver)
         services.metrics.session_closed(project, provider=provider, code=code, seconds=seconds)
-        services.sessions.release(project)
+        if held:
+            services.sessions.release(project)
+        if leased and services.leases is not None:
+            await services.leases.release(record)
+        if services.lease_keeper is not None:
+            services.lease_keeper.ended(record)
+        if services.quota is not None and core is not None and core.model is not None:
+            # What the session relayed both ways (app/usage.py): the quota counts the same seconds
+            # as realtime_audio_seconds_total.
+            usage = core.usage
+            await services.quota.record_audio(project, usage.input_audio_seconds + usage.output_audio_seconds)
         logger.info(
             "session ended",
             extra=fields(
@@ -250,7 +295,6 @@ async def realtime(websocket: WebSocket) -> None:
                 code=code,
                 provider=provider,
                 duration_s=round(seconds, 3),
-                # The session's usage totals (audio seconds, provider tokens), once it counts them.
                 **(driver.usage_fields() if driver is not None else {}),
             ),
         )

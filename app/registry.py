@@ -1,4 +1,4 @@
-"""The open sessions of this process: the per-project cap (SPEC section 5) and the drain on shutdown."""
+"""The open sessions of this process: the per-project cap, revocation of live sessions, the drain."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections import Counter
 
 from app.driver import SessionDriver
 from app.exceptions import TooManySessionsError
+from app.leases import SessionRecord
+from app.revocations import Revocation, RevocationIndex, Subject, refusal
 
 
 class SessionRegistry:
@@ -14,6 +16,7 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._open: set[SessionDriver] = set()
+        self._subjects: dict[SessionDriver, tuple[SessionRecord, Subject]] = {}
         self._held: Counter[str] = Counter()
         self._empty = asyncio.Event()
         self._empty.set()
@@ -56,12 +59,38 @@ class SessionRegistry:
         except TimeoutError:
             return
 
-    async def run(self, driver: SessionDriver) -> None:
+    def records(self) -> list[SessionRecord]:
+        """The open sessions as the admin API lists them (the model once the session has started)."""
+        found = []
+        for driver, (record, _subject) in self._subjects.items():
+            if driver.core.model is not None:
+                record.model = driver.core.model.id
+            found.append(record)
+        return found
+
+    def revoke(self, revocation: Revocation) -> int:
+        """End every open session `revocation` covers with `revoked`; returns how many."""
+        index = RevocationIndex()
+        index.add(revocation)
+        message = refusal(revocation).message.replace("the ticket's", "this session's", 1)
+        ended = 0
+        for driver, (_record, subject) in list(self._subjects.items()):
+            if index.matching(subject) is not None:
+                driver.revoke(message)
+                ended += 1
+        return ended
+
+    async def run(
+        self, driver: SessionDriver, *, record: SessionRecord | None = None, subject: Subject | None = None
+    ) -> None:
         self._open.add(driver)
+        if record is not None and subject is not None:
+            self._subjects[driver] = (record, subject)
         self._empty.clear()
         try:
             await driver.run()
         finally:
+            self._subjects.pop(driver, None)
             self._open.discard(driver)
             if not self._open:
                 self._empty.set()

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 
-from app.exceptions import AuthenticationError, RealtimeError, UnavailableError
+from app.exceptions import AuthenticationError, QuotaExceededError, RealtimeError, UnavailableError
 
 NO_STORE = {"Cache-Control": "no-store"}
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
@@ -42,6 +42,6 @@ def error_response(error: RealtimeError) -> JSONResponse:
     headers = dict(NO_STORE)
     if isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(error, UnavailableError) and error.retry_after is not None:
+    if isinstance(error, UnavailableError | QuotaExceededError) and error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     return JSONResponse(error_body(error), status_code=error.status, headers=headers)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import socket
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.apikeys.store import ApiKeyStore
@@ -16,11 +19,14 @@ from app.config import PREFIX, Settings
 from app.exceptions import KeySetError, SettingsError
 from app.keys import KeySet
 from app.keysource import DirectoryKeySource, KeySource, SealKeySource
+from app.leases import LeaseKeeper, RedisLeases
 from app.metrics import Metrics
 from app.models import ModelRegistry
+from app.quota import MemoryQuota, Quota, RedisQuota
 from app.redisreplay import RedisReplayStore
 from app.registry import SessionRegistry
 from app.replay import MemoryReplayStore, ReplayStore
+from app.revocations import MemoryRevocations, RedisRevocations, Revocation, Revocations, lifetime
 from app.skew import SkewWatch
 from app.upstreams import make_upstream, served_registry
 from app.upstreams.base import Upstream
@@ -43,6 +49,12 @@ class Services:
     upstream: Upstream
     seal_keys: SealKeySource
     skew: SkewWatch
+    revocations: Revocations
+    leases: RedisLeases | None = None  # redis://: the fleet's session leases and records
+    lease_keeper: LeaseKeeper | None = None
+    quota: Quota | None = None  # REALTIME_PROJECT_AUDIO_MINUTES_PER_DAY
+    edge: str = ""
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, settings: Settings, *, clock: Clock, upstream: Upstream | None = None) -> Services:
@@ -78,7 +90,19 @@ class Services:
         skew = SkewWatch(replay, leeway=settings.leeway_seconds, margin=settings.clock_skew_margin_seconds)
         await skew.start()
         metrics.replay_clock_offset.set_function(lambda: skew.offset or 0.0)
-        return cls(
+        sessions = SessionRegistry()
+        revocations = open_revocations(settings, clock=clock.now)
+        revocations.listen(sessions.revoke)
+        await revocations.start()
+        leases = None
+        if settings.replay_url != "memory://":
+            leases = RedisLeases(
+                settings.replay_url,
+                prefix=settings.replay_prefix,
+                lease_seconds=settings.session_lease_seconds,
+                timeout=settings.replay_timeout_seconds,
+            )
+        services = cls(
             settings=settings,
             clock=clock,
             metrics=metrics,
@@ -86,14 +110,58 @@ class Services:
             keys=keys,
             api_keys=ApiKeyStore(settings.api_keys_path, clock=clock.now).load(),
             replay=replay,
-            sessions=SessionRegistry(),
+            sessions=sessions,
             upstream=upstream
             or make_upstream(settings, dropped=metrics.provider_event_dropped, resumed=metrics.resumption),
             seal_keys=seal_keys,
             skew=skew,
+            revocations=revocations,
+            leases=leases,
+            quota=open_quota(settings, clock=clock.now),
+            edge=settings.edge_name or socket.gethostname(),
         )
+        services.revoke_keys_from_file()
+        services._tasks.append(asyncio.create_task(services._watch_key_file(), name="api-key revocations"))
+        if leases is not None:
+            keeper = LeaseKeeper(leases, sessions.records, lease_seconds=settings.session_lease_seconds)
+            services.lease_keeper = keeper
+            services._tasks.append(asyncio.create_task(keeper.run(), name="leases"))
+        return services
+
+    def revoke_keys_from_file(self) -> None:
+        """Revoke (here) the tickets and sessions of every key the API key file marks revoked.
+
+        `make revoke-api-key` marks the file; an edge that shares it ends the key's sessions within a
+        second without the store (a fleet's edges also hear of it through the store).
+        """
+        span = lifetime(
+            leeway=self.settings.leeway_seconds,
+            skew_margin=self.settings.clock_skew_margin_seconds,
+            max_duration=self.settings.max_duration_seconds,
+        )
+        now = self.clock.now()
+        for key in self.api_keys.revoked():
+            assert key.revoked_at is not None  # noqa: S101 - revoked() returns revoked keys only
+            if key.revoked_at + span > now:
+                self.revocations.apply(
+                    Revocation("api_key", key.id, key.revoked_at, key.revoked_at + span, key.project)
+                )
+
+    async def _watch_key_file(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.revoke_keys_from_file()
 
     async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.revocations.aclose()
+        if self.leases is not None:
+            await self.leases.aclose()
+        if self.quota is not None:
+            await self.quota.aclose()
         await self.skew.aclose()
         await self.replay.aclose()
         await self.keys.aclose()
@@ -201,6 +269,34 @@ def preflight(settings: Settings) -> None:
     keys = KeySet.empty() if settings.jwks_url else KeySet.load(settings.keys_dir)
     check_secret_modes(settings)
     check_single_use(settings, keys)
+
+
+def open_revocations(settings: Settings, *, clock: Callable[[], float]) -> MemoryRevocations:
+    """The revocations of this process (memory://) or of the fleet (redis://)."""
+    if settings.replay_url == "memory://":
+        return MemoryRevocations(clock=clock)
+    return RedisRevocations(
+        settings.replay_url,
+        prefix=settings.replay_prefix,
+        timeout=settings.replay_timeout_seconds,
+        clock=clock,
+    )
+
+
+def open_quota(settings: Settings, *, clock: Callable[[], float]) -> Quota | None:
+    """The daily audio quota, when one is set."""
+    minutes = settings.project_audio_minutes_per_day
+    if minutes is None:
+        return None
+    if settings.replay_url == "memory://":
+        return MemoryQuota(minutes_per_day=minutes, clock=clock)
+    return RedisQuota(
+        settings.replay_url,
+        prefix=settings.replay_prefix,
+        minutes_per_day=minutes,
+        timeout=settings.replay_timeout_seconds,
+        clock=clock,
+    )
 
 
 def open_replay_store(settings: Settings, *, clock: Callable[[], float]) -> ReplayStore:

@@ -52,6 +52,7 @@ CLOSE_CODES = {
     "rate_limited": POLICY,
     "upstream_error": SERVER_ERROR,
     "server_shutdown": RESTART,
+    "revoked": POLICY,
 }
 Event = dict[str, Any]
 #: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
@@ -130,6 +131,7 @@ class SessionCore:
         self._budget = Budget(settings.session_memory_bytes)
         self._connecting = False
         self._shutdown = False
+        self._revoked: str | None = None
         self._upstream_ending: str | None = None
         self._upstream_kind = settings.upstream
         #: What the session relayed and the provider reported (docs/operations.md, "Usage").
@@ -158,6 +160,8 @@ class SessionCore:
         """Time has passed, or a shutdown was asked for: end the session if a limit says so."""
         if self.over:
             return []
+        if self._revoked is not None:
+            return self._end(Terminate("revoked", self._revoked))
         if self._shutdown:
             return self._end(
                 Terminate("server_shutdown", "the server is shutting down; reconnect with a new ticket")
@@ -168,6 +172,10 @@ class SessionCore:
     def shutdown(self) -> None:
         """Ask for the end; the next `tick` ends the session with `server_shutdown`."""
         self._shutdown = True
+
+    def revoke(self, message: str) -> None:
+        """Ask for the end; the next `tick` ends the session with `revoked` (close 1008)."""
+        self._revoked = message
 
     # The client ------------------------------------------------------------------------------
 

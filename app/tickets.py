@@ -76,11 +76,13 @@ def issue(
     audience: str,
     max_bytes: int,
     seal: SealKey | None = None,
+    api_key_id: str | None = None,
 ) -> IssuedTicket:
     """Sign a ticket for `project` binding `config` (non-zero bound fields) and `locked` names.
 
     With a `seal` key the signed ticket is encrypted (a sealed ticket) and its config is never
-    compressed; without one it is a plain JWS whose config may be deflated into `cfz`.
+    compressed; without one it is a plain JWS whose config may be deflated into `cfz`. `api_key_id`
+    (the minting key's id) goes in the `akid` claim, so that revoking the key revokes its tickets.
 
     Raises:
         TicketTooLargeError: the ticket (the outer token when sealed) would be longer than `max_bytes`.
@@ -96,6 +98,8 @@ def issue(
         "iat": iat,
         "exp": iat + ttl,
     }
+    if api_key_id is not None:
+        claims["akid"] = api_key_id
     if config:
         claims["cfg"] = config
     if locked:

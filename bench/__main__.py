@@ -10,7 +10,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, ed25519, live, providers, servers, sessions, workers
+from bench import abuse, cases, common, ed25519, fleet, live, providers, servers, sessions, workers
 from bench.procs import raise_nofile
 from bench.report import table, write
 
@@ -26,6 +26,7 @@ NAMES = (
     "workers",
     "live",
     "ed25519",
+    "fleet",
 )
 OPTIONAL = ("servers",)  # run with --only: it needs granian, which the service does not depend on
 
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "live": lambda: live.case_live(plan),
             "ed25519": lambda: ed25519.case_ed25519(plan),
             "servers": lambda: servers.case_servers(plan),
+            "fleet": lambda: fleet.case_fleet(plan),
         }
         results: list[common.CaseResult] = []
         errors: dict[str, str] = {}

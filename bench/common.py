@@ -175,7 +175,12 @@ def signer_of(keys_dir: Path) -> SigningKey:
 
 
 def mint_tickets(
-    signer: SigningKey, count: int, config: dict[str, Any] | None = None, *, seal: SealKey | None = None
+    signer: SigningKey,
+    count: int,
+    config: dict[str, Any] | None = None,
+    *,
+    seal: SealKey | None = None,
+    api_key_id: str | None = None,
 ) -> list[str]:
     """Tickets as the service mints them: plain JWS, or with `seal` sealed (the minter's default)."""
     now = time.time()
@@ -191,6 +196,7 @@ def mint_tickets(
             audience=AUDIENCE,
             max_bytes=TICKET_MAX_BYTES,
             seal=seal,
+            api_key_id=api_key_id,
         ).token
         for _ in range(count)
     ]

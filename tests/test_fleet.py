@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -650,3 +652,174 @@ def test_a_draining_edge_says_server_shutdown_and_new_sessions_go_elsewhere(
     outcomes = [cluster.redeem(cluster.mint()) for _ in range(6)]
     wrong = [o for o in outcomes if (o.code, o.edge) != ("ok", other)]
     assert wrong == [], cluster.explain(*wrong)
+
+
+# Fleet control: revocation, fleet-wide caps, the admin API ---------------------------------------
+
+TRIALS = 20
+EDGES = ("edge-1", "edge-2")
+
+
+def _edge_url(cluster: Cluster, name: str) -> str:
+    return f"ws://127.0.0.1:{cluster.proc(name)['port']}/v3/realtime"
+
+
+def _admin(cluster: Cluster, key: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    return httpx.request(
+        method,
+        cluster.url + path,
+        headers={"Authorization": f"Bearer {key}"},
+        json=body,
+        timeout=CLIENT_TIMEOUT,
+    )
+
+
+def _mint_with(cluster: Cluster, key: str) -> str:
+    response = httpx.post(
+        cluster.url + "/v3/realtime-sessions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={},
+        timeout=CLIENT_TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    ticket: str = response.json()["client_secret"]
+    return ticket
+
+
+def _ends_with(ws: ClientConnection, started: float) -> tuple[str, int | None, float]:
+    """The session's `session.terminating` code, its close code and seconds from `started` to it."""
+    code, at = "", 0.0
+    try:
+        while True:
+            event = json.loads(ws.recv(timeout=CLIENT_TIMEOUT))
+            if event["type"] == "session.terminating":
+                code, at = event["error"]["code"], time.monotonic() - started
+    except ConnectionClosed:
+        pass
+    return code, ws.close_code, at
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+def test_revoking_an_api_key_ends_its_sessions_on_both_edges_and_refuses_its_tickets(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    from app.apikeys import create_key
+
+    cluster = make_cluster()
+    keys_file = cluster.keys_dir / "api_keys.json"
+    root, _ = create_key(keys_file, project="*", kind="management", now=int(time.time()))
+    other, _ = create_key(keys_file, project="other", kind="management", now=int(time.time()))
+    ended: list[float] = []
+    refused: list[float] = []
+    for trial in range(TRIALS):
+        runtime, entry = create_key(keys_file, project="demo", kind="runtime", now=int(time.time()))
+        unredeemed = {name: _mint_with(cluster, runtime) for name in EDGES}
+        with (
+            cluster.open(_mint_with(cluster, runtime), url=_edge_url(cluster, "edge-1")) as one,
+            cluster.open(_mint_with(cluster, runtime), url=_edge_url(cluster, "edge-2")) as two,
+        ):
+            live = [start_session(ws)["session_id"] for ws in (one, two)]
+            if trial == 0:  # another project's management key: sees none of it, revokes none of it
+                response = _admin(cluster, other, "GET", "/v3/admin/sessions?project=demo")
+                assert (response.status_code, response.json()["error"]["code"]) == (403, "forbidden")
+                assert _admin(cluster, other, "GET", "/v3/admin/sessions").json()["data"] == []
+                response = _admin(cluster, other, "POST", "/v3/admin/revocations", {"session_id": live[0]})
+                assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+                response = _admin(cluster, other, "POST", "/v3/admin/revocations", {"api_key_id": entry.id})
+                assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
+                listed = _admin(cluster, root, "GET", "/v3/admin/sessions?project=demo").json()["data"]
+                assert {(s["session_id"], s["edge"]) for s in listed} >= {
+                    (live[0], "edge-1"),
+                    (live[1], "edge-2"),
+                }
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=2) as pool:  # each session's end seen as it comes
+                ends = [pool.submit(_ends_with, ws, started) for ws in (one, two)]
+                response = _admin(cluster, root, "POST", "/v3/admin/revocations", {"api_key_id": entry.id})
+                assert response.status_code == 201, response.text
+                for name, ticket in unredeemed.items():
+                    outcome = cluster.redeem(ticket, url=_edge_url(cluster, name))
+                    assert outcome.code == "ticket_revoked", f"trial {trial}: {outcome}"
+                    refused.append(time.monotonic() - started)
+                for end in ends:
+                    code, close, at = end.result(timeout=CLIENT_TIMEOUT)
+                    assert (code, close) == ("revoked", 1008), f"trial {trial}"
+                    ended.append(at)
+    print(
+        f"\nrevocation over {TRIALS} trials: sessions ended after p50 "
+        f"{_percentile(ended, 0.5) * 1000:.0f} ms, "
+        f"p99 {_percentile(ended, 0.99) * 1000:.0f} ms; unredeemed tickets refused by p50 "
+        f"{_percentile(refused, 0.5) * 1000:.0f} ms, p99 {_percentile(refused, 0.99) * 1000:.0f} ms"
+    )
+    # The contract is one second; this only catches a revocation that waited for a resync instead.
+    assert max(ended) < 1.0 + 4.0, (
+        f"a revoked session ended {max(ended):.2f} s after the revocation (the contract is 1 s; this "
+        "generous bound only catches a revocation that waited for a resync instead of pub/sub)"
+    )
+
+
+def test_a_project_capped_at_3_gets_exactly_3_across_both_edges_and_a_killed_edges_stop_counting(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    lease = 3
+    cluster = make_cluster(
+        env={"REALTIME_MAX_SESSIONS_PER_PROJECT": "3", "REALTIME_SESSION_LEASE_SECONDS": str(lease)}
+    )
+    tickets = [cluster.mint() for _ in range(50)]
+    barrier = threading.Barrier(len(tickets))
+    release = threading.Event()
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def attempt(ticket: str) -> None:
+        outcome = Outcome(ticket, "ok", None, time.monotonic())
+        barrier.wait(timeout=CLIENT_TIMEOUT)
+        try:
+            with cluster.open(ticket) as ws:
+                assert ws.response is not None
+                outcome.edge = ws.response.headers.get("x-realtime-edge")
+                start_session(ws)
+                with lock:
+                    outcomes.append(outcome)
+                release.wait(timeout=CLIENT_TIMEOUT)
+                return
+        except InvalidStatus as exc:
+            outcome.code = json.loads(exc.response.body or b"{}").get("error", {}).get("code", "?")
+            outcome.edge = exc.response.headers.get("x-realtime-edge")
+        except (WebSocketException, OSError, TimeoutError, AssertionError) as exc:
+            outcome.code = type(exc).__name__
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=attempt, args=(ticket,)) for ticket in tickets]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(outcomes) == len(tickets), what="every handshake of the race")
+    release.set()
+    for thread in threads:
+        thread.join(timeout=CLIENT_TIMEOUT)
+    codes = summary(outcomes)
+    assert sum(o.ok for o in outcomes) == 3, codes
+    assert {o.code for o in outcomes if not o.ok} == {"too_many_sessions"}, codes
+    assert {o.edge for o in outcomes} == set(EDGES), codes  # both edges counted the one cap
+    # Refused before consumption: a refused ticket still redeems once the cap allows it.
+    spare = next(o.ticket for o in outcomes if not o.ok)
+    assert cluster.redeem(spare).ok
+
+    # A killed edge's sessions stop counting once their leases run out.
+    with ExitStack() as stack:
+        for _ in range(3):
+            start_session(stack.enter_context(cluster.open(cluster.mint(), url=_edge_url(cluster, "edge-1"))))
+        assert cluster.redeem(cluster.mint(), url=_edge_url(cluster, "edge-2")).code == "too_many_sessions"
+        cluster.kill("edge-1", signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(
+            lambda: cluster.redeem(cluster.mint(), url=_edge_url(cluster, "edge-2")).ok,
+            what="the killed edge's leases to run out",
+        )
+        elapsed = time.monotonic() - killed
+        print(f"\na killed edge's sessions stopped counting after {elapsed:.1f} s (lease {lease} s)")

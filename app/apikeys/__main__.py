@@ -16,7 +16,8 @@ from pathlib import Path
 
 from app.apikeys import DEV_KEY_FILE, ApiKey, create_key, dev_key, read_keys, revoke_key, utc_time
 from app.config import Settings
-from app.exceptions import KeySetError, SettingsError
+from app.exceptions import KeySetError, ReplayStoreUnavailableError, SettingsError
+from app.revocations import Revocation, record, settings_lifetime
 
 
 def _table(keys: Sequence[ApiKey], now: float) -> list[str]:
@@ -86,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "revoke":
             key = revoke_key(path, args.id.strip(), now=now)
             print(f"revoked {key.id} (project {key.project or '-'}) at {utc_time(key.revoked_at)}")
+            # Its tickets and live sessions too: edges sharing this file see it there; a fleet's
+            # edges through the store.
+            at = key.revoked_at or now
+            revocation = Revocation("api_key", key.id, at, at + settings_lifetime(settings), key.project)
+            if record(settings, revocation):
+                print("its tickets and live sessions are revoked across the fleet")
             return 0
         if args.command == "dev":
             plain, new = dev_key(path, path.parent / DEV_KEY_FILE, project=args.project, now=now)
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain, entry = create_key(
             path, project=project, kind=args.kind, now=now, label=args.label, expires_at=expires_at
         )
-    except (KeySetError, SettingsError) as exc:
+    except (KeySetError, SettingsError, ReplayStoreUnavailableError) as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     until = f", expires {utc_time(entry.expires_at)}" if entry.expires_at else ""

@@ -64,6 +64,35 @@ class ApiKeyStore:
         self._file.check()
         return self
 
+    def revoked(self) -> list[ApiKey]:
+        """The revoked keys in the file now (reread when it changed), for revoking their tickets."""
+        return [key for key in self._file.check().values() if key.revoked_at is not None]
+
+    def by_id(self, key_id: str) -> ApiKey | None:
+        """The stored key with this id, if any (the admin API checks whose it is)."""
+        return next((key for key in self._file.check().values() if key.id == key_id), None)
+
+    def check_management(self, token: str) -> ApiKey:
+        """The management key for `token`; its project is one project id or `*` (every project).
+
+        Raises:
+            InvalidCredentialsError: unknown, revoked or expired key, a runtime key, or no project.
+        """
+        computed = digest(token)
+        found = self._file.get().get(computed) or self._file.check().get(computed)
+        if found is None or not hmac.compare_digest(found.digest, computed):
+            raise InvalidCredentialsError("the API key is not valid")
+        if found.kind != "management":
+            raise InvalidCredentialsError(
+                "runtime keys cannot use the admin API: use a management key (make api-key KIND=management)"
+            )
+        refusal = found.refusal(self._clock())
+        if refusal is not None:
+            raise InvalidCredentialsError(refusal)
+        if not found.project:
+            raise InvalidCredentialsError("the management key belongs to no project")
+        return found
+
     def check(self, token: str) -> ApiKey:
         """The runtime key for `token`, with its project.
 
