@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
-from app.demo import dev_ticket, favicon, page, static
+from app.demo import client, dev_ticket, favicon, page, static
 from app.dispatch import App
 from app.exceptions import RealtimeError, UnavailableError
 from app.metrics import CONTENT_TYPE
@@ -144,6 +144,7 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/", page, methods=["GET"]),
             Route("/static/{name}", static, methods=["GET"]),
+            Route("/client/{name}", client, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/dev/ticket", dev_ticket, methods=["POST"]),
         ],
