@@ -54,7 +54,11 @@ def _client_files() -> dict[str, str]:
     """The package's modules `GET /client/{name}` serves, by exact name (none outside a checkout)."""
     if not CLIENT_DIR.is_dir():
         return {}
-    return {item.name: STATIC_TYPES[".js"] for item in CLIENT_DIR.iterdir() if item.is_file() and item.suffix == ".js"}
+    return {
+        item.name: STATIC_TYPES[".js"]
+        for item in CLIENT_DIR.iterdir()
+        if item.is_file() and item.suffix == ".js"
+    }
 
 
 #: Host names the dev mint route answers: the machine itself, with any port. Another name means the

@@ -96,7 +96,7 @@ def test_demo_page_uses_the_ticket_subprotocol(client: TestClient) -> None:
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     # The page is the browser client package plus a getTicket that mints through the dev route.
     assert 'import { RealtimeSession } from "/client/index.js";' in script.text
-    assert 'new RealtimeSession({ url: wsUrl(), getTicket, config: {} })' in script.text
+    assert "new RealtimeSession({ url: wsUrl(), getTicket, config: {} })" in script.text
     assert 'fetch("/dev/ticket?model="' in script.text
     assert client.get("/static/../config.py").status_code == 404
     assert client.get("/static/nothing.js").status_code == 404

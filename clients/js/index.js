@@ -202,12 +202,12 @@ export class RealtimeSession {
       case "audio.delta":
         this._play(event.audio);
         break;
-      case "speech.started":
-        if (this.options.bargeIn && (this._playing || this._responding)) this._interrupt();
-        break;
     }
     this._emit(event.type, event);
     this._emit("event", event);
+    if (event.type === "speech.started" && this.options.bargeIn && (this._playing || this._responding)) {
+      this._interrupt();
+    }
   }
 
   _closed(state, close) {
