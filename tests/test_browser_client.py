@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import secrets
 import signal
 import threading
 import time
@@ -21,6 +23,8 @@ from typing import Any
 import httpx
 import pytest
 
+from app.base64url import b64url
+from app.keys import KeySet
 from app.rotation import ensure_keys
 from tests.browser import chromium
 from tests.servers import ServiceProcess
@@ -31,7 +35,7 @@ DEADLINE_MS = 30_000
 
 # Installs `window.t`: a RealtimeSession with every event it reports recorded.
 SETUP = """
-async ({ model, config, options, ticket, bad }) => {
+async ({ model, config, options, ticket, first, bad }) => {
   const { RealtimeSession } = await import("/client/index.js");
   const mint = async () => {
     const response = await fetch("/dev/ticket?model=" + encodeURIComponent(model), { method: "POST" });
@@ -42,6 +46,7 @@ async ({ model, config, options, ticket, bad }) => {
   t.getTicket = async () => {
     t.tickets += 1;
     if (bad) return "not.a.ticket" + t.tickets; // a fresh one each time, which the edge refuses
+    if (first !== null && t.tickets === 1) return first;
     return ticket === null ? mint() : ticket;
   };
   t.session = new RealtimeSession({
@@ -199,14 +204,20 @@ def start(
     config: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
     ticket: str | None = None,
+    first: str | None = None,
     bad: bool = False,
 ) -> dict[str, Any]:
-    """Make the session, connect, and return what `connect()` settled with."""
+    """Make the session, connect, and return what `connect()` settled with.
+
+    `getTicket` mints through the dev route, except: `ticket` is returned every time; `first` is
+    returned the first time; with `bad`, a new ticket the edge refuses every time.
+    """
     arguments = {
         "model": model,
         "config": config or {},
         "options": options or {},
         "ticket": ticket,
+        "first": first,
         "bad": bad,
     }
     page.evaluate(SETUP, arguments)
@@ -289,6 +300,32 @@ def test_barge_in_cancels_the_answer(page: Any) -> None:
     assert page.evaluate(LAST_ANSWER)["status"] == "cancelled"
     sent = page.evaluate("window.t.sent.map((e) => e.type)")
     assert sent.count("response.cancel") == 1
+
+
+def expired_ticket(keys_dir: Path) -> str:
+    """A ticket this deployment signed that expired a minute ago (as one minted long before use)."""
+    signer = KeySet.load(keys_dir).signer
+    assert signer is not None and signer.private_key is not None
+    now = int(time.time())
+    header = {"alg": "EdDSA", "kid": signer.kid, "typ": "opper-ticket+jwt"}
+    claims: dict[str, Any] = {"iss": "opper-realtime", "aud": "opper-realtime", "sub": "dev"}
+    claims |= {"jti": secrets.token_urlsafe(16), "iat": now - 120, "exp": now - 60}
+    signing_input = ".".join(b64url(json.dumps(part).encode()) for part in (header, claims))
+    signature = signer.private_key.sign(signing_input.encode())
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def test_an_expired_ticket_is_replaced_by_a_fresh_one(
+    page: Any, service: ServiceProcess, keys_dir: Path
+) -> None:
+    before = redemptions(service.url, "ticket_expired")
+    result = start(page, first=expired_ticket(keys_dir), options={"reconnect": {"baseDelayMs": 10}})
+    assert result["started"]["type"] == "session.started"
+    assert page.evaluate("window.t.reconnecting.map((e) => [e.code, e.closeCode])") == [
+        ["handshake_failed", 1006]
+    ]
+    assert page.evaluate("window.t.tickets") == 2
+    assert redemptions(service.url, "ticket_expired") == before + 1
 
 
 def test_a_replayed_ticket_ends_with_ticket_replayed(page: Any, service: ServiceProcess) -> None:
