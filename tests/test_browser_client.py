@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import secrets
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
+from app.apikeys import create_key
 from app.base64url import b64url
 from app.keys import KeySet
 from app.rotation import ensure_keys
 from tests.browser import chromium
-from tests.servers import ServiceProcess
+from tests.servers import ROOT, ServiceProcess, terminate
 
 pytestmark = pytest.mark.browser
 
@@ -169,7 +174,14 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(keys_dir: Path) -> Iterator[ServiceProcess]:
+def api_key(keys_dir: Path) -> str:
+    """A runtime key of project `docs`, for the docs' example backend (made before the service starts)."""
+    key, _ = create_key(keys_dir / "api_keys.json", project="docs", kind="runtime", now=int(time.time()))
+    return key
+
+
+@pytest.fixture(scope="module")
+def service(keys_dir: Path, api_key: str) -> Iterator[ServiceProcess]:
     process = start_service(keys_dir, keys_dir.parent / "service.log")
     try:
         yield process
@@ -425,3 +437,57 @@ def test_reconnects_with_a_fresh_ticket_and_the_last_config(browser: Any, keys_d
         first.stop()
         if second is not None:
             second.stop()
+
+
+def docs_block(language: str) -> str:
+    """The one fenced block of `language` in docs/browser.md whose code is a whole file."""
+    page = (ROOT / "docs" / "browser.md").read_text()
+    blocks = re.findall(rf"^```{language}\n(.*?)^```$", page, re.M | re.S)
+    complete = [block for block in blocks if "import" in block]
+    assert len(complete) == 1, f"docs/browser.md: expected one complete {language} block"
+    return str(complete[0])
+
+
+def test_the_docs_example_talks_to_the_local_model(
+    browser: Any, service: ServiceProcess, api_key: str, tmp_path: Path
+) -> None:
+    """docs/browser.md's backend and page, as a new user copies them, with the package installed."""
+    edge = f"127.0.0.1:{service.port}"
+    (tmp_path / "backend.py").write_text(docs_block("python"))
+    (tmp_path / "static").mkdir()
+    (tmp_path / "static" / "index.html").write_text(docs_block("html").replace("127.0.0.1:8000", edge))
+    installed = tmp_path / "node_modules" / "@realtime-tickets" / "client"
+    shutil.copytree(ROOT / "clients" / "js", installed, ignore=shutil.ignore_patterns("test"))
+    log_path = tmp_path / "backend.log"
+    with log_path.open("wb") as log:
+        backend = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "backend:app", "--host", "127.0.0.1", "--port", "0"],
+            cwd=tmp_path,
+            env={**os.environ, "REALTIME_URL": service.url, "REALTIME_API_KEY": api_key},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not (match := re.search(r"Uvicorn running on http://127.0.0.1:(\d+)", log_path.read_text())):
+            assert backend.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        page = open_page(browser, f"http://127.0.0.1:{match.group(1)}")
+        page.goto(f"http://127.0.0.1:{match.group(1)}/")  # static/index.html
+        page.click("#talk")
+        page.wait_for_function(
+            "document.getElementById('out').textContent.includes('You said: Hello!\\n')", timeout=DEADLINE_MS
+        )
+        # The fake microphone's beep is the user talking; Stop ends the turn.
+        page.wait_for_function(
+            "document.getElementById('out').textContent.includes('[you are speaking]')", timeout=DEADLINE_MS
+        )
+        assert page.inner_text("#talk") == "Stop"
+        page.click("#talk")
+        page.wait_for_function(
+            "document.getElementById('out').textContent.includes('seconds of audio.')", timeout=DEADLINE_MS
+        )
+        assert "[ended" not in page.inner_text("#out")
+        page.context.close()
+    finally:
+        terminate(backend, timeout=10)

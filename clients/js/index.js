@@ -373,7 +373,7 @@ export class RealtimeSession {
     this._mic = mic;
     try {
       mic.stream = await navigator.mediaDevices.getUserMedia({
-        audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true, ...constraints },
+        audio: { channelCount: 1, echoCancellation: true, ...constraints },
       });
       await this._module;
     } catch (error) {
