@@ -95,7 +95,7 @@ def test_demo_page_uses_the_ticket_subprotocol(client: TestClient) -> None:
     script = client.get("/static/demo.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     # The page is the browser client package plus a getTicket that mints through the dev route.
-    assert 'import { RealtimeSession } from "/client/index.js";' in script.text
+    assert '({ RealtimeSession } = await import("/client/index.js"));' in script.text
     assert "new RealtimeSession({ url: wsUrl(), getTicket, config: {} })" in script.text
     assert 'fetch("/dev/ticket?model="' in script.text
     assert client.get("/static/../config.py").status_code == 404

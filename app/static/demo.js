@@ -1,7 +1,5 @@
 // The demo page: the browser client package (clients/js, served at /client/ in dev mode) with a
 // getTicket that mints through the dev route; this file only draws what the session reports.
-import { RealtimeSession } from "/client/index.js";
-
 const $ = (id) => document.getElementById(id);
 const demo = (window.demo = { events: [], session: null, client: null, upstream: null });
 Object.defineProperty(demo, "sentAudio", { get: () => (demo.client ? demo.client.stats.sentSamples : 0) });
@@ -132,6 +130,13 @@ async function toggleMic() {
 }
 
 loadModels().catch(() => {});
+let RealtimeSession = null;
+try {
+  ({ RealtimeSession } = await import("/client/index.js"));
+} catch {
+  setStatus("the browser package is served in dev mode only (REALTIME_DEV=true)", "error");
+  $("connect").disabled = true;
+}
 $("connect").onclick = connect;
 $("disconnect").onclick = () => demo.client && demo.client.close();
 $("mic").onclick = toggleMic;
