@@ -55,6 +55,7 @@ export class RealtimeSession {
     this._responding = false;
     this._mic = null;
     this._pending = null;
+    this._run = null;
   }
 
   /** Listen to a server event by type, or to `status`, `reconnecting`, `interrupted`, `close`, `event`, `sent`. */
@@ -98,6 +99,7 @@ export class RealtimeSession {
     }
     this._attempts = 0;
     this._closing = false;
+    this._run = {}; // this connect()'s token: a getTicket() still pending from an earlier one is ignored
     this.session = null;
     if (this.options.playback) this._audioContext();
     const started = new Promise((resolve, reject) => (this._pending = { resolve, reject }));
@@ -116,15 +118,18 @@ export class RealtimeSession {
   }
 
   async _open() {
+    const run = this._run;
     this._setStatus(this.session ? "reconnecting" : "connecting");
     let value;
     try {
       value = await this.getTicket();
     } catch (error) {
-      if (!this._closing) this._retryOrFinish("ticket_unavailable", "getTicket() failed: " + describe(error), null);
+      if (run === this._run && !this._closing) {
+        this._retryOrFinish("ticket_unavailable", "getTicket() failed: " + describe(error), null);
+      }
       return;
     }
-    if (this._closing) return;
+    if (run !== this._run || this._closing) return;
     const ticket = ticketOf(value);
     if (ticket === null) {
       this._finish("invalid_ticket", "getTicket() must return the client_secret string or the mint answer", null);
