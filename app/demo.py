@@ -6,6 +6,7 @@ import functools
 import ipaddress
 import logging
 from importlib import resources
+from pathlib import Path
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -43,6 +44,22 @@ def _served() -> dict[str, str]:
         item.name: STATIC_TYPES[suffix]
         for item in files
         if item.is_file() and (suffix := item.name[item.name.rfind(".") :]) in STATIC_TYPES
+    }
+
+
+#: The browser client package (`clients/js/` of a source checkout), which the demo page imports.
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+
+
+@functools.cache
+def _client_files() -> dict[str, str]:
+    """The package's modules `GET /client/{name}` serves, by exact name (none outside a checkout)."""
+    if not CLIENT_DIR.is_dir():
+        return {}
+    return {
+        item.name: STATIC_TYPES[".js"]
+        for item in CLIENT_DIR.iterdir()
+        if item.is_file() and item.suffix == ".js"
     }
 
 
@@ -101,6 +118,16 @@ async def static(request: Request) -> Response:
     if media_type is None:
         raise HTTPException(404, "no such file")
     return Response(_static(name), media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+
+async def client(request: Request) -> Response:
+    """A module of the browser client package, in dev mode only (as `POST /dev/ticket`)."""
+    services: Services = request.app.state.services
+    media_type = _client_files().get(request.path_params["name"]) if services.settings.dev else None
+    if media_type is None:
+        raise HTTPException(404, "no such file")
+    body = (CLIENT_DIR / request.path_params["name"]).read_text(encoding="utf-8")
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 async def dev_ticket(request: Request) -> JSONResponse:

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket
 from app import admin, logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
-from app.demo import dev_ticket, favicon, page, static
+from app.demo import client, dev_ticket, favicon, page, static
 from app.dispatch import App
 from app.exceptions import RealtimeError, UnavailableError, UnsupportedServerError
 from app.metrics import CONTENT_TYPE
@@ -216,6 +216,7 @@ def create_app(
             Route("/v3/admin/revocations", admin.revoke, methods=["POST"]),
             Route("/", page, methods=["GET"]),
             Route("/static/{name}", static, methods=["GET"]),
+            Route("/client/{name}", client, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/dev/ticket", dev_ticket, methods=["POST"]),
         ],

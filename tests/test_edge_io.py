@@ -417,7 +417,6 @@ def test_the_static_files_are_served(edge: Edge, quiet: None) -> None:
     for name, media in [
         ("demo.js", "text/javascript"),
         ("demo.css", "text/css"),
-        ("pcm-worklet.js", "text/javascript"),
     ]:
         response = httpx.get(f"{edge.service.url}/static/{name}", timeout=DEADLINE)
         assert response.status_code == 200 and response.headers["content-type"].startswith(media)

@@ -99,10 +99,28 @@ def test_demo_page_uses_the_ticket_subprotocol(client: TestClient) -> None:
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     script = client.get("/static/demo.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert 'new WebSocket(wsUrl(), ["opper-ticket." + clientSecret])' in script.text
-    assert 'type: "session.start", config: {}' in script.text
+    # The page is the browser client package plus a getTicket that mints through the dev route.
+    assert '({ RealtimeSession } = await import("/client/index.js"));' in script.text
+    assert "new RealtimeSession({ url: wsUrl(), getTicket, config: {} })" in script.text
+    assert 'fetch("/dev/ticket?model="' in script.text
     assert client.get("/static/../config.py").status_code == 404
     assert client.get("/static/nothing.js").status_code == 404
+    # Outside dev mode the package is not served (as the dev route, which the page needs anyway).
+    assert client.get("/client/index.js").status_code == 404
+
+
+def test_dev_mode_serves_the_browser_client_package(keys_dir: Path) -> None:
+    app = create_app(Settings(keys_dir=keys_dir, dev=True))
+    with TestClient(app) as client:
+        module = client.get("/client/index.js")
+        assert module.status_code == 200 and module.headers["content-type"].startswith("text/javascript")
+        assert "new WebSocket(this.url, [SESSION_PROTOCOL, TICKET_PROTOCOL + ticket])" in module.text
+        assert 'this._send({ type: "session.start", config: this.config })' in module.text
+        for name in ("pcm.js", "policy.js", "worklet.js"):
+            assert client.get(f"/client/{name}").status_code == 200
+        for name in ("package.json", "index.d.ts", "README.md", "test", "../../app/main.py", "nothing.js"):
+            response = client.get("/client/" + name)
+            assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
 def test_dev_ticket_route_is_off_unless_dev(client: TestClient) -> None:

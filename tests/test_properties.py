@@ -126,7 +126,7 @@ def test_the_mint_answers_any_body_with_200_or_a_documented_400(
 @PROPERTY
 @given(
     name=st.tuples(st.text(max_size=300), st.sampled_from(["", ".js", ".css", ".html", ".py"])).map("".join)
-    | st.sampled_from(["demo.js", "demo.css", "pcm-worklet.js", "index.html"])
+    | st.sampled_from(["demo.js", "demo.css", "index.html"])
 )
 def test_the_static_route_answers_any_name_with_200_or_404(
     minting: tuple[TestClient, str], name: str
@@ -139,4 +139,4 @@ def test_the_static_route_answers_any_name_with_200_or_404(
     if response.status_code == 404:
         assert response.json()["error"]["code"] == "not_found"
     else:
-        assert name in {"demo.js", "demo.css", "pcm-worklet.js"}
+        assert name in {"demo.js", "demo.css"}

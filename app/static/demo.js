@@ -1,13 +1,9 @@
-// The demo page: mint through the dev route, open the WebSocket with the ticket subprotocol
-// (exactly the one-liner of the API docs), send session.start {config: {}}, show the events,
-// and stream the microphone as PCM16 at the session's input rate.
-"use strict";
-
+// The demo page: the browser client package (clients/js, served at /client/ in dev mode) with a
+// getTicket that mints through the dev route; this file only draws what the session reports.
 const $ = (id) => document.getElementById(id);
-const demo = (window.demo = { events: [], socket: null, session: null, played: 0 });
-let capture = null;
-let playback = null;
-let playAt = 0;
+const demo = (window.demo = { events: [], session: null, client: null, upstream: null });
+Object.defineProperty(demo, "sentAudio", { get: () => (demo.client ? demo.client.stats.sentSamples : 0) });
+Object.defineProperty(demo, "played", { get: () => (demo.client ? demo.client.stats.playedSeconds : 0) });
 let modelLine = null;
 
 function setStatus(text, kind) {
@@ -24,14 +20,7 @@ function log(direction, event) {
   if (event.type === "error" || event.type === "session.terminating") item.className = "error";
   $("log").appendChild(item);
   $("log").scrollTop = $("log").scrollHeight;
-  const counts = {};
-  for (const e of demo.events) counts[e.event.type] = (counts[e.event.type] || 0) + 1;
   $("counts").textContent = demo.events.length + " events";
-}
-
-function send(event) {
-  log("→", event);
-  demo.socket.send(JSON.stringify(event));
 }
 
 function setConnected(connected) {
@@ -42,13 +31,13 @@ function setConnected(connected) {
   $("mic").disabled = !connected;
 }
 
-async function mint() {
-  const model = $("model").value;
-  const response = await fetch("/dev/ticket?model=" + encodeURIComponent(model), { method: "POST" });
+// The app's own backend call: here the dev route, which mints without an API key on loopback.
+async function getTicket() {
+  const response = await fetch("/dev/ticket?model=" + encodeURIComponent($("model").value), { method: "POST" });
   const body = await response.json();
-  if (!response.ok) throw new Error(body.error ? body.error.code + ": " + body.error.message : response.status);
+  if (!response.ok) throw new Error(body.error ? body.error.code + ": " + body.error.message : String(response.status));
   demo.upstream = body.upstream;
-  return body.client_secret;
+  return body;
 }
 
 // Who answers: the built-in test model, the model's own provider, or the relay's upstream.
@@ -70,62 +59,45 @@ function wsUrl() {
   return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v3/realtime";
 }
 
-async function connect() {
-  setStatus("minting…");
-  let clientSecret;
-  try {
-    clientSecret = await mint();
-  } catch (error) {
-    setStatus("mint failed: " + error.message, "error");
-    return;
-  }
-  demo.ticket = clientSecret;
-  setStatus("connecting…");
-  const socket = new WebSocket(wsUrl(), ["opper-ticket." + clientSecret]);
-  demo.socket = socket;
-  socket.onopen = () => {
-    setStatus("open", "open");
-    setConnected(true);
-    send({ type: "session.start", config: {} });
-  };
-  socket.onmessage = (message) => onEvent(JSON.parse(message.data));
-  socket.onclose = (close) => {
-    setStatus("closed (" + close.code + (close.reason ? " " + close.reason : "") + ")", close.code === 1000 ? "" : "error");
-    setConnected(false);
-    stopMic();
-  };
+function showSession(event) {
+  demo.session = event;
+  $("session").textContent =
+    event.session_id + " · " + event.model + " · voice " + event.voice +
+    " · in " + event.input_sample_rate + " Hz · out " + event.output_sample_rate + " Hz" +
+    " · answered by " + answeredBy(event.model);
 }
 
-function onEvent(event) {
-  log("←", event);
-  switch (event.type) {
-    case "session.started":
-      demo.session = event;
-      $("session").textContent =
-        event.session_id + " · " + event.model + " · voice " + event.voice +
-        " · in " + event.input_sample_rate + " Hz · out " + event.output_sample_rate + " Hz" +
-        " · answered by " + answeredBy(event.model);
-      break;
-    case "response.started":
-      modelLine = document.createElement("span");
-      modelLine.className = "model";
-      $("answer").appendChild(modelLine);
-      break;
-    case "text.delta":
-      if (!modelLine) onEvent({ type: "response.started" });
-      modelLine.textContent += event.delta;
-      break;
-    case "response.completed":
-      modelLine = null;
-      break;
-    case "audio.delta":
-      play(event.audio);
-      break;
-    case "tool.call":
-      send({ type: "tool.result", tool_call_id: event.tool_call_id, tool_result: "42" });
-      send({ type: "response.create" });
-      break;
-  }
+function connect() {
+  const client = new RealtimeSession({ url: wsUrl(), getTicket, config: {} });
+  demo.client = client;
+  client.on("sent", (event) => event.type !== "audio.append" && log("→", event));
+  client.on("event", (event) => log("←", event));
+  client.on("session.started", showSession);
+  client.on("status", ({ status }) => {
+    setStatus(status === "started" ? "open" : status + "…", status === "started" ? "open" : "");
+    setConnected(status === "started");
+  });
+  client.on("reconnecting", ({ code, attempt, delayMs }) =>
+    setStatus("reconnecting (" + code + ", attempt " + attempt + " in " + delayMs + " ms)…"));
+  client.on("close", ({ code, message }) => {
+    setStatus("closed (" + code + (message && message !== code ? ": " + message : "") + ")", code === "closed" ? "" : "error");
+    setConnected(false);
+    micLabel(false);
+  });
+  client.on("response.started", startLine);
+  client.on("text.delta", (event) => {
+    if (!modelLine) startLine();
+    modelLine.textContent += event.delta;
+  });
+  client.on("response.completed", () => (modelLine = null));
+  client.on("tool.call", (event) => client.sendToolResult(event.tool_call_id, "42"));
+  client.connect().catch(() => {}); // the close event already says why
+}
+
+function startLine() {
+  modelLine = document.createElement("span");
+  modelLine.className = "model";
+  $("answer").appendChild(modelLine);
 }
 
 function say(text) {
@@ -133,82 +105,41 @@ function say(text) {
   line.className = "user";
   line.textContent = "you: " + text;
   $("answer").appendChild(line);
-  send({ type: "text.input", text });
-  send({ type: "response.create" });
+  demo.client.sendText(text);
 }
 
-function base64ToInt16(text) {
-  const raw = atob(text);
-  const bytes = new Uint8Array(raw.length);
-  for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
-  return new Int16Array(bytes.buffer, 0, bytes.length >> 1);
+function micLabel(on) {
+  $("mic").textContent = on ? "Stop microphone" : "Start microphone";
+  $("mic").classList.toggle("on", on);
 }
 
-function int16ToBase64(samples) {
-  const bytes = new Uint8Array(samples.buffer);
-  let raw = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) raw += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
-  return btoa(raw);
-}
-
-function play(audio) {
-  const rate = demo.session ? demo.session.output_sample_rate : 24000;
-  if (!playback) playback = new AudioContext({ sampleRate: rate });
-  const samples = base64ToInt16(audio);
-  const buffer = playback.createBuffer(1, samples.length, rate);
-  const channel = buffer.getChannelData(0);
-  for (let i = 0; i < samples.length; i++) channel[i] = samples[i] / 32768;
-  const source = playback.createBufferSource();
-  source.buffer = buffer;
-  source.connect(playback.destination);
-  playAt = Math.max(playAt, playback.currentTime);
-  source.start(playAt);
-  playAt += buffer.duration;
-  demo.played += samples.length;
-}
-
-async function startMic() {
-  const rate = demo.session ? demo.session.input_sample_rate : 24000;
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
-  const context = new AudioContext({ sampleRate: rate });
-  await context.audioWorklet.addModule("/static/pcm-worklet.js");
-  const source = context.createMediaStreamSource(stream);
-  const node = new AudioWorkletNode(context, "pcm-capture");
-  node.port.onmessage = (message) => {
-    if (!demo.socket || demo.socket.readyState !== WebSocket.OPEN) return;
-    const block = message.data;
-    const samples = new Int16Array(block.length);
-    let energy = 0;
-    for (let i = 0; i < block.length; i++) {
-      samples[i] = Math.max(-1, Math.min(1, block[i])) * 32767;
-      energy += block[i] * block[i];
-    }
-    demo.level = Math.sqrt(energy / block.length);
-    demo.levels = (demo.levels || []).concat([Math.round(demo.level * 1000) / 1000]).slice(-40);
-    demo.socket.send(JSON.stringify({ type: "audio.append", audio: int16ToBase64(samples) }));
-    demo.sentAudio = (demo.sentAudio || 0) + samples.length;
-  };
-  source.connect(node);
-  capture = { stream, context };
-  $("mic").textContent = "Stop microphone";
-  $("mic").classList.add("on");
-}
-
-function stopMic() {
-  if (!capture) return;
-  // Whatever the detector has not cut into a turn yet is committed now: stop means "my turn ended".
-  if (demo.socket && demo.socket.readyState === WebSocket.OPEN) send({ type: "audio.commit" });
-  capture.stream.getTracks().forEach((track) => track.stop());
-  capture.context.close();
-  capture = null;
-  $("mic").textContent = "Start microphone";
-  $("mic").classList.remove("on");
+async function toggleMic() {
+  const client = demo.client;
+  if (client.microphoneOn) {
+    client.stopMicrophone(); // stop means "my turn ended": the audio sent so far is committed
+    micLabel(false);
+    return;
+  }
+  micLabel(true);
+  try {
+    await client.startMicrophone();
+  } catch (error) {
+    micLabel(false);
+    setStatus("microphone: " + error.message, "error");
+  }
 }
 
 loadModels().catch(() => {});
+let RealtimeSession = null;
+try {
+  ({ RealtimeSession } = await import("/client/index.js"));
+} catch {
+  setStatus("the browser package is served in dev mode only (REALTIME_DEV=true)", "error");
+  $("connect").disabled = true;
+}
 $("connect").onclick = connect;
-$("disconnect").onclick = () => demo.socket && demo.socket.close(1000);
-$("mic").onclick = () => (capture ? stopMic() : startMic().catch((error) => setStatus("microphone: " + error.message, "error")));
+$("disconnect").onclick = () => demo.client && demo.client.close();
+$("mic").onclick = toggleMic;
 $("say").onsubmit = (event) => {
   event.preventDefault();
   const text = $("text").value.trim();
