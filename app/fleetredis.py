@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import MovedError
+from redis.maint_notifications import MaintNotificationsConfig
 
 T = TypeVar("T")
 TAG = "{fleet}"
@@ -35,6 +36,9 @@ class FleetRedis:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             client_name=name,
+            # As the replay store's: a pooled connection a Redis restart closed is replaced before
+            # use, instead of failing one command (app/redisreplay.py).
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
 
     async def run(self, command: Callable[[aioredis.Redis], Awaitable[T]]) -> T:

@@ -33,7 +33,7 @@ from app.leases import SessionRecord
 from app.logformat import fields
 from app.proxies import first_headers
 from app.responses import error_response
-from app.revocations import Subject
+from app.revocations import Subject, refusal
 from app.services import Services
 from app.session import SessionCore
 from app.tickets import Ticket, verify
@@ -267,7 +267,7 @@ async def realtime(websocket: WebSocket) -> None:
         # The project's slot was taken above. A revocation made while the checks above awaited
         # is not missed: the registry is asked once more as the session joins it.
         if (late := services.revocations.matching(subject)) is not None:
-            driver.revoke(f"this session's {late.kind.replace('_', ' ')} was revoked")
+            driver.revoke(refusal(late).message.replace("the ticket's", "this session's", 1))
         await services.sessions.run(driver, record=record, subject=subject)
         services.metrics.session_usage(project, core.usage)
     finally:

@@ -342,7 +342,17 @@ class RedisRevocations(MemoryRevocations):
         self._in_sync = True
 
     async def _follow(self) -> None:
-        """Subscribe, read the hash, then apply each announcement; on any failure, start again."""
+        """Subscribe, read the hash, then apply each announcement; on any failure, start again.
+
+        However this task ends, the edge stops trusting what it holds (each handshake reads the
+        hash itself from then on): never a stale set taken for a current one.
+        """
+        try:
+            await self._follow_forever()
+        finally:
+            self._in_sync = False
+
+    async def _follow_forever(self) -> None:
         while True:
             pubsub = self._redis.client.pubsub(ignore_subscribe_messages=True)
             try:
