@@ -731,11 +731,17 @@ def test_revoking_an_api_key_ends_its_sessions_on_both_edges_and_refuses_its_tic
                 assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
                 response = _admin(cluster, other, "POST", "/v3/admin/revocations", {"api_key_id": entry.id})
                 assert (response.status_code, response.json()["error"]["code"]) == (404, "not_found")
-                listed = _admin(cluster, root, "GET", "/v3/admin/sessions?project=demo").json()["data"]
-                assert {(s["session_id"], s["edge"]) for s in listed} >= {
-                    (live[0], "edge-1"),
-                    (live[1], "edge-2"),
-                }
+                # Sessions without a cap are listed once their edge writes its leases (every 0.5 s).
+                wanted = {(live[0], "edge-1"), (live[1], "edge-2")}
+                deadline = time.monotonic() + 30
+                while True:
+                    listed = _admin(cluster, root, "GET", "/v3/admin/sessions?project=demo").json()["data"]
+                    if {
+                        (s["session_id"], s["edge"]) for s in listed
+                    } >= wanted or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+                assert {(s["session_id"], s["edge"]) for s in listed} >= wanted
             started = time.monotonic()
             with ThreadPoolExecutor(max_workers=2) as pool:  # each session's end seen as it comes
                 ends = [pool.submit(_ends_with, ws, started) for ws in (one, two)]
