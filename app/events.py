@@ -1,4 +1,4 @@
-"""Client events of the session protocol (SPEC 6.1): one typed model per event, and `parse_event`."""
+"""Client events of the session protocol (docs/protocol.md): one typed model per event, and `parse_event`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from app.exceptions import InvalidEventError, RealtimeError
 
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
-# Client events (SPEC 6.1). Extra members are ignored (clients add ids); missing ones are errors.
+# Client events (docs/protocol.md). Extra members are ignored (clients add ids); missing ones are errors.
 _EVENT = ConfigDict(extra="ignore", strict=True)
 
 

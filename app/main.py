@@ -159,7 +159,7 @@ def create_app(
             *([Middleware(AdminListener, port=settings.admin_port)] if settings.admin_port else []),
         ],
     )
-    # A redirect would make HTTP clients re-send the bearer key elsewhere (SPEC section 2).
+    # A redirect would make HTTP clients re-send the bearer key elsewhere (docs/api.md).
     app.router.redirect_slashes = False
     app.state.settings = settings
     return app

@@ -251,7 +251,7 @@ def issue_ticket(
 
 async def mint(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
+    # Order of checks (docs/api.md): 503, then 401, then 413, then the 400s.
     signer = require_signer(services)
     headers = first_headers(request.scope)  # one pass for the three headers read here
     authorization, raw_host = headers.get(b"authorization"), headers.get(b"host")

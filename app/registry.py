@@ -1,4 +1,4 @@
-"""The open sessions of this process: the per-project cap (SPEC section 5) and the drain on shutdown."""
+"""The open sessions of this process: the per-project cap (docs/api.md) and the drain on shutdown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The session protocol (SPEC section 6) as a sans-I/O core: fed frames, upstream events and the time.
+"""The session protocol (docs/protocol.md) as a sans-I/O core: fed frames, upstream events and the time.
 
     core = SessionCore(session_id, project=..., binding=..., settings=..., registry=..., now=t)
     core.receive_client(frame, now)    a client frame             -> actions
@@ -52,8 +52,8 @@ CLOSE_CODES = {
     "server_shutdown": RESTART,
 }
 Event = dict[str, Any]
-#: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
-#: hides them from the browser, so a diagnostic must not hand them back).
+#: Bound fields whose content stays out of what the session shows its client: a sealed ticket hides
+#: them from the browser, so a diagnostic must not hand them back (docs/security.md).
 HIDDEN_WHEN_BOUND = frozenset({"instructions", "tools"})
 
 

@@ -1,4 +1,4 @@
-"""One ticket holder must not hurt the edge (SPEC 6.4, resource bounds): real processes, real sockets.
+"""One ticket holder must not hurt the edge (docs/protocol.md): real processes, real sockets.
 
 Each flood is one that grew a real edge's memory without end, held its event loop, or dropped a
 session without a close frame; each test fails on an edge without the bounds.

@@ -3,7 +3,7 @@
 Messages are plain dicts in the Live API's JSON form (camelCase), shaped as
 `google.genai.types.LiveClientMessage` (checked against that type in tests/test_providers.py).
 Gemini takes its whole configuration once, in `setup`; a `session.update` is refused before it
-gets here (`session_update_unsupported`, SPEC 6.3).
+gets here (`session_update_unsupported`, docs/protocol.md).
 """
 
 from __future__ import annotations
