@@ -12,14 +12,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.demo import dev_ticket, favicon, page, static
-from app.dispatch import App
+from app.dispatch import App, DirectRoute, DirectWebSocketRoute
 from app.exceptions import RealtimeError, UnavailableError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
@@ -131,12 +131,10 @@ def create_app(
             await services.aclose()
 
     app = App(
-        # The two hot routes skip Starlette's layers (app.dispatch); their Routes below stay for the rest.
-        direct={("POST", "/v3/realtime-sessions"): mint},
-        direct_websockets={"/v3/realtime": realtime},
         routes=[
-            Route("/v3/realtime-sessions", mint, methods=["POST"]),
-            WebSocketRoute("/v3/realtime", realtime),
+            # The two hot routes skip Starlette's router (app.dispatch).
+            DirectRoute("/v3/realtime-sessions", mint, methods=["POST"]),
+            DirectWebSocketRoute("/v3/realtime", realtime),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
             Route("/v3/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
