@@ -1,4 +1,4 @@
-"""Session config: the schema (SPEC 6.2), the overlay of a ticket's binding (6.3), checks against a model.
+"""Session config: the schema and overlay of a binding (docs/protocol.md), checks against a model.
 
 Pure functions over plain JSON values; the mint and the WebSocket session both use them.
 
@@ -96,7 +96,7 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
 
 
 def is_zero(value: Any) -> bool:
-    """`""`, `false`, `0`, `0.0`, `[]`, `{}` and `null` are zero values (SPEC section 2)."""
+    """`""`, `false`, `0`, `0.0`, `[]`, `{}` and `null` are zero values (docs/api.md)."""
     return value is None or (isinstance(value, str | bool | int | float | list | dict) and not value)
 
 
@@ -222,7 +222,7 @@ def update_config(
 
 
 def prepare_binding(config: Any, locked_fields: Any, registry: ModelRegistry) -> Binding:
-    """What a mint request binds, checked now so mistakes surface at the backend (SPEC section 2).
+    """What a mint request binds, checked now so mistakes surface at the backend (docs/api.md).
 
     Raises:
         InvalidRequestError: `config` not an object, `locked_fields` not a list of strings.

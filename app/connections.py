@@ -81,11 +81,11 @@ def refusal_body(status: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """The per-connection bounds; built from Settings by `app.serve`."""
+class ConnectionLimits:
+    """The per-connection bounds, from Settings (`app.server.connection_limits`)."""
 
-    handshake_timeout: float = 10.0
-    max_connections: int = 10_000
+    handshake_timeout: float
+    max_connections: int
 
 
 async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
@@ -138,7 +138,7 @@ class RefusingServerProtocol(ServerProtocol):
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with JSON refusals, answered parse failures and the cap."""
 
-    limits: ClassVar[Limits] = Limits()
+    limits: ClassVar[ConnectionLimits]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -220,7 +220,7 @@ class JoinedWrites:
 class EdgeHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a per-request deadline, a head-size bound and the cap."""
 
-    limits: ClassVar[Limits] = Limits()
+    limits: ClassVar[ConnectionLimits]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -349,7 +349,7 @@ class EdgeHttpProtocol(HttpToolsProtocol):
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
-def protocol_classes(limits: Limits) -> tuple[type[EdgeHttpProtocol], type[EdgeWebSocketProtocol]]:
+def protocol_classes(limits: ConnectionLimits) -> tuple[type[EdgeHttpProtocol], type[EdgeWebSocketProtocol]]:
     """The HTTP and WebSocket protocol classes for uvicorn's `http=` and `ws=`, bound to `limits`."""
 
     class Http(EdgeHttpProtocol):

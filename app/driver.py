@@ -2,10 +2,10 @@
 
 The client's frames in the session's own task (rate-limited, one at a time, yielding after each)
 and, once started, the upstream's events in a task group beside it; the clock (limits, shutdown) is
-a timer on the event loop that cancels the session's task when the core says a limit has passed.
-Whatever the core ends the session with raises `Ended` (or, from the clock, that cancellation); the
-group cancels the rest, and `run` sends the core's last word and closes: the one place a session
-ends.
+a timer on the event loop that expires the session's scope (`asyncio.timeout`) when the core says a
+limit has passed. Whatever the core ends the session with raises `Ended` (or, from the clock, leaves
+that scope); the group cancels the rest, and `run` sends the core's last word and closes: the one
+place a session ends.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class SessionDriver:
         self._transport = transport
         self._upstream = upstream
         self._clock = clock
-        self._task: asyncio.Task[Any] | None = None  # the session's task, while `run` runs
+        self._scope: asyncio.Timeout | None = None  # the clock's scope, while `run` runs
         self._timer: Timer = _NO_TIMER
         self._ended_by_clock = False
         self._shutdown = False
@@ -102,49 +102,49 @@ class SessionDriver:
         """End the session with `server_shutdown` now (from any task; returns at once)."""
         self.core.shutdown()
         self._shutdown = True
-        if self._task is not None:
+        if self._scope is not None:
             asyncio.get_running_loop().call_soon(self._on_clock)
 
     def revoke(self, message: str) -> None:
         """End the session with `revoked` now (from any task; returns at once)."""
         self.core.revoke(message)
         self._shutdown = True  # the same path as a shutdown: the clock's next tick ends it
-        if self._task is not None:
+        if self._scope is not None:
             asyncio.get_running_loop().call_soon(self._on_clock)
 
     async def run(self) -> None:
         """Run the session until the core ends it or the client goes; then its last word and close.
 
         The limits are a timer on the event loop, not a task: when the core says a limit has
-        passed (or a shutdown was asked for), the timer cancels this task, which absorbs that one
-        cancellation and says the last word. A task per session for the clock cost each handshake
-        a task and a task group, and each idle session their memory (PERFORMANCE.md).
+        passed (or a shutdown was asked for), the timer expires the session's scope, an
+        `asyncio.timeout` without a deadline of its own; the session leaves it (asyncio takes back
+        its own cancellation) and says the last word. A task per session for the clock cost each
+        handshake a task and a task group, and each idle session their memory (PERFORMANCE.md).
         """
-        task = self._task = asyncio.current_task()
         self._arm()
-        if self._shutdown:  # asked before this task ran: the drain must still reach it
-            asyncio.get_running_loop().call_soon(self._on_clock)
         try:
-            await self._converse()
+            async with asyncio.timeout(None) as scope:
+                self._scope = scope
+                if self._shutdown:  # asked before this task ran: the drain must still reach it
+                    asyncio.get_running_loop().call_soon(self._on_clock)
+                await self._converse()
         except* Ended as ended:
             _clear_frames(ended)
-        except* asyncio.CancelledError as cancelled:
-            if not self._ended_by_clock:
-                raise  # from outside (a server shutdown cancelling the connection's task)
-            _clear_frames(cancelled)
+        except* TimeoutError as expired:
+            if not (self._ended_by_clock and scope.expired()):
+                raise  # not the clock's: an error to report
+            _clear_frames(expired)
         finally:
-            self._task = None
+            self._scope = None
             self._timer.cancel()
             self._timer = _NO_TIMER  # the timer refers to this driver: drop the cycle now
             self._connection = self._buffered = None
-        if task is not None:
-            if self._ended_by_clock and task.cancelling():
-                task.uncancel()  # the clock's own cancellation: it ended the session
-            if task.cancelling():
-                # Cancelled from outside while a task ended the group: the group raised our `Ended`
-                # instead of the cancellation (Python 3.11's TaskGroup), which must still propagate.
-                await asyncio.sleep(0)
-                raise asyncio.CancelledError
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Cancelled from outside while a task ended the group: the group raised our `Ended`
+            # instead of the cancellation (Python 3.11's TaskGroup), which must still propagate.
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError
         await self._finish()
 
     def _arm(self) -> None:
@@ -153,7 +153,8 @@ class SessionDriver:
 
     def _on_clock(self) -> None:
         """A deadline passed or a shutdown was asked for: the core checks its limits; re-arm, or end."""
-        if self._task is None or self._ended_by_clock:
+        scope = self._scope
+        if scope is None or self._ended_by_clock:
             return
         self._timer.cancel()
         # A tick's only actions end the session; so do the budget's, past it.
@@ -162,7 +163,7 @@ class SessionDriver:
             ended = self.core.holding("upstream", self._buffered.buffered_bytes())
         if ended:
             self._ended_by_clock = True
-            self._task.cancel()
+            scope.reschedule(asyncio.get_running_loop().time())  # expires now: the session leaves it
         else:
             self._arm()
 

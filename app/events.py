@@ -1,4 +1,4 @@
-"""Client events of the session protocol (SPEC 6.1): one typed model per event, and `parse_event`."""
+"""Client events of the session protocol (docs/protocol.md): one typed model per event, and `parse_event`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from app import strictjson
 from app.exceptions import InvalidEventError, RealtimeError
 
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
-# Client events (SPEC 6.1). Extra members are ignored (clients add ids); missing ones are errors.
+# Client events (docs/protocol.md). Extra members are ignored (clients add ids); missing ones are errors.
 _EVENT = ConfigDict(extra="ignore", strict=True)
 
 
@@ -100,25 +101,18 @@ ClientEvent = Annotated[
 CLIENT_EVENTS: TypeAdapter[ClientEvent] = TypeAdapter(ClientEvent)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # RFC 8259 has no NaN or Infinity; Python accepts them
-
-
-_decode = json.JSONDecoder(parse_constant=_no_constant).decode
-
-
 def parse_event(frame: str | bytes) -> ClientEvent:
     """One client frame as a typed event.
 
     Raises:
-        InvalidEventError: binary, not JSON (`NaN` and `Infinity` included), nested too deeply,
+        InvalidEventError: binary, not strict JSON (`app.strictjson`), nested too deeply,
             not an object, no or unknown `type`, a missing or
             mistyped member; the message says which.
     """
     if isinstance(frame, bytes):
         raise InvalidEventError("binary frames are not part of the protocol: send JSON text frames")
     try:
-        raw = _decode(frame)
+        raw = strictjson.loads(frame, unique_names=False)
     except ValueError:
         raise InvalidEventError("the frame is not JSON") from None
     except RecursionError:

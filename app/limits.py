@@ -1,4 +1,4 @@
-"""A session's limits (SPEC 6.4): time (start, idle, maximum), the client's rate, the memory budget.
+"""A session's limits (docs/protocol.md): time (start, idle, maximum), the client's rate, the memory budget.
 
 Pure counters on the session's clock: the session core records what happened and asks what to do;
 nothing here waits or keeps time by itself.

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -20,7 +20,7 @@ from app import admin, logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.demo import client, dev_ticket, favicon, page, static
-from app.dispatch import App
+from app.dispatch import App, DirectRoute, DirectWebSocketRoute
 from app.exceptions import RealtimeError, UnavailableError, UnsupportedServerError
 from app.metrics import CONTENT_TYPE
 from app.mint import mint
@@ -200,12 +200,10 @@ def create_app(
             await services.aclose()
 
     app = App(
-        # The two hot routes skip Starlette's layers (app.dispatch); their Routes below stay for the rest.
-        direct={("POST", "/v3/realtime-sessions"): mint},
-        direct_websockets={"/v3/realtime": realtime},
         routes=[
-            Route("/v3/realtime-sessions", mint, methods=["POST"]),
-            WebSocketRoute("/v3/realtime", realtime),
+            # The two hot routes skip Starlette's router (app.dispatch).
+            DirectRoute("/v3/realtime-sessions", mint, methods=["POST"]),
+            DirectWebSocketRoute("/v3/realtime", realtime),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),
             Route("/v3/models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -232,7 +230,7 @@ def create_app(
             *([Middleware(AdminListener, port=settings.admin_port)] if settings.admin_port else []),
         ],
     )
-    # A redirect would make HTTP clients re-send the bearer key elsewhere (SPEC section 2).
+    # A redirect would make HTTP clients re-send the bearer key elsewhere (docs/api.md).
     app.router.redirect_slashes = False
     app.state.settings = settings
     return app

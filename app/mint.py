@@ -5,11 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 from typing import Any
 
 from starlette.requests import Request
 
+from app import strictjson
 from app.apikeys.store import bearer_token
 from app.binding import MAX_NESTING, Binding, nesting_exceeds, prepare_binding, shortened
 from app.claims import tid
@@ -61,46 +61,6 @@ async def read_body(request: Request, *, limit: int, declared_length: bytes | No
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-class _Duplicate(ValueError):
-    def __init__(self, member: str) -> None:
-        super().__init__(member)
-        self.member = member
-
-
-class _NotANumber(ValueError):
-    """A literal JSON has no room for: `NaN`, `Infinity`, or a number beyond a double."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise _NotANumber(name)
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (math.inf, -math.inf):  # `1e400`: Infinity in disguise
-        raise _NotANumber(text if len(text) <= 32 else text[:32] + "...")
-    return value
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Parsers disagree on `{"a": 1, "a": 2}` (first wins, last wins, error): a proxy or a backend that
-    # read the other value would check something else than what is minted. Refuse it.
-    body = dict(pairs)
-    if len(body) != len(pairs):
-        seen: set[str] = set()
-        for name, _ in pairs:
-            if name in seen:
-                raise _Duplicate(name)
-            seen.add(name)
-    return body
-
-
-# Built once: `json.loads` with options builds a new decoder on every call.
-_DECODER = json.JSONDecoder(
-    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_members
-)
-
-
 def parse_body(raw: bytes) -> dict[str, Any]:
     """The JSON object of a mint request; empty means `{}`, `null` values mean absent.
 
@@ -113,13 +73,13 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = _DECODER.decode(raw.decode(json.detect_encoding(raw)))
-    except _Duplicate as exc:
+        body = strictjson.loads(raw.decode(json.detect_encoding(raw)))
+    except strictjson.DuplicateMemberError as exc:
         member = shortened(exc.member)
         raise InvalidJSONError(
             f"the request body has the member {member!r} twice in one object", details={"member": member}
         ) from None
-    except _NotANumber as exc:
+    except strictjson.NotANumberError as exc:
         raise InvalidJSONError(
             f"the request body has {exc}: JSON numbers must be finite and fit a double"
         ) from None
@@ -263,7 +223,7 @@ def issue_ticket(
 
 async def mint(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
-    # Order of checks (SPEC section 2): 503, then 401, then 413, then the 400s.
+    # Order of checks (docs/api.md): 503, then 401, then 413, then the 400s.
     signer = require_signer(services)
     headers = first_headers(request.scope)  # one pass for the three headers read here
     authorization, raw_host = headers.get(b"authorization"), headers.get(b"host")

@@ -74,7 +74,7 @@ def read_credentials(websocket: WebSocket, headers: dict[bytes, bytes]) -> Crede
     """
     # The server has already split `Sec-WebSocket-Protocol` into the ASGI scope's list.
     offered = tuple(websocket.scope.get("subprotocols") or ())
-    # The prefix is matched case-sensitively and the ticket is never lower-cased (SPEC section 5).
+    # The prefix is matched case-sensitively and the ticket is never lower-cased (docs/security.md).
     from_protocol = {item[len(TICKET_PROTOCOL) :] for item in offered if item.startswith(TICKET_PROTOCOL)}
     tickets = set(from_protocol)
     # The key counts however it is spelled on the wire (`?%74icket=` is `ticket` too); a query with

@@ -1,4 +1,4 @@
-"""The replay store: each ticket id is consumed once, in one process or across a fleet (SPEC section 5).
+"""The replay store: each ticket id is consumed once, in one process or across a fleet (docs/operations.md).
 
 ReplayStore          the interface the edge uses
 MemoryReplayStore    memory://  bounded, refuses when full, rejects tickets older than the process

@@ -15,7 +15,7 @@ from app import internals, logs
 from app.config import Settings
 from app.exceptions import KeySetError, SettingsError
 from app.main import create_app
-from app.server import DrainingServer, connection_limits, listen, tune_gc, uvicorn_config
+from app.server import DrainingServer, listen, tune_gc, uvicorn_config
 from app.services import preflight
 from app.workers import supervise
 
@@ -27,8 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=settings_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument(
         "--workers",
@@ -78,18 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         child = [sys.executable, "-m", "app.serve", "--log-level", args.log_level]
         return supervise(child, shared, args.workers)
     app = create_app(settings)
-    config = uvicorn_config(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
-        ws_compression=settings.ws_compression,
-        limits=connection_limits(settings),
-        pings_per_second=settings.max_frames_per_second,
-        bytes_per_second=settings.max_bytes_per_second,
-        log_format=settings.log_format,
-    )
+    config = uvicorn_config(app, settings, host=args.host, port=args.port, log_level=args.log_level)
     server = DrainingServer(config, app=app)
     sockets: list[socket.socket] | None = None
     if args.worker_fds:

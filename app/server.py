@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 
 from app import logs
 from app.config import Settings
-from app.connections import Limits, protocol_classes
+from app.connections import ConnectionLimits, protocol_classes
 from app.websocket import bounded_protocol
 
 logger = logging.getLogger(__name__)
@@ -51,43 +51,36 @@ class DrainingServer(uvicorn.Server):
 
 
 def uvicorn_config(
-    app: ASGIApp,
-    *,
-    host: str,
-    port: int,
-    log_level: str,
-    ws_max_size: int,
-    ws_compression: bool = False,
-    limits: Limits | None = None,
-    pings_per_second: float | None = None,
-    bytes_per_second: float | None = None,
-    log_format: str = "text",
+    app: ASGIApp, settings: Settings, *, host: str, port: int, log_level: str, bare: bool = False
 ) -> uvicorn.Config:
-    """The uvicorn settings the service runs with (the benchmark's bare baseline uses them too)."""
+    """The uvicorn settings the service runs with: every connection and frame bound from `settings`.
+
+    `bare` is the benchmark's floor (`bench.bare`, `bench.peer`): the same protocol classes and
+    process settings without the per-frame rate.
+    """
     logs.lighten()
-    http, edge_ws = protocol_classes(limits or Limits())
+    http, edge_ws = protocol_classes(connection_limits(settings))
     ws: type[asyncio.Protocol] = edge_ws
-    if pings_per_second is not None:  # reading tied to the write buffer, every frame rate-limited
-        ws = bounded_protocol(
-            edge_ws, frames_per_second=pings_per_second, bytes_per_second=bytes_per_second or 2_097_152
-        )
+    if not bare:  # reading tied to the write buffer, every frame rate-limited
+        ws = bounded_protocol(edge_ws, settings)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         http=http,
         ws=ws,
-        log_config=logs.config(log_level.upper(), log_format),
+        log_config=logs.config(log_level.upper(), settings.log_format),
         log_level=log_level,
         proxy_headers=False,  # app.proxies.ForwardedHeaders, with REALTIME_TRUSTED_PROXIES
         timeout_graceful_shutdown=DRAIN_SECONDS + 5,
-        ws_max_size=ws_max_size,
+        # Twice the frame limit, so that the session answers an over-size frame with its own close.
+        ws_max_size=max(settings.max_frame_bytes * 2, 1 << 20),
         # A small compressed frame can inflate to the frame limit inside the edge: off unless asked.
-        ws_per_message_deflate=ws_compression,
+        ws_per_message_deflate=settings.ws_compression,
     )
 
 
-def connection_limits(settings: Settings) -> Limits:
+def connection_limits(settings: Settings) -> ConnectionLimits:
     """The connection bounds, with the cap lowered to what the process's descriptor limit allows.
 
     The soft `RLIMIT_NOFILE` is raised toward the hard one first: past it, `accept()` fails for
@@ -109,7 +102,7 @@ def connection_limits(settings: Settings) -> Limits:
             soft,
             cap,
         )
-    return Limits(handshake_timeout=settings.handshake_timeout_seconds, max_connections=cap)
+    return ConnectionLimits(handshake_timeout=settings.handshake_timeout_seconds, max_connections=cap)
 
 
 def tune_gc() -> None:

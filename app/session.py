@@ -1,4 +1,4 @@
-"""The session protocol (SPEC section 6) as a sans-I/O core: fed frames, upstream events and the time.
+"""The session protocol (docs/protocol.md) as a sans-I/O core: fed frames, upstream events and the time.
 
     core = SessionCore(session_id, project=..., binding=..., settings=..., registry=..., now=t)
     core.receive_client(frame, now)    a client frame             -> actions
@@ -55,8 +55,8 @@ CLOSE_CODES = {
     "revoked": POLICY,
 }
 Event = dict[str, Any]
-#: Bound fields whose content stays out of what the session shows its client (SPEC: a sealed ticket
-#: hides them from the browser, so a diagnostic must not hand them back).
+#: Bound fields whose content stays out of what the session shows its client: a sealed ticket hides
+#: them from the browser, so a diagnostic must not hand them back (docs/security.md).
 HIDDEN_WHEN_BOUND = frozenset({"instructions", "tools"})
 #: Tool calls a session remembers until their `tool.result` (the oldest forgotten past this many).
 MAX_OPEN_TOOL_CALLS = 128

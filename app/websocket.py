@@ -32,11 +32,13 @@ from typing import Any, ClassVar
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.frames import CloseCode, Frame
 
+from app.config import Settings
 from app.connections import TOO_BIG_REASON
 from app.limits import Bucket
 
 logger = logging.getLogger(__name__)
 
+MAX_FRAGMENTS = 1024  # frames one message may arrive in
 FEED_BYTES = 512  # given to the parser at a time: at most 85 masked frames, so as many queued messages
 
 
@@ -44,9 +46,9 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol with bounded parsing, a frame and byte rate, and reading
     tied to the write buffer."""
 
-    frames_per_second: ClassVar[float] = 200.0
-    bytes_per_second: ClassVar[float] = 2_097_152.0
-    max_fragments: ClassVar[int] = 1024
+    frames_per_second: ClassVar[float]  # set by `bounded_protocol` from Settings
+    bytes_per_second: ClassVar[float]
+    max_fragments: ClassVar[int] = MAX_FRAGMENTS
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -193,19 +195,14 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
 
 def bounded_protocol(
-    base: type[WebSocketsSansIOProtocol],
-    *,
-    frames_per_second: float,
-    bytes_per_second: float,
-    max_fragments: int = 1024,
+    base: type[WebSocketsSansIOProtocol], settings: Settings
 ) -> type[BoundedWebSocketProtocol]:
-    """`base` (the edge's WebSocket protocol class) with these bounds, for uvicorn's `ws=`."""
-    return type(
-        "BoundedEdgeWebSocketProtocol",
-        (BoundedWebSocketProtocol, base),
-        {
-            "frames_per_second": float(frames_per_second),
-            "bytes_per_second": float(bytes_per_second),
-            "max_fragments": int(max_fragments),
-        },
-    )
+    """`base` (the edge's WebSocket protocol class) at the session rate of `settings`, for uvicorn's
+    `ws=`: `REALTIME_MAX_FRAMES_PER_SECOND` and `REALTIME_MAX_BYTES_PER_SECOND` reach the edge here
+    and the session core (`app.limits.Rate`) from the same Settings."""
+
+    class BoundedEdgeWebSocketProtocol(BoundedWebSocketProtocol, base):  # type: ignore[valid-type,misc]
+        frames_per_second = float(settings.max_frames_per_second)
+        bytes_per_second = float(settings.max_bytes_per_second)
+
+    return BoundedEdgeWebSocketProtocol

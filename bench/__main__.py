@@ -10,7 +10,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench import abuse, cases, common, ed25519, fleet, live, providers, servers, sessions, workers
+from bench import (
+    abuse,
+    common,
+    ed25519,
+    fleet,
+    live,
+    mint,
+    providers,
+    redemption,
+    servers,
+    sessions,
+    verification,
+    workers,
+)
 from bench.procs import raise_nofile
 from bench.report import table, write
 
@@ -59,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline=args.baseline_tree,
         )
         runners: dict[str, Callable[[], common.CaseResult]] = {
-            "verify": lambda: cases.case_verify(plan),
-            "mint": lambda: cases.case_mint(plan),
-            "redemption": lambda: cases.case_redemption(plan),
+            "verify": lambda: verification.case_verify(plan),
+            "mint": lambda: mint.case_mint(plan),
+            "redemption": lambda: redemption.case_redemption(plan),
             "relay": lambda: sessions.case_relay(plan),
             "scale": lambda: sessions.case_scale(plan, count),
             "providers": lambda: providers.case_providers(plan),

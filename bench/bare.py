@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from app.config import Settings
 from app.keys import KeySet
 from app.realtime import TICKET_PROTOCOL
 from app.server import tune_gc, uvicorn_config
@@ -165,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         template = json.loads(args.response_file.read_text())
     app = build(template, keys_dir=args.keys_dir, relay_to=args.relay_to)
     config = uvicorn_config(
-        app, host=args.host, port=args.port, log_level=args.log_level, ws_max_size=1 << 21
+        app, Settings(), host=args.host, port=args.port, log_level=args.log_level, bare=True
     )
     server = uvicorn.Server(config)
     tune_gc()  # the same process settings as the service

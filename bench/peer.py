@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app.config import Settings
 from app.keys import KeySet
 from app.server import tune_gc, uvicorn_config
 
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `KEY=PROJECT`, from the environment so that the key stays out of the process list.
     api_keys = dict([os.environ.get("BENCH_PEER_API_KEY", "=").split("=", 1)])
     app = build(args.keys_dir, api_keys)
-    config = uvicorn_config(app, host=args.host, port=args.port, log_level="info", ws_max_size=1 << 21)
+    config = uvicorn_config(app, Settings(), host=args.host, port=args.port, log_level="info", bare=True)
     server = uvicorn.Server(config)
     tune_gc()  # the same process settings as the service
     server.run()

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from app.apikeys.store import ApiKeyStore, bearer_token
 from app.exceptions import InvalidCredentialsError, KeySetError, MissingCredentialsError
 from app.files import locked
 from app.rotation import ensure_keys
+from tests.polling import poll
 from tests.servers import ServiceProcess
 
 
@@ -379,13 +380,6 @@ def refused_with(service: ServiceProcess, key: str, word: str) -> bool:
     assert (response.status_code, error["code"]) == (401, "invalid_credentials"), response.text
     assert word in error["message"] and key not in response.text
     return True
-
-
-def poll(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_running_service_refuses_a_revoked_key(service: ServiceProcess, tmp_path: Path) -> None:

@@ -72,6 +72,40 @@ def test_invalid_values_name_the_variable(variable: str, value: str) -> None:
     assert variable in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"max_frames_per_second": 0}, "REALTIME_MAX_FRAMES_PER_SECOND"),
+        ({"max_bytes_per_second": 10}, "REALTIME_MAX_BYTES_PER_SECOND"),
+        ({"idle_timeout_seconds": float("nan")}, "REALTIME_IDLE_TIMEOUT_SECONDS"),
+        ({"leeway_seconds": True}, "REALTIME_LEEWAY_SECONDS"),
+        ({"issuer": " "}, "REALTIME_ISSUER"),
+        ({"replay_url": "postgres://x"}, "REALTIME_REPLAY_URL"),
+        ({"upstream": "carrier-pigeon"}, "REALTIME_UPSTREAM"),
+        ({"trusted_proxies": ("not-an-address",)}, "REALTIME_TRUSTED_PROXIES"),
+        ({"admin_port": 70_000}, "REALTIME_ADMIN_PORT"),
+        ({"keys_dir": "keys"}, "REALTIME_KEYS_DIR"),
+    ],
+    ids=[
+        "frames-0",
+        "bytes-10",
+        "idle-nan",
+        "leeway-bool",
+        "issuer-blank",
+        "replay",
+        "upstream",
+        "proxy",
+        "port",
+        "str-path",
+    ],
+)
+def test_settings_built_in_code_are_checked_too(values: dict[str, object], variable: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings(**values)  # type: ignore[arg-type]
+    assert caught.value.variable == variable
+    assert variable in str(caught.value)
+
+
 def test_relay_needs_a_url() -> None:
     with pytest.raises(SettingsError, match="REALTIME_UPSTREAM_URL"):
         Settings.from_environ({"REALTIME_UPSTREAM": "relay"})

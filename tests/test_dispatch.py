@@ -12,7 +12,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.dispatch import App
+from app.dispatch import App, DirectRoute, DirectWebSocketRoute
 
 
 class Boom(Exception):
@@ -68,10 +68,9 @@ async def on_anything(request: Request, exc: Exception) -> Response:
 
 
 def make_app(direct: bool) -> App:
+    http, websocket = (DirectRoute, DirectWebSocketRoute) if direct else (Route, WebSocketRoute)
     return App(
-        direct={("POST", "/x"): endpoint} if direct else {},
-        direct_websockets={"/ws": socket} if direct else {},
-        routes=[Route("/x", endpoint, methods=["POST"]), WebSocketRoute("/ws", socket)],
+        routes=[http("/x", endpoint, methods=["POST"]), websocket("/ws", socket)],
         exception_handlers={Boom: on_boom, HTTPException: on_http, Exception: on_anything},
         middleware=[Middleware(Tag)],
     )
@@ -121,12 +120,7 @@ def test_direct_websocket_route_runs_the_endpoint_inside_the_user_middleware() -
 
 
 def test_middleware_added_after_construction_wraps_the_direct_routes() -> None:
-    app = App(
-        direct={("POST", "/x"): endpoint},
-        direct_websockets={},
-        routes=[Route("/x", endpoint, methods=["POST"])],
-        exception_handlers={},
-    )
+    app = App(routes=[DirectRoute("/x", endpoint, methods=["POST"])], exception_handlers={})
     app.add_middleware(Tag)
     with TestClient(app) as client:
         response = client.post("/x")

@@ -32,6 +32,7 @@ from websockets.typing import Subprotocol
 
 from app.processes import alive
 from app.rotation import ensure_keys
+from tests.polling import poll
 from tests.redis_server import RedisServer, redis_server
 from tests.sealing import signing_kid
 
@@ -58,13 +59,6 @@ def require(binary: str, package: str) -> None:
 
 #: How long a client waits for an answer: it catches a hang, however busy the test machine is.
 CLIENT_TIMEOUT = 30.0
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def kid_of(ticket: str) -> str:
@@ -124,7 +118,7 @@ class Cluster:
         """Send `sig` to one cluster process and wait until it is gone."""
         proc = self.proc(name)
         os.kill(proc["pid"], sig)
-        wait_for(lambda: not alive(proc["pid"], proc["marker"]), what=f"{name} to exit")
+        poll(lambda: not alive(proc["pid"], proc["marker"]), what=f"{name} to exit")
 
     def mint(self, client: httpx.Client | None = None) -> str:
         post = client.post if client is not None else partial(httpx.post, verify=self.trust or True)
@@ -310,7 +304,7 @@ class Load:
         return sum(1 for outcome in self.snapshot() if outcome.ok and outcome.started > moment)
 
     def run_until(self, count: int, *, after: float = 0.0, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.successes_after(after) >= count, timeout=timeout, what=f"{count} handshakes")
+        poll(lambda: self.successes_after(after) >= count, timeout=timeout, what=f"{count} handshakes")
 
 
 def summary(outcomes: list[Outcome]) -> str:
@@ -517,11 +511,11 @@ def test_rotations_as_often_as_make_rotate_allows_fail_no_handshake(
         load.run_until(20, after=time.monotonic())
         for _ in range(2):
             quick = {"REALTIME_KEY_PUBLISH_SECONDS": "8"}
-            wait_for(lambda: run_keys(cluster, "rotate", **quick).returncode == 0, what="a rotation")  # noqa: B023
+            poll(lambda: run_keys(cluster, "rotate", **quick).returncode == 0, what="a rotation")  # noqa: B023
             load.run_until(10, after=time.monotonic())
         talk(session)
         # The minter looks at its keys every 0.5 s: the last rotation may not have reached a ticket yet.
-        wait_for(
+        poll(
             lambda: len({kid_of(o.ticket) for o in load.snapshot() if o.ticket}) == 5,
             what="a ticket sealed with the key rotated in last",
         )
@@ -541,7 +535,7 @@ def test_rotations_as_often_as_make_rotate_allows_fail_no_handshake(
     assert len(signing_kids) == 5
     assert {o.edge for o in outcomes} == {"edge-1", "edge-2"}
     # The retired keys are gone from every edge: a ticket one of them signed is refused.
-    wait_for(lambda: cluster.redeem(signed_by_retiring).code == "unknown_key", what="unknown_key")
+    poll(lambda: cluster.redeem(signed_by_retiring).code == "unknown_key", what="unknown_key")
 
 
 def test_a_killed_edge_is_skipped_and_no_ticket_is_used_twice(make_cluster: Callable[..., Cluster]) -> None:
@@ -575,7 +569,7 @@ def test_a_redis_restart_fails_closed_then_recovers(make_cluster: Callable[..., 
         down_at = time.monotonic()
         during = cluster.redeem(cluster.mint())
         assert (during.code, during.retry_after) == ("replay_store_unavailable", "1"), cluster.explain(during)
-        wait_for(
+        poll(
             lambda: any(o.code == "replay_store_unavailable" for o in load.snapshot() if o.started > down_at)
         )
         restart_at = time.monotonic()
@@ -594,13 +588,13 @@ def test_a_redis_restart_fails_closed_then_recovers(make_cluster: Callable[..., 
             check=True,
             timeout=30,
         )
-        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="redis pid file")
+        poll(lambda: pid_file.exists() and pid_file.read_text().strip() != "", what="redis pid file")
         state = cluster.state()
         for proc in state["procs"]:
             if proc["name"] == "redis":
                 proc["pid"] = int(pid_file.read_text())  # so `cluster stop` stops the new one
         (cluster.run_dir / "state.json").write_text(json.dumps(state))
-        wait_for(lambda: cluster.redeem(cluster.mint()).ok, what="handshakes to succeed again")
+        poll(lambda: cluster.redeem(cluster.mint()).ok, what="handshakes to succeed again")
         up_at = time.monotonic()
         load.run_until(20, after=up_at)
     outcomes = load.snapshot()
@@ -624,7 +618,7 @@ def test_edges_keep_verifying_when_the_minter_is_down(make_cluster: Callable[...
     for name in ("edge-1", "edge-2"):
         log = Path(cluster.proc(name)["log"])
         # Each edge has polled the dead minter at least once and kept its cached keys.
-        wait_for(partial(polled_in_vain, log), what=f"{name} to poll the minter")
+        poll(partial(polled_in_vain, log), what=f"{name} to poll the minter")
     outcomes = [cluster.redeem(ticket) for ticket in tickets]
     assert [o.code for o in outcomes] == ["ok"] * len(tickets), cluster.explain(
         *(o for o in outcomes if not o.ok)
@@ -648,7 +642,7 @@ def test_a_draining_edge_says_server_shutdown_and_new_sessions_go_elsewhere(
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=CLIENT_TIMEOUT)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
-    wait_for(lambda: not alive(proc["pid"], proc["marker"]), what=f"{edge} to exit")
+    poll(lambda: not alive(proc["pid"], proc["marker"]), what=f"{edge} to exit")
     outcomes = [cluster.redeem(cluster.mint()) for _ in range(6)]
     wrong = [o for o in outcomes if (o.code, o.edge) != ("ok", other)]
     assert wrong == [], cluster.explain(*wrong)
@@ -804,7 +798,7 @@ def test_a_project_capped_at_3_gets_exactly_3_across_both_edges_and_a_killed_edg
     threads = [threading.Thread(target=attempt, args=(ticket,)) for ticket in tickets]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(outcomes) == len(tickets), what="every handshake of the race")
+    poll(lambda: len(outcomes) == len(tickets), what="every handshake of the race")
     release.set()
     for thread in threads:
         thread.join(timeout=CLIENT_TIMEOUT)
@@ -823,7 +817,7 @@ def test_a_project_capped_at_3_gets_exactly_3_across_both_edges_and_a_killed_edg
         assert cluster.redeem(cluster.mint(), url=_edge_url(cluster, "edge-2")).code == "too_many_sessions"
         cluster.kill("edge-1", signal.SIGKILL)
         killed = time.monotonic()
-        wait_for(
+        poll(
             lambda: cluster.redeem(cluster.mint(), url=_edge_url(cluster, "edge-2")).ok,
             what="the killed edge's leases to run out",
         )

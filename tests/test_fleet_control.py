@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from app.apikeys import create_key
 from app.exceptions import QuotaExceededError
 from app.quota import RedisQuota, seconds_to_midnight
 from app.rotation import ensure_keys
+from tests.polling import poll
 from tests.redis_server import RedisServer, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
 
@@ -37,13 +38,6 @@ MODEL = "openai/gpt-realtime-2"
 LEASE_SECONDS = 3  # short, so that a killed edge's leases run out quickly here
 CAP = 3
 TIMEOUT = 30.0
-
-
-def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass
@@ -208,7 +202,7 @@ def test_with_redis_down_revocation_checks_and_caps_fail_closed(fleet: Fleet) ->
         assert (response.status_code, response.json()["error"]["code"]) == (503, "replay_store_unavailable")
     finally:
         fleet.redis.start()
-    wait_for(lambda: _opens(a, fleet.keys.runtime), what="the edge to take sessions again")
+    poll(lambda: _opens(a, fleet.keys.runtime), what="the edge to take sessions again")
 
 
 def _opens(edge: ServiceProcess, key: str) -> bool:
@@ -242,7 +236,7 @@ def kill_with_sessions_open(fleet: Fleet, held: list[ClientConnection]) -> None:
         return [session for session in listed if session["edge"] == "a"]
 
     assert len(listed_on_a()) == CAP
-    wait_for(lambda: not listed_on_a(), what="a killed edge's leases to run out")
+    poll(lambda: not listed_on_a(), what="a killed edge's leases to run out")
     elapsed = time.monotonic() - killed
     print(f"a killed edge's sessions stopped counting after {elapsed:.1f} s (lease {LEASE_SECONDS} s)")
     with ExitStack() as stack:  # the whole cap is free again

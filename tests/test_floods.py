@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.edges import MIB, TEXT_ONLY, Edge, edge, started
 from tests.rawsocket import CLOSE, TEXT, RawClient, frame, masked
-from tests.test_abuse import MIB, TEXT_ONLY, Edge, edge, started
 
 CONTINUATION = 0x0
 #: The most asyncio reads from a socket at once: the edge may hold one such read per connection

@@ -59,14 +59,14 @@ def test_a_session_never_started_ends_as_start_timeout(now: float, code: str) ->
 
 # The client's rate: fake time and a driver that reads a frame once it has come and the rate allows
 
-FRAMES = 10  # per second, and the burst; the byte rate (1,000 a second) matters only with large frames
+FRAMES = 10  # per second, and the burst; the byte rate (1,024 a second) matters only with large frames
 FLOOD = None  # a phase in which the client always has a frame waiting
 
 Phase = tuple[float, float, float | None]  # from, until (seconds after opening), frames a second
 
 
 def rate() -> Rate:
-    settings = Settings(keys_dir=Path("unused"), max_frames_per_second=FRAMES, max_bytes_per_second=1_000)
+    settings = Settings(keys_dir=Path("unused"), max_frames_per_second=FRAMES, max_bytes_per_second=1_024)
     return Rate(settings, now=OPENED)
 
 

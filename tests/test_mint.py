@@ -1,4 +1,4 @@
-"""`POST /v3/realtime-sessions`: the failure matrix of SPEC section 2, and what a good mint returns."""
+"""`POST /v3/realtime-sessions`: the failure matrix of docs/api.md, and what a good mint returns."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ types and send only messages those types accept (one deliberate exception: `nest
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.fake_providers import FakeProvider
+from tests.polling import poll
 from tests.test_provider_sessions import (
     GEMINI,
     GEMINI_KEY,
@@ -82,13 +82,6 @@ def metric(deployment: Deployment, name: str, labels: str) -> float:
     text = httpx.get(deployment.edge.url + "/metrics", timeout=10).text
     match = re.search(rf"^{name}\{{{re.escape(labels)}\}} ([0-9.e+-]+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
-
-
-def eventually(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 # Failed and incomplete responses ------------------------------------------------------------------
@@ -201,7 +194,7 @@ def test_gemini_survives_three_go_aways_and_keeps_its_conversation(fidelity: Dep
         assert {name: value for name, value in opening.items() if name != "sessionResumption"} == {
             name: value for name, value in setup.items() if name != "sessionResumption"
         }
-    eventually(
+    poll(
         lambda: metric(fidelity, "realtime_upstream_resumptions_total", 'provider="gemini"') == before + 3,
         "three resumptions counted",
     )
@@ -342,7 +335,7 @@ def test_usage_reaches_the_metrics_and_the_session_end_line(fidelity: Deployment
         send(ws, {"type": "response.create"})
         events: list[Event] = receive_until(ws, "response.completed")
         assert events[-1]["usage"] == {"input_tokens": 11, "output_tokens": 7}
-    eventually(
+    poll(
         lambda: (
             metric(fidelity, "realtime_audio_seconds_total", labels.format("input")) == audio_before + 0.5
         ),
@@ -363,7 +356,7 @@ def test_usage_of_a_gemini_session_counts_its_usage_metadata(fidelity: Deploymen
     with session(fidelity) as ws:
         start(ws, {"model": GEMINI, "modalities": ["text"]})
         assert ask(ws, "count me")[-1]["usage"] == {"input_tokens": 5, "output_tokens": 7}
-    eventually(
+    poll(
         lambda: metric(fidelity, "realtime_provider_tokens_total", labels) == before + 5,
         "prompt tokens counted",
     )

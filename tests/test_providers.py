@@ -1,4 +1,4 @@
-"""Provider translation (SPEC 6.6) without an edge: every message against the SDK types, both ways.
+"""Provider translation (docs/protocol.md) without an edge: every message against the SDK types, both ways.
 
 The fakes in tests/fake_providers.py are proven here with the providers' official SDK clients, so the
 end-to-end tests (tests/test_provider_sessions.py) run against servers that speak what the SDKs speak.

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,13 @@ from app.apikeys import create_key
 from app.processes import alive, free_port
 from app.proxies import ForwardedHeaders, TrustedProxies
 from app.rotation import ensure_keys
+from tests.polling import poll
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import ROOT, ServiceProcess
 
 __all__ = ["redis_server"]  # the fixture, imported so pytest finds it
 
 MODEL = "openai/gpt-realtime-2"
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def prepared(tmp_path: Path) -> tuple[Path, str]:

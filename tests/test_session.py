@@ -1,4 +1,4 @@
-"""The session core (SPEC section 6) as plain calls: overlay, validation, lifecycle, limits, budgets.
+"""The session core (docs/protocol.md) as plain calls: overlay, validation, lifecycle, limits, budgets.
 
 No event loop, no socket: each test feeds `SessionCore` frames, upstream events and the time, and
 looks at the actions it returns.

@@ -14,9 +14,8 @@ import json
 import math
 import re
 import sys
-import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any
@@ -39,6 +38,7 @@ from app.upstreams.audio import windows
 from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalConnection, LocalUpstream
 from app.upstreams.turn import HIDDEN, Turn, reply_deltas, reply_words
+from tests.polling import poll
 
 Event = dict[str, Any]
 
@@ -144,16 +144,9 @@ def terminated(ws: WebSocketTestSession, code: str) -> int:
     return close_code(ws)
 
 
-def wait_for(condition: Callable[[], bool]) -> None:
-    """Poll until `condition` holds (the session runs on the TestClient's event loop thread)."""
-    give_up = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < give_up, "condition never held"
-        time.sleep(0.001)
-
-
 def waiting(clock: FakeClock) -> None:
-    wait_for(lambda: clock.sleepers >= 1)
+    """Until a task of the session waits on `clock` (it runs on the TestClient's event loop thread)."""
+    poll(lambda: clock.sleepers >= 1, "a task to wait on the clock", timeout=10, interval=0.001)
 
 
 def advance(client: TestClient, clock: FakeClock, seconds: float) -> None:
@@ -379,7 +372,7 @@ def test_server_shutdown(app: Starlette, client: TestClient, api_key: str, befor
     with with_ticket(client, mint(client, api_key)) as ws:
         if not before_start:
             started(ws, VALID)
-        wait_for(lambda: services.sessions.active == 1)
+        poll(lambda: services.sessions.active == 1, "the session to open", timeout=10, interval=0.001)
         client.portal.call(partial(services.sessions.drain, timeout=5))
         assert terminated(ws, "server_shutdown") == 1012
     assert services.sessions.active == 0
@@ -512,7 +505,7 @@ def test_a_failing_upstream_pump_ends_the_session_as_an_upstream_error(
             started(ws, VALID)
             ws.send_json({"type": "text.input", "text": "hello"})
             assert terminated(ws, "upstream_error") == 1011
-        wait_for(lambda: services.sessions.active == 0)
+        poll(lambda: services.sessions.active == 0, "the session to end", timeout=10, interval=0.001)
     failures = [record for record in caplog.records if "upstream pump failed" in record.getMessage()]
     assert len(failures) == 1
     assert failures[0].levelname == "ERROR"

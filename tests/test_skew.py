@@ -29,6 +29,7 @@ from app.apikeys import create_key
 from app.processes import free_port
 from app.rotation import ensure_keys
 from app.skew import judge
+from tests.polling import poll
 from tests.redis_server import RedisServer, require_redis_server
 from tests.servers import ServiceProcess
 
@@ -112,15 +113,6 @@ def readyz(service: ServiceProcess) -> tuple[int, list[str]]:
 def wait_until(moment: float) -> None:
     """Let wall-clock time pass: the tickets' expiry is what the test is about, not a condition."""
     time.sleep(max(0.0, moment - time.time()))
-
-
-def poll(condition: Callable[[], bool], *, timeout: float = 30.0, what: str) -> float:
-    """Poll until `condition` holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 @dataclass

@@ -62,7 +62,7 @@ def promote(keys: Iterable[StagedKey], kid: str, *, now: int) -> list[StagedKey]
 
 
 MANIFEST = "jwks.json"
-#: A ticket lives at most this long (SPEC section 3), so a retiring key is needed this long at least.
+#: A ticket lives at most this long (docs/api.md), so a retiring key is needed this long at least.
 MAX_TICKET_SECONDS = 300
 
 

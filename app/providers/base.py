@@ -105,7 +105,7 @@ def redact(message: str, secrets: tuple[str, ...] = ()) -> str:
 
 
 def upstream_error(provider: str, message: str) -> dict[str, Any]:
-    """A provider's error as a non-fatal `error` event (SPEC 6.6)."""
+    """A provider's error as a non-fatal `error` event (docs/protocol.md)."""
     return {
         "type": "error",
         "error": {"code": "upstream_error", "message": f"{provider}: {redact(message)[:1000]}"},

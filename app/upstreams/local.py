@@ -1,4 +1,4 @@
-"""`local`: a deterministic built-in model, enough to demonstrate and test every event of SPEC 6.1.
+"""`local`: a deterministic built-in model, enough to demonstrate and test every event of docs/protocol.md.
 
 Text in (`text.input`, then `response.create`) gives a streamed echo. Audio in is cut into turns by
 an energy detector (`server_vad`) or by `audio.commit`. A text naming a bound tool gives a `tool.call`;

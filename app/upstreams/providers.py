@@ -1,4 +1,4 @@
-"""`providers`: each session on the model provider its model names (SPEC 6.6), translated both ways.
+"""`providers`: each session on the model provider its model names (docs/protocol.md), translated both ways.
 
 The translation is `app.providers` (pure); this module only does the I/O. One WebSocket per session,
 authenticated by a header (the key is never in the URL). The start waits for the provider's

@@ -1,4 +1,4 @@
-"""`relay`: forward a session to a WebSocket upstream that speaks this protocol (SPEC 6.5).
+"""`relay`: forward a session to a WebSocket upstream that speaks this protocol (docs/protocol.md).
 
 The upstream is told the **effective** config in its `session.start` and authenticated with the
 server-side key from configuration (never the browser's ticket). Back-pressure is end to end: each
