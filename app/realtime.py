@@ -28,7 +28,7 @@ from app.exceptions import (
     ReplayStoreUnavailableError,
     UnknownKeyError,
 )
-from app.logformat import fields
+from app.logs import fields
 from app.proxies import first_headers
 from app.responses import error_response
 from app.services import Services
