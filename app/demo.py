@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from app.binding import prepare_binding
 from app.claims import tid
 from app.exceptions import InvalidRequestError
-from app.logformat import fields
+from app.logs import fields
 from app.mint import DEFAULT_TTL, issue_ticket, require_signer
 from app.responses import NO_STORE
 from app.services import Services

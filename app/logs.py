@@ -179,8 +179,6 @@ def install(log_format: str = "text") -> None:
     (whoever configured them: `python -m app.serve`, or uvicorn itself under `--factory`).
     Idempotent.
     """
-    from app.logformat import JsonFormat
-
     for name in (*WATCHED, None):
         logger = logging.getLogger(name)
         for target in (logger, *logger.handlers):
@@ -202,7 +200,21 @@ def lighten() -> None:
     logging.logMultiprocessing = False
 
 
-FIELDS = "fields"  # the record attribute holding a line's fields (`app.logformat.fields`)
+FIELDS = "fields"  # the record attribute holding a line's fields
+
+
+def fields(**values: object) -> dict[str, dict[str, object]]:
+    """The `extra` of a logging call that carries `values` as the line's fields.
+
+    A line that traces something (a mint, a redemption, a session's end) carries its fields in the
+    record: `logger.info("session ended", extra=fields(session_id=..., tid=...))`. The text format
+    appends them to the message as ` key=value`; the JSON format writes them as members of the
+    line's object. Field values are this service's own (ids, codes, numbers), never a secret; they
+    are redacted and their control characters escaped all the same.
+    """
+    return {FIELDS: values}
+
+
 _NOT_PLAIN = re.compile(r"[^A-Za-z0-9_\-.:,/+*@]")
 
 
@@ -241,7 +253,7 @@ class Format(logging.Formatter):
         self._line = fmt == LINE
 
     def format(self, record: logging.LogRecord) -> str:
-        # A line's fields (`app.logformat.fields`) follow its message as `key=value`.
+        # A line's fields (`fields`) follow its message as `key=value`.
         extra = fields_text(record) if hasattr(record, FIELDS) else ""
         if not self._line or record.exc_info or record.exc_text or record.stack_info:
             line, newline, rest = super().format(record).partition("\n")
@@ -258,10 +270,50 @@ class Format(logging.Formatter):
         return f"{stamp[1]},{int(record.msecs):03d}"
 
 
+def _json_value(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return escape_controls(redact(value if isinstance(value, str) else str(value)))
+
+
+_RESERVED = frozenset({"ts", "level", "logger", "msg", "exc", "stack"})
+
+
+class JsonFormat(logging.Formatter):
+    """One JSON object per line: `ts` (RFC 3339, UTC, milliseconds), `level`, `logger`, `msg`, the
+    record's fields, and `exc` (the traceback) when there is one.
+
+    The message is the one the redaction filter left (secrets cut out, control characters escaped);
+    JSON's own escaping then keeps every line one line.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = record.created
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        body: dict[str, object] = {
+            "ts": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        values: dict[str, object] | None = getattr(record, FIELDS, None)
+        if values:
+            for key, value in values.items():
+                if key not in _RESERVED:
+                    body[key] = _json_value(value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            body["exc"] = record.exc_text
+        if record.stack_info:
+            body["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
+
+
 def config(level: str = "INFO", log_format: str = "text") -> dict[str, object]:
     """A `logging.config.dictConfig` for `python -m app.serve`: uvicorn's lines, secrets removed.
 
-    `log_format` `json` writes one JSON object per line (`app.logformat.JsonFormat`).
+    `log_format` `json` writes one JSON object per line (`JsonFormat`).
     """
     return {
         "version": 1,
@@ -269,7 +321,7 @@ def config(level: str = "INFO", log_format: str = "text") -> dict[str, object]:
         "filters": {"redact": {"()": RedactSecrets}},
         "formatters": {
             "plain": {"()": Format, "fmt": LINE},
-            "json": {"()": "app.logformat.JsonFormat"},
+            "json": {"()": JsonFormat},
         },
         "handlers": {
             "stderr": {

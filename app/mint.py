@@ -21,7 +21,7 @@ from app.exceptions import (
     TicketsDisabledError,
 )
 from app.keys import MAX_TICKET_SECONDS, SigningKey
-from app.logformat import fields
+from app.logs import fields
 from app.models import ModelRegistry
 from app.proxies import first_headers, host_allowed, valid_host
 from app.responses import NO_STORE, JSONResponse

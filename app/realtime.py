@@ -30,7 +30,7 @@ from app.exceptions import (
     UnknownKeyError,
 )
 from app.leases import SessionRecord
-from app.logformat import fields
+from app.logs import fields
 from app.proxies import first_headers
 from app.responses import error_response
 from app.revocations import Subject, refusal

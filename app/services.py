@@ -64,9 +64,11 @@ class Services:
             KeySetError: the key set (or the JWKS URL) cannot be loaded.
         """
         keys: KeySource
+        check_secret_modes(settings)
         if settings.jwks_url:
             from app.jwks import JwksKeySource
 
+            per_process = check_single_use(settings, KeySet.empty())  # before any fetch
             keys = JwksKeySource(
                 settings.jwks_url,
                 timeout=settings.jwks_timeout_seconds,
@@ -76,10 +78,9 @@ class Services:
             await keys.start()
         else:
             directory = DirectoryKeySource(settings.keys_dir, clock=clock.now)
-            directory.load()
+            per_process = check_single_use(settings, directory.load())
             keys = directory
-        check_secret_modes(settings)
-        if check_single_use(settings, keys.current()):
+        if per_process:
             logger.warning("replay store: %s", PER_PROCESS_WARNING)
         seal_keys = open_seal_keys(settings, clock=clock)
         metrics = Metrics()

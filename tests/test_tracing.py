@@ -20,8 +20,7 @@ from websockets.typing import Subprotocol
 from app.apikeys import create_key
 from app.claims import tid
 from app.keys import KeySet
-from app.logformat import JsonFormat, fields
-from app.logs import LINE, Format, RedactSecrets
+from app.logs import LINE, Format, JsonFormat, RedactSecrets, fields
 from app.rotation import ensure_keys
 from app.sealkeys import SEAL_FILE, SealKeySet
 from app.tickets import verify
