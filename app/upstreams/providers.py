@@ -338,62 +338,64 @@ class ProviderConnection:
             self._dropped(self._provider, self._translator.kind(message))
         return events
 
-    async def _receive_frame(self) -> str | bytes:
-        """The next frame of the current connection; the silence check may cancel the wait."""
-        self._receiving = True
-        try:
-            return await self._websocket.recv()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._silenced or task is None:
-                raise
-            self._silenced = False
-            task.uncancel()
-            raise UpstreamError(
-                f"{self._provider}: the provider stopped answering (nothing for "
-                f"{self._response_timeout:g} s after an answer was asked for)"
-            ) from None
-        finally:
-            self._receiving = False
-
     async def _read(self) -> None:
-        """Provider messages to the outbox until the provider closes or fails (then its error)."""
+        """Provider messages to the outbox until the provider closes or fails (then its error).
+
+        Each event counts `EVENT_BYTES` from the moment its message is translated (one message must
+        not expand past the budget unseen); the frame's size is held until its last event is taken.
+        The loop is inline: it runs once per provider frame, and each coroutine layer costs there.
+        """
         try:
             while True:
+                self._receiving = True  # the silence check may cancel this wait, and only this one
                 try:
-                    frame = await self._receive_frame()
+                    frame = await self._websocket.recv()
                 except ConnectionClosed as exc:
                     closed = _closed(self._provider, exc, "mid-session")
                     if not self._can_resume():
                         raise closed from None
                     await self._resume(closed.message.removeprefix(f"{self._provider} "))
                     continue
+                except asyncio.CancelledError:
+                    self._silent()
+                    raise
+                finally:
+                    self._receiving = False
                 if self._answer_due is not None:  # it said something: the wait starts again
                     self._expect_answer()
                 message, size = self._decode(frame)
-                events = self._translate(message) or []
+                events = self._translate(message) or ()
                 if self._translator.handle != self._handle:
                     self._new_handle()
-                await self._queue(events, size)
+                last = len(events)
+                self._expanding = EVENT_BYTES * last
+                if last > 1:
+                    self._notify()
+                for index, event in enumerate(events, 1):
+                    self._expanding -= EVENT_BYTES
+                    kind = event["type"]
+                    if kind == "response.completed":
+                        self._answer_due = None
+                    elif kind == "speech.stopped" and not self._translator.manual_turns:
+                        self._expect_answer()  # a turn ended by the provider's voice detection
+                    await self._outbox.put(event, EVENT_BYTES + (size if index == last else 0))
                 if self._translator.going_away:
                     await self._resume("announced the end of its connection (goAway)")
         except UpstreamError as exc:
             await self._outbox.put(exc, 0)
 
-    async def _queue(self, events: list[dict[str, Any]], size: int) -> None:
-        """Events to the outbox, each counted (`EVENT_BYTES`) from now on: one message must not
-        expand past the budget unseen. The frame's size is held until its last event is taken."""
-        self._expanding = EVENT_BYTES * len(events)
-        if len(events) > 1:
-            self._notify()
-        for index, event in enumerate(events, 1):
-            self._expanding -= EVENT_BYTES
-            kind = event.get("type")
-            if kind == "response.completed":
-                self._answer_due = None
-            elif kind == "speech.stopped" and not self._translator.manual_turns:
-                self._expect_answer()  # a turn committed by the provider's voice detection
-            await self._outbox.put(event, EVENT_BYTES + (size if index == len(events) else 0))
+    def _silent(self) -> None:
+        """The reader's wait was cancelled: by the silence check, the provider stopped answering
+        (raised in place of the cancellation); else the cancellation goes on."""
+        task = asyncio.current_task()
+        if not self._silenced or task is None:
+            return
+        self._silenced = False
+        task.uncancel()
+        raise UpstreamError(
+            f"{self._provider}: the provider stopped answering (nothing for "
+            f"{self._response_timeout:g} s after an answer was asked for)"
+        ) from None
 
     # Resumption ---------------------------------------------------------------------------
 
