@@ -214,7 +214,7 @@ class ProviderConnection:
         except (ProtocolError, SessionUpdateUnsupportedError) as exc:
             await self._outbox.put(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
             return
-        if self._translator.expects_answer(event):
+        if event["type"] != "audio.append" and self._translator.expects_answer(event):
             self._expect_answer()
         for message in messages:
             await self._send_message(message)
@@ -247,19 +247,22 @@ class ProviderConnection:
         if self._resuming:
             self._hold(text)
             return
+        websocket = self._websocket
         try:
-            await self._send_text(text, self._websocket)
+            if self._cannot_wait(len(text)):
+                await websocket.send(text)  # no timer for a send that returns at once
+            else:
+                await self._send_text(text, websocket)
         except ConnectionClosed as exc:
             if self._resuming or self._can_resume():
                 self._hold(text)  # the reader sees the close too, and resumes
                 return
             raise _closed(self._provider, exc, "mid-session") from None
-        self._sent(text)
+        if self._translator.handle is not None:
+            self._sent(text)
 
     def _sent(self, text: str) -> None:
         """Keep a message sent since the newest handle: a resumed session has not seen it."""
-        if self._translator.handle is None:
-            return
         self._since_handle.append(text)
         self._since_handle_bytes += len(text)
         while self._since_handle_bytes > self._since_handle_limit:
@@ -278,13 +281,11 @@ class ProviderConnection:
         self._notify()
 
     async def _send_text(self, text: str, websocket: ClientConnection) -> None:
-        """Send one frame; ConnectionClosed passes through (the caller names the moment)."""
+        """Send one frame within the timeout; ConnectionClosed passes through (the caller names
+        the moment)."""
         try:
-            if websocket is self._websocket and self._cannot_wait(len(text)):
-                await websocket.send(text)  # no timer for a send that returns at once
-            else:
-                async with asyncio.timeout(self._timeout):
-                    await websocket.send(text)
+            async with asyncio.timeout(self._timeout):
+                await websocket.send(text)
         except TimeoutError:
             raise UpstreamError(
                 f"{self._provider} stopped reading: a send waited over {self._timeout:g} s"
@@ -363,16 +364,20 @@ class ProviderConnection:
                     self._receiving = False
                 if self._answer_due is not None:  # it said something: the wait starts again
                     self._expect_answer()
-                message, size = self._decode(frame)
+                message = decode_message(frame, self._string_kinds)
+                if not isinstance(message, dict):
+                    raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
+                size = len(frame)
                 events = self._translate(message) or ()
                 if self._translator.handle != self._handle:
                     self._new_handle()
                 last = len(events)
-                self._expanding = EVENT_BYTES * last
                 if last > 1:
+                    self._expanding = EVENT_BYTES * last
                     self._notify()
                 for index, event in enumerate(events, 1):
-                    self._expanding -= EVENT_BYTES
+                    if last > 1:
+                        self._expanding -= EVENT_BYTES
                     kind = event["type"]
                     if kind == "response.completed":
                         self._answer_due = None
@@ -458,7 +463,8 @@ class ProviderConnection:
                 text = self._held.popleft()
                 self._held_bytes -= len(text)
                 await self._send_text(text, websocket)
-                self._sent(text)
+                if self._translator.handle is not None:
+                    self._sent(text)
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, "after resuming") from None
         self._resuming = False
