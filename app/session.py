@@ -198,9 +198,11 @@ class SessionCore:
             return self._before_start(frame)
         ready = forwarded(frame)  # audio and turn control: checked without the models
         if ready is not None:
-            audio = ready.get("audio")
-            if audio is not None:
-                self.usage.input_audio_bytes += base64_bytes(audio)
+            if len(ready) == 2:  # `audio.append`, the bulk of a session: its bytes are counted
+                audio = ready["audio"]  # `base64_bytes`, inline: this runs for every frame
+                self.usage.input_audio_bytes += (
+                    len(audio) * 3 // 4 - audio.endswith("=") - audio.endswith("==")
+                )
             return [SendUpstream(ready)]
         try:
             event = parse_event(frame)
@@ -318,7 +320,10 @@ class SessionCore:
         elif decoded["type"] == "audio.delta":
             audio = decoded.get("audio")
             if type(audio) is str:
-                self.usage.output_audio_bytes += base64_bytes(audio)
+                # `base64_bytes`, inline: this runs for every frame
+                self.usage.output_audio_bytes += (
+                    len(audio) * 3 // 4 - audio.endswith("=") - audio.endswith("==")
+                )
         return [SendClient(event)]
 
     # Memory ----------------------------------------------------------------------------------

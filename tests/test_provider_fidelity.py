@@ -43,6 +43,7 @@ from tests.test_provider_sessions import (
 
 RESUMES = 3  # REALTIME_UPSTREAM_RESUMES for this edge: three goAways survive, a fourth does not
 BUDGET = 2 << 20  # REALTIME_SESSION_MEMORY_BYTES for this edge
+SILENCE = 5  # REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS: long enough for a loaded machine's fakes
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def fidelity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
             REALTIME_GEMINI_API_KEY=GEMINI_KEY,
             REALTIME_GEMINI_URL=gemini.url,
             REALTIME_UPSTREAM_TIMEOUT_SECONDS="5",
-            REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS="3",
+            REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS=str(SILENCE),
             REALTIME_UPSTREAM_RESUMES=str(RESUMES),
             REALTIME_SESSION_MEMORY_BYTES=str(BUDGET),
         )
@@ -317,7 +318,7 @@ def test_a_provider_that_stops_answering_ends_the_session(fidelity: Deployment, 
         send(ws, {"type": "text.input", "text": "go silent"})
         send(ws, {"type": "response.create"})
         assert_terminated(
-            ws, r"the provider stopped answering \(nothing for 3 s after an answer was asked for\)$"
+            ws, rf"the provider stopped answering \(nothing for {SILENCE} s after an answer was asked for\)$"
         )
 
 

@@ -214,7 +214,7 @@ class ProviderConnection:
         except (ProtocolError, SessionUpdateUnsupportedError) as exc:
             await self._outbox.put(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
             return
-        if self._translator.expects_answer(event):
+        if event["type"] != "audio.append" and self._translator.expects_answer(event):
             self._expect_answer()
         for message in messages:
             await self._send_message(message)
@@ -247,19 +247,22 @@ class ProviderConnection:
         if self._resuming:
             self._hold(text)
             return
+        websocket = self._websocket
         try:
-            await self._send_text(text, self._websocket)
+            if self._cannot_wait(len(text)):
+                await websocket.send(text)  # no timer for a send that returns at once
+            else:
+                await self._send_text(text, websocket)
         except ConnectionClosed as exc:
             if self._resuming or self._can_resume():
                 self._hold(text)  # the reader sees the close too, and resumes
                 return
             raise _closed(self._provider, exc, "mid-session") from None
-        self._sent(text)
+        if self._translator.handle is not None:
+            self._sent(text)
 
     def _sent(self, text: str) -> None:
         """Keep a message sent since the newest handle: a resumed session has not seen it."""
-        if self._translator.handle is None:
-            return
         self._since_handle.append(text)
         self._since_handle_bytes += len(text)
         while self._since_handle_bytes > self._since_handle_limit:
@@ -278,13 +281,11 @@ class ProviderConnection:
         self._notify()
 
     async def _send_text(self, text: str, websocket: ClientConnection) -> None:
-        """Send one frame; ConnectionClosed passes through (the caller names the moment)."""
+        """Send one frame within the timeout; ConnectionClosed passes through (the caller names
+        the moment)."""
         try:
-            if websocket is self._websocket and self._cannot_wait(len(text)):
-                await websocket.send(text)  # no timer for a send that returns at once
-            else:
-                async with asyncio.timeout(self._timeout):
-                    await websocket.send(text)
+            async with asyncio.timeout(self._timeout):
+                await websocket.send(text)
         except TimeoutError:
             raise UpstreamError(
                 f"{self._provider} stopped reading: a send waited over {self._timeout:g} s"
@@ -338,62 +339,68 @@ class ProviderConnection:
             self._dropped(self._provider, self._translator.kind(message))
         return events
 
-    async def _receive_frame(self) -> str | bytes:
-        """The next frame of the current connection; the silence check may cancel the wait."""
-        self._receiving = True
-        try:
-            return await self._websocket.recv()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._silenced or task is None:
-                raise
-            self._silenced = False
-            task.uncancel()
-            raise UpstreamError(
-                f"{self._provider}: the provider stopped answering (nothing for "
-                f"{self._response_timeout:g} s after an answer was asked for)"
-            ) from None
-        finally:
-            self._receiving = False
-
     async def _read(self) -> None:
-        """Provider messages to the outbox until the provider closes or fails (then its error)."""
+        """Provider messages to the outbox until the provider closes or fails (then its error).
+
+        Each event counts `EVENT_BYTES` from the moment its message is translated (one message must
+        not expand past the budget unseen); the frame's size is held until its last event is taken.
+        The loop is inline: it runs once per provider frame, and each coroutine layer costs there.
+        """
         try:
             while True:
+                self._receiving = True  # the silence check may cancel this wait, and only this one
                 try:
-                    frame = await self._receive_frame()
+                    frame = await self._websocket.recv()
                 except ConnectionClosed as exc:
                     closed = _closed(self._provider, exc, "mid-session")
                     if not self._can_resume():
                         raise closed from None
                     await self._resume(closed.message.removeprefix(f"{self._provider} "))
                     continue
+                except asyncio.CancelledError:
+                    self._silent()
+                    raise
+                finally:
+                    self._receiving = False
                 if self._answer_due is not None:  # it said something: the wait starts again
                     self._expect_answer()
-                message, size = self._decode(frame)
-                events = self._translate(message) or []
+                message = decode_message(frame, self._string_kinds)
+                if not isinstance(message, dict):
+                    raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
+                size = len(frame)
+                events = self._translate(message) or ()
                 if self._translator.handle != self._handle:
                     self._new_handle()
-                await self._queue(events, size)
+                last = len(events)
+                if last > 1:
+                    self._expanding = EVENT_BYTES * last
+                    self._notify()
+                for index, event in enumerate(events, 1):
+                    if last > 1:
+                        self._expanding -= EVENT_BYTES
+                    kind = event["type"]
+                    if kind == "response.completed":
+                        self._answer_due = None
+                    elif kind == "speech.stopped" and not self._translator.manual_turns:
+                        self._expect_answer()  # a turn ended by the provider's voice detection
+                    await self._outbox.put(event, EVENT_BYTES + (size if index == last else 0))
                 if self._translator.going_away:
                     await self._resume("announced the end of its connection (goAway)")
         except UpstreamError as exc:
             await self._outbox.put(exc, 0)
 
-    async def _queue(self, events: list[dict[str, Any]], size: int) -> None:
-        """Events to the outbox, each counted (`EVENT_BYTES`) from now on: one message must not
-        expand past the budget unseen. The frame's size is held until its last event is taken."""
-        self._expanding = EVENT_BYTES * len(events)
-        if len(events) > 1:
-            self._notify()
-        for index, event in enumerate(events, 1):
-            self._expanding -= EVENT_BYTES
-            kind = event.get("type")
-            if kind == "response.completed":
-                self._answer_due = None
-            elif kind == "speech.stopped" and not self._translator.manual_turns:
-                self._expect_answer()  # a turn committed by the provider's voice detection
-            await self._outbox.put(event, EVENT_BYTES + (size if index == len(events) else 0))
+    def _silent(self) -> None:
+        """The reader's wait was cancelled: by the silence check, the provider stopped answering
+        (raised in place of the cancellation); else the cancellation goes on."""
+        task = asyncio.current_task()
+        if not self._silenced or task is None:
+            return
+        self._silenced = False
+        task.uncancel()
+        raise UpstreamError(
+            f"{self._provider}: the provider stopped answering (nothing for "
+            f"{self._response_timeout:g} s after an answer was asked for)"
+        ) from None
 
     # Resumption ---------------------------------------------------------------------------
 
@@ -456,7 +463,8 @@ class ProviderConnection:
                 text = self._held.popleft()
                 self._held_bytes -= len(text)
                 await self._send_text(text, websocket)
-                self._sent(text)
+                if self._translator.handle is not None:
+                    self._sent(text)
         except ConnectionClosed as exc:
             raise _closed(self._provider, exc, "after resuming") from None
         self._resuming = False
