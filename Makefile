@@ -55,10 +55,10 @@ revoke-api-key: $(VENV)/.installed
 	@$(PY) -m app.apikeys revoke --id "$(ID)"
 
 inspect: $(VENV)/.installed
-	@$(PY) -m app.inspect $(if $(TICKET),"$(TICKET)",-)
+	@$(PY) -m app.tickets.inspect $(if $(TICKET),"$(TICKET)",-)
 
 revoke: $(VENV)/.installed
-	@$(PY) -m app.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
+	@$(PY) -m app.edge.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy
@@ -70,10 +70,10 @@ bench: $(VENV)/.installed
 	$(PY) -m bench $(if $(filter 1 true yes,$(QUICK)),--quick,)
 
 cluster: $(VENV)/.installed
-	$(PY) -m app.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))$(if $(filter 1 true yes,$(TLS)), --tls,)
+	$(PY) -m app.ops.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))$(if $(filter 1 true yes,$(TLS)), --tls,)
 
 cluster-stop: $(VENV)/.installed
-	$(PY) -m app.cluster stop
+	$(PY) -m app.ops.cluster stop
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock .mypy_cache .ruff_cache .pytest_cache

@@ -235,7 +235,7 @@ def fields_text(record: logging.LogRecord) -> str:
     return "".join(f" {key}={_field_text(value)}" for key, value in values.items())
 
 
-#: The service's line: `2026-05-13 15:32:00,123 INFO app.realtime: redemption ok ...`.
+#: The service's line: `2026-05-13 15:32:00,123 INFO app.edge.realtime: redemption ok ...`.
 LINE = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

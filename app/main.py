@@ -1,4 +1,4 @@
-"""The app factory: routes, error answers and lifespan wiring; the service starts with `app.serve`."""
+"""The app factory: routes, error answers and lifespan wiring; the service starts with `app.server.cli`."""
 
 from __future__ import annotations
 
@@ -16,19 +16,20 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app import admin, logs
+from app import logs
 from app.clock import Clock, SystemClock
 from app.config import Settings
-from app.demo import client, dev_ticket, favicon, page, static
-from app.dispatch import App, DirectRoute, DirectWebSocketRoute
+from app.edge import admin
+from app.edge.demo import client, dev_ticket, favicon, page, static
+from app.edge.dispatch import App, DirectRoute, DirectWebSocketRoute
+from app.edge.metrics import CONTENT_TYPE
+from app.edge.mint import mint
+from app.edge.proxies import AdminListener, ForwardedHeaders
+from app.edge.realtime import realtime
+from app.edge.responses import error_response
+from app.edge.services import Services
 from app.exceptions import RealtimeError, UnavailableError, UnsupportedServerError
-from app.metrics import CONTENT_TYPE
-from app.mint import mint
-from app.proxies import AdminListener, ForwardedHeaders
-from app.realtime import realtime
-from app.responses import error_response
-from app.services import Services
-from app.upstreams.base import Upstream
+from app.session.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ def create_app(
 
     app = App(
         routes=[
-            # The two hot routes skip Starlette's router (app.dispatch).
+            # The two hot routes skip Starlette's router (app.edge.dispatch).
             DirectRoute("/v3/realtime-sessions", mint, methods=["POST"]),
             DirectWebSocketRoute("/v3/realtime", realtime),
             Route("/.well-known/jwks.json", jwks, methods=["GET"]),

@@ -64,7 +64,7 @@ def loads(text: str, *, unique_names: bool = True) -> Any:
 
     Args:
         unique_names: refuse a member name twice in one object. Client events pass False: their
-            short path (orjson, `app.events.forwarded`) keeps the last, and both paths must agree.
+            short path (orjson, `app.session.events.forwarded`) keeps the last, and both paths must agree.
 
     Raises:
         DuplicateMemberError: a member name twice in one object, with `unique_names` (a ValueError).

@@ -1,4 +1,4 @@
-"""`python -m bench.bare`: the baselines, bare Starlette apps on the same uvicorn settings as app.serve.
+"""`python -m bench.bare`: the baselines, bare Starlette apps on the same uvicorn settings as app.server.cli.
 
 `POST /v3/realtime-sessions` reads a JSON body and answers a JSON object of the service's size (read
 from `--response-file`); `/v3/realtime` accepts, echoes one text frame and waits for the close.
@@ -32,9 +32,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from app.keys import KeySet
-from app.realtime import TICKET_PROTOCOL
-from app.server import tune_gc, uvicorn_config
+from app.edge.realtime import TICKET_PROTOCOL
+from app.server.runner import tune_gc, uvicorn_config
+from app.tickets.keys import KeySet
 
 
 def _unpadded(segment: str) -> bytes:

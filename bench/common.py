@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.apikeys import create_key
-from app.keys import KeySet, SigningKey
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKey, SealKeySet
-from app.tickets import issue
+from app.tickets.apikeys import create_key
+from app.tickets.keys import KeySet, SigningKey
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKey, SealKeySet
+from app.tickets.ticket import issue
 from bench.procs import ROOT, Server
 
 T = TypeVar("T")
@@ -128,7 +128,7 @@ def new_keys(workdir: Path, name: str) -> tuple[Path, str]:
 
 def service(plan: Plan, name: str, keys_dir: Path, **env: str) -> Server:
     return Server(
-        "app.serve",
+        "app.server.cli",
         env={"REALTIME_KEYS_DIR": str(keys_dir), **env},
         log_path=plan.workdir / f"{name}.log",
     )

@@ -28,8 +28,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.config import Settings
-from app.keys import KeySet
-from app.server import tune_gc, uvicorn_config
+from app.server.runner import tune_gc, uvicorn_config
+from app.tickets.keys import KeySet
 
 ISSUER = AUDIENCE = "opper-realtime"
 PREFIX = "opper-ticket."

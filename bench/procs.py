@@ -56,7 +56,7 @@ def raise_nofile() -> int:
 
 
 def free_port() -> int:
-    # Not app.cluster's: that module imports httpx and redis, and load generators import this one.
+    # Not app.ops.cluster's: that module imports httpx and redis, and load generators import this one.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

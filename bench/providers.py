@@ -17,11 +17,11 @@ import statistics
 import time
 from typing import Any
 
-from app.events import encode_event
-from app.models import ModelRegistry
-from app.providers.openai import OpenAITranslator
-from app.upstreams.base import SessionInfo
-from app.upstreams.providers import Endpoint, ProvidersUpstream
+from app.session.events import encode_event
+from app.session.models import ModelRegistry
+from app.session.upstream import SessionInfo
+from app.upstreams.providers.adapter import Endpoint, ProvidersUpstream
+from app.upstreams.providers.openai import OpenAITranslator
 from bench.common import (
     CaseResult,
     Plan,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import time
 
-from app.keys import KeySet, SigningKey
-from app.sealkeys import SEAL_FILE, SealKeySet
-from app.tickets import issue, verify
+from app.tickets.keys import KeySet, SigningKey
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets.ticket import issue, verify
 from bench.common import (
     AUDIENCE,
     BOUND_CONFIG,

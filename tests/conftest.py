@@ -9,11 +9,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from app.apikeys import create_key
 from app.clock import FakeClock
 from app.config import Settings
-from app.keys import KeySet
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
 
 START = 1_800_000_000.0
 PROJECT = "proj_test"

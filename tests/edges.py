@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from websockets.sync.client import ClientConnection, connect
 
-from app.apikeys import create_key
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.rawsocket import RawClient
 from tests.servers import ServiceProcess
 

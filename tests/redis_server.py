@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.processes import free_port
+from app.ops.processes import free_port
 from tests.servers import terminate
 
 REDIS_SERVER = "redis-server"

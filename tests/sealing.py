@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app import jwe
-from app.base64url import b64url_decode
-from app.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets import jwe
+from app.tickets.base64url import b64url_decode
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
 
 
 def signed_part(ticket: str, keys_dir: Path) -> str:

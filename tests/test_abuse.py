@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 
-from app.server import DRAIN_SECONDS
+from app.server.runner import DRAIN_SECONDS
 from tests.edges import MIB, TEXT_ONLY, edge, started
 from tests.rawsocket import PING, TEXT, frame
 

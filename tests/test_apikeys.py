@@ -19,11 +19,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from app.apikeys import create_key, read_keys, revoke_key, write_keys
-from app.apikeys.store import ApiKeyStore, bearer_token
 from app.exceptions import InvalidCredentialsError, KeySetError, MissingCredentialsError
-from app.files import locked
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key, read_keys, revoke_key, write_keys
+from app.tickets.bearer import ApiKeyStore, bearer_token
+from app.tickets.keyfiles import locked
+from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.servers import ServiceProcess
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.rotation import ensure_keys
+from app.tickets.rotation import ensure_keys
 from tests.browser import chromium
 from tests.servers import ServiceProcess
 

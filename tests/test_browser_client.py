@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.apikeys import create_key
-from app.base64url import b64url
-from app.keys import KeySet
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.base64url import b64url
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
 from tests.browser import chromium
 from tests.servers import ROOT, ServiceProcess, terminate
 

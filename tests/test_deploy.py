@@ -16,14 +16,14 @@ import pytest
 import yaml
 
 from app.config import Settings
-from app.server import DRAIN_SECONDS
+from app.server.runner import DRAIN_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 # The oldest and newest Kubernetes versions the manifests are checked against (strict schemas).
 VERSIONS = ("1.30.0", "1.34.0")
-UVICORN_GRACE = DRAIN_SECONDS + 5  # `timeout_graceful_shutdown` in app.server
+UVICORN_GRACE = DRAIN_SECONDS + 5  # `timeout_graceful_shutdown` in app.server.runner
 
 
 def documents() -> list[dict[str, Any]]:

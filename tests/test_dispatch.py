@@ -1,4 +1,5 @@
-"""app.dispatch.App: direct routes answer as Starlette routing would, middleware and handlers included."""
+"""app.edge.dispatch.App: direct routes answer as Starlette routing would, middleware and handlers
+included."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.dispatch import App, DirectRoute, DirectWebSocketRoute
+from app.edge.dispatch import App, DirectRoute, DirectWebSocketRoute
 
 
 class Boom(Exception):

@@ -23,10 +23,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app import server
-from app.apikeys import create_key
 from app.config import Settings
-from app.rotation import ensure_keys
+from app.server import runner as server
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="

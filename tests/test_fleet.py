@@ -1,4 +1,4 @@
-"""The fleet behind nginx (`python -m app.cluster`): single use, rotation under load, failures, drain."""
+"""The fleet behind nginx (`python -m app.ops.cluster`): single use, rotation under load, failures, drain."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from app.processes import alive
-from app.rotation import ensure_keys
+from app.ops.processes import alive
+from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.redis_server import RedisServer, redis_server
 from tests.sealing import signing_kid
@@ -230,7 +230,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         keys_dir = tmp_path / "keys"
         run_dir = tmp_path / "run"
         result = subprocess.run(
-            [sys.executable, "-m", "app.cluster", "start", "--dir", str(run_dir), *options],
+            [sys.executable, "-m", "app.ops.cluster", "start", "--dir", str(run_dir), *options],
             cwd=ROOT,
             env={**cluster_env(keys_dir), **(env or {})},
             capture_output=True,
@@ -251,7 +251,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     yield make
     for cluster in started:
         result = subprocess.run(
-            [sys.executable, "-m", "app.cluster", "stop", "--dir", str(cluster.run_dir)],
+            [sys.executable, "-m", "app.ops.cluster", "stop", "--dir", str(cluster.run_dir)],
             cwd=ROOT,
             env=cluster_env(cluster.keys_dir),
             capture_output=True,
@@ -701,7 +701,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 def test_revoking_an_api_key_ends_its_sessions_on_both_edges_and_refuses_its_tickets(
     make_cluster: Callable[..., Cluster],
 ) -> None:
-    from app.apikeys import create_key
+    from app.tickets.apikeys import create_key
 
     cluster = make_cluster()
     keys_file = cluster.keys_dir / "api_keys.json"

@@ -21,10 +21,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
+from app.edge.quota import RedisQuota, seconds_to_midnight
 from app.exceptions import QuotaExceededError
-from app.quota import RedisQuota, seconds_to_midnight
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.redis_server import RedisServer, require_redis_server, start_cluster
 from tests.servers import ServiceProcess
@@ -298,13 +298,15 @@ def test_make_revoke_and_make_revoke_api_key_reach_every_edge(fleet: Fleet) -> N
     a, b = fleet.edges
     with ExitStack() as stack:
         ws, session_id = open_session(stack, b, mint(a, fleet.keys.runtime))
-        done = _command(fleet, "app.revocations", "revoke", "--session", session_id, "--reason", "by script")
+        done = _command(
+            fleet, "app.edge.revocations", "revoke", "--session", session_id, "--reason", "by script"
+        )
         assert done.returncode == 0, done.stderr
         assert ending(ws) == ("revoked", 1008)
     unredeemed = mint(a, fleet.keys.runtime)
     with ExitStack() as stack:
         ws, _ = open_session(stack, b, mint(a, fleet.keys.runtime))
-        done = _command(fleet, "app.apikeys", "revoke", "--id", fleet.keys.runtime_id)
+        done = _command(fleet, "app.tickets.apikeys", "revoke", "--id", fleet.keys.runtime_id)
         assert done.returncode == 0, done.stderr
         assert "revoked across the fleet" in done.stdout
         assert ending(ws) == ("revoked", 1008)
@@ -315,7 +317,7 @@ def test_make_revoke_on_memory_says_to_use_the_admin_api(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     env.update(REALTIME_KEYS_DIR=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "app.revocations", "revoke", "--project", "p"],
+        [sys.executable, "-m", "app.edge.revocations", "revoke", "--project", "p"],
         cwd=ROOT,
         env=env,
         capture_output=True,

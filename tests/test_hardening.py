@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.apikeys import create_key
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from app.upstreams.turn import HIDDEN
 from tests.rawsocket import TEXT, RawClient, masked
 from tests.servers import ServiceProcess
@@ -197,7 +197,7 @@ def test_text_that_is_not_utf8_closes_1007_without_an_error_line(edge: Edge, qui
         client.close()
     assert close_code == 1007
     deadline = time.monotonic() + DEADLINE
-    line = " INFO app.websocket: a client sent a text message that is not UTF-8: closed with 1007"
+    line = " INFO app.server.frames: a client sent a text message that is not UTF-8: closed with 1007"
     while line not in edge.log()[offset:] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert line in edge.log()[offset:]

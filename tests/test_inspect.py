@@ -1,4 +1,5 @@
-"""`python -m app.inspect` (`make inspect TICKET=...`): each verdict, its exit status, and no key material."""
+"""`python -m app.tickets.inspect` (`make inspect TICKET=...`): each verdict, its exit status, and no key
+material."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ import pytest
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
-from app.base64url import b64url
-from app.claims import tid
-from app.keys import KeySet
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKeySet
-from app.tickets import issue
+from app.tickets.apikeys import create_key
+from app.tickets.base64url import b64url
+from app.tickets.claims import tid
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets.ticket import issue
 from tests.redis_server import RedisServer
 from tests.servers import ROOT, ServiceProcess
 
@@ -32,7 +33,7 @@ def inspect(ticket: str, env: dict[str, str]) -> tuple[int, str]:
     """Runs the command as an operator would, the ticket on stdin; (exit status, output)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     done = subprocess.run(
-        [sys.executable, "-m", "app.inspect"],
+        [sys.executable, "-m", "app.tickets.inspect"],
         cwd=ROOT,
         env={**clean, **env},
         input=ticket,
@@ -201,7 +202,7 @@ def test_make_inspect_takes_the_ticket_from_the_command_line(tmp_path: Path) -> 
     token = ticket(keys_dir)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     done = subprocess.run(
-        [sys.executable, "-m", "app.inspect", token],
+        [sys.executable, "-m", "app.tickets.inspect", token],
         cwd=ROOT,
         env={**clean, "REALTIME_KEYS_DIR": str(keys_dir)},
         capture_output=True,
@@ -210,4 +211,6 @@ def test_make_inspect_takes_the_ticket_from_the_command_line(tmp_path: Path) -> 
         check=False,
     )
     assert done.returncode == 0 and field(done.stdout, "verdict") == "valid"
-    assert "app.inspect" in (ROOT / "Makefile").read_text().split("\ninspect:", 1)[1].split("\n\n", 1)[0]
+    assert (
+        "app.tickets.inspect" in (ROOT / "Makefile").read_text().split("\ninspect:", 1)[1].split("\n\n", 1)[0]
+    )

@@ -1,4 +1,4 @@
-"""A response's head goes out with its first body bytes (`app.connections.JoinedWrites`): unit
+"""A response's head goes out with its first body bytes (`app.server.connections.JoinedWrites`): unit
 behaviour on a recording transport, and real HTTP/1.1 exchanges with the service on a raw socket."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any, cast
 
 import pytest
 
-from app.apikeys import create_key
-from app.connections import JoinedWrites
-from app.rotation import ensure_keys
+from app.server.connections import JoinedWrites
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 

@@ -28,10 +28,10 @@ from websockets.typing import Subprotocol
 
 from app.clock import FakeClock
 from app.exceptions import KeySetError
-from app.jwks import JwksKeySource, parse_jwks
-from app.keys import KeySet
-from app.rotation import ensure_keys, rotate
-from app.tickets import issue
+from app.tickets.jwks import JwksKeySource, parse_jwks
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys, rotate
+from app.tickets.ticket import issue
 from tests.servers import ServiceProcess
 
 INTERVAL = 5.0
@@ -254,7 +254,7 @@ def test_a_gzip_bomb_is_cut_off_at_1_mib_of_decompressed_bytes(
     minter.raw = spaces_gzipped(200)
     tracemalloc.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="app.jwks"):
+        with caplog.at_level(logging.WARNING, logger="app.tickets.jwks"):
             kept, failures = fetch_once(minter)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -350,7 +350,7 @@ def test_skipped_keys_are_logged_once_not_at_every_poll(
         finally:
             await keys.aclose()
 
-    with caplog.at_level(logging.WARNING, logger="app.jwks"):
+    with caplog.at_level(logging.WARNING, logger="app.tickets.jwks"):
         kept = asyncio.run(scenario())
     assert kids(kept) == kids(keyset) and minter.requests == 4
     lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]

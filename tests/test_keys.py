@@ -19,15 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from app import keys as keys_module
-from app.apikeys import create_key
 from app.exceptions import KeySetError, UnknownKeyError
-from app.files import atomic_write, locked
-from app.keys import KeySet
-from app.keysource import DirectoryKeySource, SealKeySource
-from app.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
-from app.sealkeys import SEAL_FILE
-from app.tickets import issue, verify
+from app.tickets import keys as keys_module
+from app.tickets.apikeys import create_key
+from app.tickets.keyfiles import atomic_write, locked
+from app.tickets.keys import KeySet
+from app.tickets.keysource import DirectoryKeySource, SealKeySource
+from app.tickets.rotation import ensure_keys, publish_wait, retire, retire_after, rotate
+from app.tickets.sealkeys import SEAL_FILE
+from app.tickets.ticket import issue, verify
 from tests.servers import ServiceProcess
 
 NOW = 1_800_000_000
@@ -136,10 +136,10 @@ def test_crash_mid_rotation_leaves_the_old_set_usable(
             raise OSError("disk full (simulated)")
         real_write(path, data, mode=mode)
 
-    monkeypatch.setattr("app.rotation.atomic_write", failing_write)
+    monkeypatch.setattr("app.tickets.rotation.atomic_write", failing_write)
     with pytest.raises(OSError, match="simulated"):
         rotate(tmp_path, now=NOW + 10)
-    monkeypatch.setattr("app.rotation.atomic_write", real_write)
+    monkeypatch.setattr("app.tickets.rotation.atomic_write", real_write)
 
     after = KeySet.load(tmp_path)
     assert [k.kid for k in after.keys] == [k.kid for k in before.keys]
@@ -158,7 +158,7 @@ def test_crash_mid_retire_keeps_a_loadable_set(tmp_path: Path, monkeypatch: pyte
     def failing_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise OSError("simulated")
 
-    monkeypatch.setattr("app.rotation.atomic_write", failing_write)
+    monkeypatch.setattr("app.tickets.rotation.atomic_write", failing_write)
     with pytest.raises(OSError):
         retire(tmp_path, now=NOW + 2, min_age=0, force=True)
     assert states(KeySet.load(tmp_path)) == {"next": 1, "active": 1, "retiring": 1}
@@ -298,7 +298,7 @@ def test_publish_wait_never_undercuts_the_edges_refresh(
 
 def rotate_slowly(directory: str, barrier: Any) -> None:
     """In a child process: rotate on a disk that takes 0.3 s per write, once every child is ready."""
-    from app import rotation
+    from app.tickets import rotation
 
     def slow_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         time.sleep(0.3)  # a slow disk: the window between reading and replacing the manifest widens
@@ -367,7 +367,7 @@ def test_directory_source_keeps_the_last_good_set_and_says_so_once(
     good = source.load()
     saved = (tmp_path / "jwks.json").read_bytes()
     breakage(tmp_path / "jwks.json")
-    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+    with caplog.at_level(logging.WARNING, logger="app.tickets.keysource"):
         for _ in range(5):
             now[0] += 1
             assert source.current() is good
@@ -398,8 +398,8 @@ def test_directory_source_survives_a_permission_error(
     def denied(path: Path) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("app.keysource.stamp", denied)
-    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+    monkeypatch.setattr("app.tickets.keysource.stamp", denied)
+    with caplog.at_level(logging.WARNING, logger="app.tickets.keysource"):
         for _ in range(3):
             now[0] += 1
             assert source.current() is good
@@ -452,9 +452,12 @@ def app_imports() -> dict[str, set[str]]:
 
 
 def test_no_module_of_the_app_imports_itself_through_others() -> None:
-    """`python -m app.keys` lives in app/keys/__main__.py so the key set never imports its writers."""
+    """`python -m app.keys` lives in app/ops/keys.py so the key set never imports its writers."""
     graph = app_imports()
-    assert "app.rotation" in graph["app.keys.__main__"] and "app.keys" in graph["app.rotation"]
+    assert (
+        "app.tickets.rotation" in graph["app.ops.keys"]
+        and "app.tickets.keys" in graph["app.tickets.rotation"]
+    )
     cycles = []
     for start in graph:
         stack, seen = [(start, [start])], set()
@@ -481,7 +484,7 @@ def test_make_keys_on_a_complete_read_only_directory_needs_no_lock(
             raise OSError(30, "Read-only file system", str(path))
         return real_open(path, flags, mode)
 
-    monkeypatch.setattr("app.files.os.open", read_only)
+    monkeypatch.setattr("app.tickets.keyfiles.os.open", read_only)
     again, changed = ensure_keys(tmp_path, now=NOW + 1)
     assert not changed and [k.kid for k in again.keys] == [k.kid for k in first.keys]
 
@@ -500,7 +503,7 @@ def test_seal_key_source_keeps_the_last_good_set_and_says_so_once(
     good = source.load()
     assert good.keys
     breakage(tmp_path / SEAL_FILE)
-    with caplog.at_level(logging.WARNING, logger="app.keysource"):
+    with caplog.at_level(logging.WARNING, logger="app.tickets.keysource"):
         for _ in range(3):
             now[0] += 1
             assert source.current() is good

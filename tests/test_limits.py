@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.limits import Limits, Rate
+from app.session.limits import Limits, Rate
 
 OPENED = 1_000.0
 

@@ -14,17 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import (
-    LINE,
-    Format,
-    QueueWriter,
-    RedactSecrets,
-    config,
-    escape_controls,
-    redact,
-    write_through,
-)
-from app.rotation import ensure_keys
+from app.logs import LINE, Format, QueueWriter, RedactSecrets, config, escape_controls, redact, write_through
+from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -128,7 +119,7 @@ def test_the_cached_timestamp_matches_the_standard_format(created: float) -> Non
 
 
 def _record(message: str, args: tuple[object, ...] | None, **extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("app.realtime", logging.INFO, __file__, 1, message, args, None)
+    record = logging.LogRecord("app.edge.realtime", logging.INFO, __file__, 1, message, args, None)
     record.__dict__.update(extra)
     return record
 

@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from app.apikeys import create_key
-from app.binding import Binding
 from app.clock import FakeClock
 from app.config import Settings
+from app.edge.mint import read_request
 from app.exceptions import InvalidJSONError, UnknownModelError
-from app.keys import KeySet
 from app.main import create_app
-from app.mint import read_request
-from app.models import ModelRegistry
-from app.sealkeys import SealKeySet
-from app.tickets import verify
+from app.session.binding import Binding
+from app.session.models import ModelRegistry
+from app.tickets.apikeys import create_key
+from app.tickets.keys import KeySet
+from app.tickets.sealkeys import SealKeySet
+from app.tickets.ticket import verify
 from tests.conftest import PROJECT, START
 from tests.sealing import claims_of, signing_kid
 
@@ -309,7 +309,7 @@ def test_ws_url_settings(
 def test_next_ticket_uses_the_rotated_key(
     client: TestClient, api_key: str, keys_dir: Path, clock: FakeClock
 ) -> None:
-    from app.rotation import rotate
+    from app.tickets.rotation import rotate
 
     first = claims_of(client.post(URL, headers=auth(api_key)).json()["client_secret"], keys_dir)
     before = client.post(URL, headers=auth(api_key)).json()["client_secret"]

@@ -12,8 +12,8 @@ from starlette.testclient import TestClient
 from app.clock import FakeClock
 from app.config import Settings
 from app.main import create_app
-from app.processes import free_port
-from app.server import YOUNG_GC_THRESHOLD, tune_gc
+from app.ops.processes import free_port
+from app.server.runner import YOUNG_GC_THRESHOLD, tune_gc
 from tests.conftest import PROJECT
 
 METRICS = (

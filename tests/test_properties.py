@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from app import exceptions
-from app.apikeys import create_key
 from app.config import Settings
+from app.edge.mint import parse_body
 from app.main import create_app
-from app.mint import parse_body
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 
 PROPERTY = settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

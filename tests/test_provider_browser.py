@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.rotation import ensure_keys
+from app.tickets.rotation import ensure_keys
 from tests.browser import chromium
 from tests.fake_providers import FakeProvider
 from tests.servers import ServiceProcess

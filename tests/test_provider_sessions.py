@@ -22,8 +22,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from app.apikeys import create_key
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.fake_providers import FakeProvider
 from tests.servers import ServiceProcess
 

@@ -17,12 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from app import jwe
-from app.apikeys import ApiKey, create_key, digest, read_keys, write_keys
-from app.files import locked
-from app.keys import KeySet
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets import jwe
+from app.tickets.apikeys import ApiKey, create_key, digest, read_keys, write_keys
+from app.tickets.keyfiles import locked
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
 from tests.servers import ServiceProcess
 
 ORIGIN_OK = "https://app.example"

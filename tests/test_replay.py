@@ -22,17 +22,17 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
 from app.clock import FakeClock
+from app.edge.redisreplay import CLIENT_NAME, MAX_CONNECTIONS, PROBE_MILLISECONDS, RedisReplayStore
+from app.edge.replay import MemoryReplayStore
 from app.exceptions import (
     ReplayStoreFullError,
     ReplayStoreUnavailableError,
     TicketNotRedeemableError,
     TicketReplayedError,
 )
-from app.redisreplay import CLIENT_NAME, MAX_CONNECTIONS, PROBE_MILLISECONDS, RedisReplayStore
-from app.replay import MemoryReplayStore
-from app.rotation import ensure_keys
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.redis_server import RedisServer, redis_server, require_redis_server, start_cluster
 from tests.sealing import claims_of
 from tests.servers import ServiceProcess

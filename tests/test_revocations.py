@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from app.apikeys import create_key, revoke_key
 from app.clock import FakeClock
 from app.config import Settings
+from app.edge.quota import MemoryQuota, seconds_to_midnight
+from app.edge.revocations import Revocation, RevocationIndex, Subject
 from app.exceptions import QuotaExceededError
-from app.keys import KeySet
 from app.main import create_app
-from app.quota import MemoryQuota, seconds_to_midnight
-from app.revocations import Revocation, RevocationIndex, Subject
+from app.tickets.apikeys import create_key, revoke_key
+from app.tickets.keys import KeySet
 from tests.conftest import PROJECT, START
 from tests.sealing import claims_of
 

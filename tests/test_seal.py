@@ -15,16 +15,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
-from app.base64url import b64url, b64url_decode
 from app.clock import FakeClock
 from app.config import Settings
 from app.exceptions import InvalidTicketError, KeySetError, TicketError, UnknownKeyError
-from app.keys import KeySet, SigningKey
-from app.keys import __main__ as keys_cli
 from app.main import create_app
-from app.rotation import ensure_keys, rotate
-from app.sealkeys import SEAL_FILE, SealKey, SealKeySet, retire_seal_keys
-from app.tickets import issue, verify
+from app.ops import keys as keys_cli
+from app.tickets.base64url import b64url, b64url_decode
+from app.tickets.keys import KeySet, SigningKey
+from app.tickets.rotation import ensure_keys, rotate
+from app.tickets.sealkeys import SEAL_FILE, SealKey, SealKeySet, retire_seal_keys
+from app.tickets.ticket import issue, verify
 from tests.conftest import PROJECT, START
 from tests.sealing import claims_of, segment_json, signed_part
 

@@ -19,10 +19,10 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
 from app import logs
-from app.apikeys import create_key
 from app.config import Settings
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE
 from tests.fake_providers import FakeProvider
 from tests.servers import ServiceProcess
 
@@ -75,7 +75,7 @@ def test_seal_keys_are_redacted_once_loaded(tmp_path: Path) -> None:
     seal = json.loads((tmp_path / SEAL_FILE).read_text())
     values = [entry["k"] for entry in seal["keys"]]
     assert values
-    from app.keysource import SealKeySource
+    from app.tickets.keysource import SealKeySource
 
     SealKeySource(tmp_path / SEAL_FILE).load()
     for value in values:

@@ -18,10 +18,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from app.apikeys import create_key
-from app.processes import alive, free_port
-from app.proxies import ForwardedHeaders, TrustedProxies
-from app.rotation import ensure_keys
+from app.edge.proxies import ForwardedHeaders, TrustedProxies
+from app.ops.processes import alive, free_port
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.redis_server import RedisServer, redis_server
 from tests.servers import ROOT, ServiceProcess

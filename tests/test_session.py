@@ -13,18 +13,10 @@ from typing import Any
 
 import pytest
 
-from app.binding import Binding, prepare_binding
 from app.config import Settings
-from app.models import ModelRegistry
-from app.session import (
-    Action,
-    Close,
-    Connect,
-    SendClient,
-    SendUpstream,
-    SessionCore,
-    Terminate,
-)
+from app.session.binding import Binding, prepare_binding
+from app.session.core import Action, Close, Connect, SendClient, SendUpstream, SessionCore, Terminate
+from app.session.models import ModelRegistry
 
 Event = dict[str, Any]
 T0 = 1_000.0

@@ -28,14 +28,14 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.clock import FakeClock, SystemClock
 from app.config import Settings
-from app.driver import SessionDriver
+from app.edge.services import Services
 from app.exceptions import UpstreamError
 from app.main import create_app
-from app.models import ModelRegistry
-from app.services import Services
-from app.session import SessionCore
+from app.session.core import SessionCore
+from app.session.driver import SessionDriver
+from app.session.models import ModelRegistry
+from app.session.upstream import SessionInfo
 from app.upstreams.audio import windows
-from app.upstreams.base import SessionInfo
 from app.upstreams.local import LocalConnection, LocalUpstream
 from app.upstreams.turn import HIDDEN, Turn, reply_deltas, reply_words
 from tests.polling import poll

@@ -25,10 +25,10 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
-from app.processes import free_port
-from app.rotation import ensure_keys
-from app.skew import judge
+from app.edge.skew import judge
+from app.ops.processes import free_port
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.redis_server import RedisServer, require_redis_server
 from tests.servers import ServiceProcess

@@ -13,9 +13,9 @@ import pytest
 import websockets.exceptions
 from websockets.sync.client import connect
 
-from app import internals
 from app.exceptions import SettingsError
 from app.main import UNSUPPORTED_START
+from app.server import internals
 from tests.servers import ROOT, terminate
 
 FACTORY = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]

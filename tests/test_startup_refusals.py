@@ -17,13 +17,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
 from app.config import Settings
+from app.edge.services import check_single_use
 from app.exceptions import SettingsError
-from app.keys import KeySet
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE
-from app.services import check_single_use
+from app.tickets.apikeys import create_key
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE
 from tests.servers import ROOT, ServiceProcess
 
 PROJECT = "proj_refusals"

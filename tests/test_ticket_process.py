@@ -19,12 +19,12 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
-from app.base64url import b64url
-from app.keys import KeySet
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKeySet
-from app.tickets import issue
+from app.tickets.apikeys import create_key
+from app.tickets.base64url import b64url
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets.ticket import issue
 from tests.servers import ROOT, ServiceProcess
 
 JS = ROOT / "tests" / "js"

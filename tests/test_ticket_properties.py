@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from app import jwe
-from app.base64url import b64url
 from app.exceptions import TicketError
-from app.keys import KeySet
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKeySet
-from app.tickets import Ticket, issue, verify
+from app.tickets import jwe
+from app.tickets.base64url import b64url
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets.ticket import Ticket, issue, verify
 
 NOW = 1_800_000_000
 ISS = AUD = "opper-realtime"

@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from app.exceptions import InvalidTicketError
-from app.keys import KeySet, SigningKey
-from app.rotation import ensure_keys
-from app.tickets import issue, verify
+from app.tickets.keys import KeySet, SigningKey
+from app.tickets.rotation import ensure_keys
+from app.tickets.ticket import issue, verify
 
 NOW = 1_800_000_000
 ISS = AUD = "opper-realtime"

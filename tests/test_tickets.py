@@ -22,8 +22,8 @@ from app.exceptions import (
     TicketTooLargeError,
     UnknownKeyError,
 )
-from app.keys import KeySet, SigningKey
-from app.tickets import Ticket, issue, verify
+from app.tickets.keys import KeySet, SigningKey
+from app.tickets.ticket import Ticket, issue, verify
 
 NOW = 1_800_000_000
 ISS = AUD = "opper-realtime"

@@ -14,12 +14,12 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
-from app.binding import Binding, prepare_binding
 from app.config import Settings
-from app.models import ModelRegistry
-from app.rotation import ensure_keys
-from app.session import MAX_OPEN_TOOL_CALLS, Action, SendClient, SendUpstream, SessionCore
+from app.session.binding import Binding, prepare_binding
+from app.session.core import MAX_OPEN_TOOL_CALLS, Action, SendClient, SendUpstream, SessionCore
+from app.session.models import ModelRegistry
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess
 
 Event = dict[str, Any]

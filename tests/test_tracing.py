@@ -17,13 +17,13 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from app.apikeys import create_key
-from app.claims import tid
-from app.keys import KeySet
 from app.logs import LINE, Format, JsonFormat, RedactSecrets, fields
-from app.rotation import ensure_keys
-from app.sealkeys import SEAL_FILE, SealKeySet
-from app.tickets import verify
+from app.tickets.apikeys import create_key
+from app.tickets.claims import tid
+from app.tickets.keys import KeySet
+from app.tickets.rotation import ensure_keys
+from app.tickets.sealkeys import SEAL_FILE, SealKeySet
+from app.tickets.ticket import verify
 from tests.servers import ServiceProcess
 
 PROJECT = "proj_trace"
@@ -83,11 +83,11 @@ def test_text_lines_carry_the_tid_from_mint_to_session_end(tmp_path: Path) -> No
     # The session's end and the second presentation's refusal may come in either order.
     ended = next(line for line in traced if "session ended" in line)
     refused = next(line for line in traced if "ticket_replayed" in line)
-    assert " INFO app.mint: minted ticket tid=" in minted and f"project={PROJECT}" in minted
+    assert " INFO app.edge.mint: minted ticket tid=" in minted and f"project={PROJECT}" in minted
     assert "bound=voice" in minted
-    assert "app.realtime: redemption ok " in accepted and f"session_id={session}" in accepted
+    assert "app.edge.realtime: redemption ok " in accepted and f"session_id={session}" in accepted
     assert "redemption ticket_replayed " in refused and "session_id" not in refused
-    assert f"app.realtime: session ended session_id={session} tid={trace}" in ended
+    assert f"app.edge.realtime: session ended session_id={session} tid={trace}" in ended
     assert "code=client_gone" in ended and re.search(r" duration_s=[0-9.]+", ended)
     assert jti not in log and ticket not in log and ticket.split(".")[-1] not in log
 
@@ -105,7 +105,7 @@ def test_json_lines_carry_the_tid_from_mint_to_session_end(tmp_path: Path) -> No
     minted, accepted = traced[:2]
     ended = next(line for line in traced if line["msg"] == "session ended")
     refused = next(line for line in traced if line["msg"] == "redemption ticket_replayed")
-    assert minted["logger"] == "app.mint" and minted["project"] == PROJECT and minted["ttl"] == 60
+    assert minted["logger"] == "app.edge.mint" and minted["project"] == PROJECT and minted["ttl"] == 60
     assert accepted["session_id"] == session and accepted["level"] == "INFO"
     assert "session_id" not in refused
     assert ended["session_id"] == session and ended["code"] == "client_gone"
@@ -122,7 +122,7 @@ def record(message: str, **values: object) -> logging.LogRecord:
 
 
 def test_control_characters_and_secrets_never_reach_a_line_raw() -> None:
-    forged = "evil\n2026-01-01 00:00:00,000 INFO app.realtime: redemption ok\x1b[31m\u2028\x7f"
+    forged = "evil\n2026-01-01 00:00:00,000 INFO app.edge.realtime: redemption ok\x1b[31m\u2028\x7f"
     ticket = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJwIn0.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
     made = record(f"path {forged} ?ticket={ticket}", project=forged, model=ticket, tid="abc")
     for line in (JsonFormat().format(made), Format(LINE).format(made)):

@@ -21,20 +21,20 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from app.apikeys import create_key
 from app.exceptions import UpstreamError
-from app.models import ModelRegistry
-from app.providers.openai import OpenAITranslator
-from app.rotation import ensure_keys
-from app.upstreams.base import Buffered, Filling, SessionInfo
+from app.session.models import ModelRegistry
+from app.session.upstream import Buffered, Filling, SessionInfo
+from app.tickets.apikeys import create_key
+from app.tickets.rotation import ensure_keys
 from app.upstreams.outbox import Outbox
-from app.upstreams.providers import (
+from app.upstreams.providers.adapter import (
     ERROR_BYTES,
     EVENT_BYTES,
     OUTBOX_EVENTS,
     Endpoint,
     ProviderConnection,
 )
+from app.upstreams.providers.openai import OpenAITranslator
 from app.upstreams.relay import OUTBOX_FRAMES, RelayUpstream
 from tests.servers import ServiceProcess
 

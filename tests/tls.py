@@ -1,11 +1,11 @@
-"""TLS contexts for tests, over the throw-away certificates `make cluster TLS=1` uses (`app.tls`)."""
+"""TLS contexts for tests, over the throw-away certificates `make cluster TLS=1` uses (`app.ops.tls`)."""
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
 
-from app.tls import make_certificates
+from app.ops.tls import make_certificates
 
 
 def localhost_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Callable
 
 from app.config import Settings
-from app.models import ModelRegistry
-from app.upstreams.base import Upstream
+from app.session.models import ModelRegistry
+from app.session.upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ def served_registry(settings: Settings, registry: ModelRegistry) -> ModelRegistr
     """The models this deployment serves: with `providers`, those of providers that have a key."""
     if settings.upstream != "providers":
         return registry
-    from app.upstreams.providers import endpoints
+    from app.upstreams.providers.adapter import endpoints
 
     configured = endpoints(settings)
     if not configured:
@@ -36,7 +36,7 @@ def make_upstream(
     """The upstream `REALTIME_UPSTREAM` names; `dropped(provider, type)` counts untranslated events,
     `resumed(provider)` provider connections resumed within a session."""
     if settings.upstream == "providers":
-        from app.upstreams.providers import ProvidersUpstream, endpoints
+        from app.upstreams.providers.adapter import ProvidersUpstream, endpoints
 
         return ProvidersUpstream(
             endpoints(settings),

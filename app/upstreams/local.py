@@ -20,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from app.binding import effective_defaults
 from app.clock import Clock
+from app.session.binding import effective_defaults
+from app.session.upstream import SessionInfo
 from app.upstreams.audio import duration_ms, windows
-from app.upstreams.base import SessionInfo
 from app.upstreams.turn import Turn, reply_deltas, tool_named
 
 DEFAULT_THRESHOLD = 0.5

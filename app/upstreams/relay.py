@@ -21,9 +21,9 @@ import anyio
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
-from app.events import encode_event
 from app.exceptions import UpstreamError
-from app.upstreams.base import SessionInfo
+from app.session.events import encode_event
+from app.session.upstream import SessionInfo
 from app.upstreams.outbox import Outbox
 
 logger = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.session.upstream import SessionInfo
 from app.upstreams.audio import tone
-from app.upstreams.base import SessionInfo
 
 CONFIG_COMMAND = "/config"
 REPLY_AUDIO_MS = 600  # the audio of a reply

@@ -1,0 +1,5 @@
+"""Operator commands: the keys and API key files, and a fleet on one machine.
+
+keys        `python -m app.keys`;  apikeys: `python -m app.apikeys`
+cluster     `python -m app.ops.cluster start|stop`;  launchers, processes, nginx, tls
+"""
