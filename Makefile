@@ -55,7 +55,7 @@ revoke-api-key: $(VENV)/.installed
 	@$(PY) -m app.apikeys revoke --id "$(ID)"
 
 inspect: $(VENV)/.installed
-	@$(PY) -m app.tickets.inspect $(if $(TICKET),"$(TICKET)",-)
+	@$(PY) -m app.tickets inspect $(if $(TICKET),"$(TICKET)",-)
 
 revoke: $(VENV)/.installed
 	@$(PY) -m app.edge.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)

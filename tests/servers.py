@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"Uvicorn running on http://[^:]+:(\d+)")
@@ -198,3 +200,14 @@ def _live_members(group: int) -> bool:
         if int(fields[2]) == group and fields[0] != "Z":
             return True
     return False
+
+
+def faketime(offset: str) -> tuple[str, ...]:
+    """Run a process with its wall clock shifted by `offset` (monotonic time left alone)."""
+    binary = shutil.which("faketime")
+    if binary is None:
+        message = "faketime is not installed (apt-get install -y faketime)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return (binary, "-f", offset)

@@ -1,4 +1,4 @@
-"""`python -m app.tickets.inspect` (`make inspect TICKET=...`): each verdict, its exit status, and no key
+"""`python -m app.tickets inspect` (`make inspect TICKET=...`): each verdict, its exit status, and no key
 material."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def inspect(ticket: str, env: dict[str, str]) -> tuple[int, str]:
     """Runs the command as an operator would, the ticket on stdin; (exit status, output)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     done = subprocess.run(
-        [sys.executable, "-m", "app.tickets.inspect"],
+        [sys.executable, "-m", "app.tickets", "inspect"],
         cwd=ROOT,
         env={**clean, **env},
         input=ticket,
@@ -202,7 +202,7 @@ def test_make_inspect_takes_the_ticket_from_the_command_line(tmp_path: Path) -> 
     token = ticket(keys_dir)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     done = subprocess.run(
-        [sys.executable, "-m", "app.tickets.inspect", token],
+        [sys.executable, "-m", "app.tickets", "inspect", token],
         cwd=ROOT,
         env={**clean, "REALTIME_KEYS_DIR": str(keys_dir)},
         capture_output=True,
@@ -212,5 +212,5 @@ def test_make_inspect_takes_the_ticket_from_the_command_line(tmp_path: Path) -> 
     )
     assert done.returncode == 0 and field(done.stdout, "verdict") == "valid"
     assert (
-        "app.tickets.inspect" in (ROOT / "Makefile").read_text().split("\ninspect:", 1)[1].split("\n\n", 1)[0]
+        "app.tickets inspect" in (ROOT / "Makefile").read_text().split("\ninspect:", 1)[1].split("\n\n", 1)[0]
     )

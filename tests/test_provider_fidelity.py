@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.fake_providers import FakeProvider
 from tests.polling import poll
-from tests.test_provider_sessions import (
+from tests.provider_sessions import (
     GEMINI,
     GEMINI_KEY,
     OPENAI,

@@ -21,8 +21,7 @@ from websockets.typing import Subprotocol
 
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
-from tests.servers import ServiceProcess
-from tests.test_skew import faketime
+from tests.servers import ServiceProcess, faketime
 
 PROJECT = "proj_restart"
 ROUNDS = 10

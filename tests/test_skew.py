@@ -9,8 +9,6 @@ back to 200 when that ends.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -31,23 +29,12 @@ from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from tests.polling import poll
 from tests.redis_server import RedisServer, require_redis_server
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, faketime
 
 pytestmark = pytest.mark.redis
 
 PROJECT = "proj_skew"
 SLOW = 8  # seconds the slow edge's clock runs behind
-
-
-def faketime(offset: str) -> tuple[str, ...]:
-    """Run a process with its wall clock shifted by `offset` (monotonic time left alone)."""
-    binary = shutil.which("faketime")
-    if binary is None:
-        message = "faketime is not installed (apt-get install -y faketime)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return (binary, "-f", offset)
 
 
 @pytest.fixture(scope="module")

@@ -196,7 +196,7 @@ def inspect_ticket(token: str, settings: Settings, out: TextIO, *, now: float) -
 
 def main(argv: Sequence[str] | None = None, *, stdin: TextIO | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m app.tickets.inspect",
+        prog="python -m app.tickets inspect",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
