@@ -83,9 +83,12 @@ export interface ToolCancelledEvent {
   type: "tool.cancelled";
   tool_call_ids: string[];
 }
+/** A response ended; a `failed` one follows an `error` that says why. */
 export interface ResponseCompletedEvent {
   type: "response.completed";
-  status: "completed" | "cancelled" | (string & {});
+  status: "completed" | "cancelled" | "failed" | "incomplete" | (string & {});
+  /** With `incomplete`: the provider's reason, e.g. `max_output_tokens`. */
+  reason?: string;
   usage?: { input_tokens: number; output_tokens: number };
 }
 /** A refused event; not fatal, except that a refused `session.start` ends this client's session. */
