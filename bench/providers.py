@@ -20,7 +20,8 @@ from typing import Any
 from app.session.events import encode_event
 from app.session.models import ModelRegistry
 from app.session.upstream import SessionInfo
-from app.upstreams.providers.adapter import Endpoint, ProvidersUpstream
+from app.upstreams.providers.adapter import ProvidersUpstream
+from app.upstreams.providers.link import Endpoint
 from app.upstreams.providers.openai import OpenAITranslator
 from bench.common import (
     CaseResult,

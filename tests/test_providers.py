@@ -31,10 +31,12 @@ from app.session.upstream import SessionInfo
 from app.session.usage import Usage
 from app.upstreams import served_registry
 from app.upstreams.providers import translator_for
-from app.upstreams.providers.adapter import Endpoint, ProviderConnection, ProvidersUpstream
+from app.upstreams.providers.adapter import ProvidersUpstream
 from app.upstreams.providers.base import decode_message, redact
+from app.upstreams.providers.connection import ProviderConnection
 from app.upstreams.providers.gemini import KINDS as GEMINI_KINDS
 from app.upstreams.providers.gemini import GeminiTranslator
+from app.upstreams.providers.link import Endpoint
 from app.upstreams.providers.openai import DROPPED, OpenAITranslator
 from tests.fake_providers import FakeProvider
 from tests.provider_types import Violation, check_gemini_client, check_openai_client, check_xai_client

@@ -27,13 +27,8 @@ from app.session.upstream import Buffered, Filling, SessionInfo
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from app.upstreams.outbox import Outbox
-from app.upstreams.providers.adapter import (
-    ERROR_BYTES,
-    EVENT_BYTES,
-    OUTBOX_EVENTS,
-    Endpoint,
-    ProviderConnection,
-)
+from app.upstreams.providers.connection import ProviderConnection
+from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, OUTBOX_EVENTS, Endpoint
 from app.upstreams.providers.openai import OpenAITranslator
 from app.upstreams.relay import OUTBOX_FRAMES, RelayUpstream
 from tests.servers import ServiceProcess

@@ -6,7 +6,8 @@
     Translator.to_provider(e)   one client event as provider messages (UnsupportedEventError if none)
     Translator.from_provider(m) one provider message as server events; None: no counterpart (dropped)
 
-The I/O around a translator (sockets, timeouts, metrics) is `app.upstreams.providers.adapter`.
+The I/O around a translator (sockets, timeouts, metrics) is `app.upstreams.providers.adapter` and
+the modules it uses (`connection`, `resumption`, `link`, `silence`).
 """
 
 from __future__ import annotations

@@ -5,11 +5,12 @@ Messages are plain dicts in the Live API's JSON form (camelCase), shaped as
 Gemini takes its whole configuration once, in `setup`; a `session.update` is refused before it
 gets here (`session_update_unsupported`, docs/protocol.md).
 
-Google ends a Live connection after about 10 minutes (`goAway` announces it): the setup asks for
-session resumption and context compression, the translator keeps the newest resumable handle, and
-the connection (`app.upstreams.providers.adapter`) opens a new one with `resumption_opening()`. Text goes
-as `realtimeInput.text`, images as `realtimeInput.video`: mid-session `clientContent` closes
-Gemini 3.1 sessions (docs/decisions.md, "Gemini: realtime input, not clientContent").
+Google ends a Live connection after about 10 minutes (`goAway` announces it): the setup
+(`geminisetup.py`) asks for session resumption and context compression, the translator keeps the
+newest resumable handle, and the connection (`app.upstreams.providers.resumption`) opens a new one
+with `resumption_opening()`. Text goes as `realtimeInput.text`, images as `realtimeInput.video`:
+mid-session `clientContent` closes Gemini 3.1 sessions (docs/decisions.md, "Gemini: realtime input,
+not clientContent").
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from app.session.binding import effective_defaults
 from app.session.models import ModelInfo
 from app.session.usage import Usage
 from app.upstreams.providers.base import known
+from app.upstreams.providers.geminisetup import setup
 
 TRANSCRIPT_MAX_CHARS = 65_536  # an input transcript is flushed whole; past this it is cut
 PENDING_TOOL_CALLS = 64  # tool call ids kept to name their results; the oldest go first
@@ -47,59 +49,6 @@ KINDS = frozenset(
 
 def _kind(message: dict[str, Any]) -> str:
     return next(iter(message), "empty")
-
-
-def setup(config: dict[str, Any], model: ModelInfo, *, handle: str | None = None) -> dict[str, Any]:
-    """The `setup` message: the effective config as Gemini's session configuration.
-
-    It always asks for resumption handles and a sliding context window (without compression an
-    audio session ends after about 15 minutes); `handle` resumes an earlier connection's session.
-    """
-    full = effective_defaults(config, model)
-    audio_out = "audio" in full["modalities"]
-    generation: dict[str, Any] = {"responseModalities": ["AUDIO" if audio_out else "TEXT"]}
-    if audio_out:
-        generation["speechConfig"] = {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": full["voice"]}}}
-    if full.get("temperature") is not None:
-        generation["temperature"] = full["temperature"]
-    if full.get("translation_target_language"):
-        generation["translationConfig"] = {"targetLanguageCode": full["translation_target_language"]}
-    body: dict[str, Any] = {"model": f"models/{model.provider_name}", "generationConfig": generation}
-    if full.get("instructions"):
-        body["systemInstruction"] = {"parts": [{"text": full["instructions"]}]}
-    if full.get("tools"):
-        body["tools"] = [{"functionDeclarations": [_declaration(tool) for tool in full["tools"]]}]
-    turn = full["turn_detection"]
-    if turn.get("type") == "none":
-        body["realtimeInputConfig"] = {"automaticActivityDetection": {"disabled": True}}
-    else:
-        # `threshold` has no counterpart (Gemini takes coarse sensitivities instead).
-        detection = {
-            camel: turn[name]
-            for name, camel in (
-                ("prefix_padding_ms", "prefixPaddingMs"),
-                ("silence_duration_ms", "silenceDurationMs"),
-            )
-            if turn.get(name) is not None
-        }
-        if detection:
-            body["realtimeInputConfig"] = {"automaticActivityDetection": detection}
-    if full.get("input_transcription"):
-        body["inputAudioTranscription"] = {}
-    if audio_out and ("text" in full["modalities"] or full.get("output_transcription")):
-        body["outputAudioTranscription"] = {}
-    body["sessionResumption"] = {"handle": handle} if handle else {}
-    body["contextWindowCompression"] = {"slidingWindow": {}}
-    return {"setup": body}
-
-
-def _declaration(tool: dict[str, Any]) -> dict[str, Any]:
-    theirs: dict[str, Any] = {"name": tool["name"]}
-    if tool.get("description"):
-        theirs["description"] = tool["description"]
-    if tool.get("parameters"):
-        theirs["parametersJsonSchema"] = tool["parameters"]
-    return theirs
 
 
 def _image(url: str) -> dict[str, Any]:
