@@ -24,10 +24,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from app.config import Settings
-from app.exceptions import ProtocolError, SessionUpdateUnsupportedError, UpstreamError
+from app.exceptions import UpstreamError
 from app.session.events import encode_event, error_event
 from app.session.models import ModelInfo
 from app.session.upstream import SessionInfo
+from app.sessionerrors import ProtocolError, SessionUpdateUnsupportedError
 from app.upstreams.outbox import Outbox
 from app.upstreams.providers import Translator, translator_for
 from app.upstreams.providers.base import decode_message, redact

@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.exceptions import SessionUpdateUnsupportedError, UnsupportedEventError, UpstreamError
+from app.exceptions import UpstreamError
 from app.session.binding import effective_defaults
 from app.session.models import ModelInfo
 from app.session.usage import Usage
+from app.sessionerrors import SessionUpdateUnsupportedError, UnsupportedEventError
 from app.upstreams.providers.base import known
 
 TRANSCRIPT_MAX_CHARS = 65_536  # an input transcript is flushed whole; past this it is cut

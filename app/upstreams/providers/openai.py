@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.exceptions import UnsupportedEventError
 from app.session.binding import effective_defaults
 from app.session.models import ModelInfo
 from app.session.usage import Usage
+from app.sessionerrors import UnsupportedEventError
 from app.upstreams.providers.base import effective, known, upstream_error
 
 DEFAULT_TRANSCRIPTION_MODEL = "gpt-4o-mini-transcribe"
