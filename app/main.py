@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app import logs
+from app import logs, redaction
 from app.clock import Clock, SystemClock
 from app.config import Settings
 from app.edge import admin
@@ -56,7 +56,7 @@ API_ROUTES = (
 
 def _routing_message(request: Request, exc: HTTPException) -> str:
     """What to fix after a 404 or a 405: the path asked for (cut to 64 characters) and what exists."""
-    path = logs.redact(request.url.path)  # a ticket pasted into a path is not echoed
+    path = redaction.redact(request.url.path)  # a ticket pasted into a path is not echoed
     shown = path if len(path) <= 64 else path[:64] + "..."
     if exc.status_code == 404:
         return (
@@ -189,7 +189,7 @@ def create_app(
         return UnsupportedStart()
     clock = clock or SystemClock()
     logs.install(settings.log_format)
-    logs.add_secrets(settings.secrets())  # provider and relay keys: out of every line and event
+    redaction.add_secrets(settings.secrets())  # provider and relay keys: out of every line and event
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

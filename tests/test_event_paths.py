@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.exceptions import InvalidEventError
 from app.session.events import encode_event, forwarded, parse_event
+from app.sessionerrors import InvalidEventError
 
 PROPERTY = settings(max_examples=1500, deadline=None)
 _JSON = json.JSONEncoder(separators=(",", ":")).encode

@@ -1,4 +1,4 @@
-"""A response's head goes out with its first body bytes (`app.server.connections.JoinedWrites`): unit
+"""A response's head goes out with its first body bytes (`app.server.transports.JoinedWrites`): unit
 behaviour on a recording transport, and real HTTP/1.1 exchanges with the service on a raw socket."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, cast
 
 import pytest
 
-from app.server.connections import JoinedWrites
+from app.server.transports import JoinedWrites
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess

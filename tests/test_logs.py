@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from app.logs import LINE, Format, QueueWriter, RedactSecrets, config, escape_controls, redact, write_through
+from app.logs import LINE, Format, QueueWriter, RedactSecrets, config, write_through
+from app.redaction import escape_controls, redact
 from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess
 

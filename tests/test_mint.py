@@ -15,10 +15,11 @@ from starlette.testclient import TestClient
 from app.clock import FakeClock
 from app.config import Settings
 from app.edge.mint import read_request
-from app.exceptions import InvalidJSONError, UnknownModelError
+from app.exceptions import InvalidJSONError
 from app.main import create_app
 from app.session.binding import Binding
 from app.session.models import ModelRegistry
+from app.sessionerrors import UnknownModelError
 from app.tickets.apikeys import create_key
 from app.tickets.keys import KeySet
 from app.tickets.sealkeys import SealKeySet

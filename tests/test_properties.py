@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from app import exceptions
+from app import exceptions, sessionerrors
 from app.config import Settings
 from app.edge.mint import parse_body
 from app.main import create_app
@@ -31,8 +31,8 @@ PROPERTY = settings(
 #: Every code a mint body can earn: the request and config branches of the error tree.
 MINT_BODY_CODES = {
     cls.code
-    for cls in vars(exceptions).values()
-    if isinstance(cls, type) and issubclass(cls, exceptions.RequestError | exceptions.ConfigError)
+    for cls in [*vars(exceptions).values(), *vars(sessionerrors).values()]
+    if isinstance(cls, type) and issubclass(cls, exceptions.RequestError | sessionerrors.ConfigError)
 }
 
 names = st.sampled_from(["config", "locked_fields", "ttl_seconds", "model", "voice", "tools", "x", ""])

@@ -19,16 +19,11 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 
 from app.config import Settings
-from app.exceptions import (
-    SessionUpdateUnsupportedError,
-    SettingsError,
-    UnknownModelError,
-    UnsupportedEventError,
-    UpstreamError,
-)
+from app.exceptions import SettingsError, UpstreamError
 from app.session.models import ModelRegistry
 from app.session.upstream import SessionInfo
 from app.session.usage import Usage
+from app.sessionerrors import SessionUpdateUnsupportedError, UnknownModelError, UnsupportedEventError
 from app.upstreams import served_registry
 from app.upstreams.providers import translator_for
 from app.upstreams.providers.adapter import ProvidersUpstream

@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import Server, ServerConnection, serve
 
-from app import logs
+from app import logs, redaction
 from app.config import Settings
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
@@ -37,14 +37,14 @@ Event = dict[str, Any]
 
 
 def test_a_configured_secret_is_redacted_whatever_its_shape() -> None:
-    logs.add_secrets([OPENAI_KEY, "", None, "short"])
-    assert OPENAI_KEY not in logs.redact(f"> x-goog-api-key: {OPENAI_KEY}")
-    assert logs.redact(f"> x-goog-api-key: {OPENAI_KEY}") == "> x-goog-api-key: [redacted]"
-    assert logs.redact_secrets(f'{{"message": "the key {OPENAI_KEY} is wrong"}}') == (
+    redaction.add_secrets([OPENAI_KEY, "", None, "short"])
+    assert OPENAI_KEY not in redaction.redact(f"> x-goog-api-key: {OPENAI_KEY}")
+    assert redaction.redact(f"> x-goog-api-key: {OPENAI_KEY}") == "> x-goog-api-key: [redacted]"
+    assert redaction.redact_secrets(f'{{"message": "the key {OPENAI_KEY} is wrong"}}') == (
         '{"message": "the key [redacted] is wrong"}'
     )
     # Too short to be a key: redacting it would cut words out of every line.
-    assert logs.redact("a short line") == "a short line"
+    assert redaction.redact("a short line") == "a short line"
 
 
 def test_settings_name_every_configured_secret() -> None:
@@ -62,7 +62,7 @@ def test_settings_name_every_configured_secret() -> None:
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR])
 def test_the_log_filter_redacts_secrets_at_every_level(level: int) -> None:
-    logs.add_secrets([GEMINI_KEY])
+    redaction.add_secrets([GEMINI_KEY])
     record = logging.LogRecord(
         "websockets.client", level, __file__, 1, "> %s: %s", ("x-goog-api-key", GEMINI_KEY), None
     )
@@ -79,7 +79,7 @@ def test_seal_keys_are_redacted_once_loaded(tmp_path: Path) -> None:
 
     SealKeySource(tmp_path / SEAL_FILE).load()
     for value in values:
-        assert value not in logs.redact(f"loaded {value}")
+        assert value not in redaction.redact(f"loaded {value}")
 
 
 # A real process ----------------------------------------------------------------------------

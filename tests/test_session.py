@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.session.actions import Action, Close, Connect, SendClient, SendUpstream, Terminate
 from app.session.binding import Binding, prepare_binding
-from app.session.core import Action, Close, Connect, SendClient, SendUpstream, SessionCore, Terminate
+from app.session.core import SessionCore
 from app.session.models import ModelRegistry
 
 Event = dict[str, Any]

@@ -15,9 +15,11 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from app.config import Settings
+from app.session.actions import Action, SendClient, SendUpstream
 from app.session.binding import Binding, prepare_binding
-from app.session.core import MAX_OPEN_TOOL_CALLS, Action, SendClient, SendUpstream, SessionCore
+from app.session.core import SessionCore
 from app.session.models import ModelRegistry
+from app.session.toolcalls import MAX_OPEN_TOOL_CALLS
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from tests.servers import ServiceProcess

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
-from app import logs
+from app import logs, redaction
 from app.edge.leases import SessionRecord
 from app.edge.proxies import first_headers
 from app.edge.responses import error_response
@@ -170,7 +170,7 @@ class WebSocketTransport:
 
     async def send(self, event: dict[str, Any] | str) -> None:
         # Configured secrets (provider and relay keys) never reach the client, whoever quoted them.
-        text = logs.redact_secrets(event if isinstance(event, str) else encode_event(event))
+        text = redaction.redact_secrets(event if isinstance(event, str) else encode_event(event))
         try:
             await self._websocket.send_text(text)
         except (WebSocketDisconnect, WebSocketDisconnected):
@@ -179,7 +179,7 @@ class WebSocketTransport:
 
     async def close(self, code: int, reason: str = "") -> None:
         try:
-            await self._websocket.close(code, logs.redact_secrets(reason))
+            await self._websocket.close(code, redaction.redact_secrets(reason))
         except (WebSocketDisconnect, WebSocketDisconnected):
             pass  # already closed by the client or the server: nothing left to say
 

@@ -12,32 +12,24 @@ body that quotes the offending header. These subclasses add, per connection:
   beyond it a request or upgrade is answered `503 too_many_connections` without running the app
   (and must arrive within a second); past the cap plus `OVERFLOW`, connections are closed unread.
 - a bound on a request's head (request line and headers): over `MAX_HEAD_BYTES` it is answered 431.
-- JSON error bodies, never echoing the request, for handshakes refused before the app is called.
+- JSON error bodies, never echoing the request, for handshakes refused before the app is called
+  (`app.server.refusals`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
-from starlette.responses import Response as HTTPResponse
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.datastructures import Headers
-from websockets.frames import CloseCode
-from websockets.http11 import Response
-from websockets.server import ServerProtocol
 
-from app import logs
 from app.edge.realtime import WAITING_EXTENSION
-from app.edge.responses import error_response
-from app.exceptions import TooManyConnectionsError
+from app.server.refusals import RefusingServerProtocol, head_too_large, over_capacity, refusal_body
+from app.server.transports import JoinedWrites
 
 logger = logging.getLogger(__name__)
 #: The logger of websockets' own connection objects (websockets' own name for a server's lines).
@@ -47,9 +39,6 @@ logger = logging.getLogger(__name__)
 #: warnings and errors still print, and at DEBUG everything it logs.
 CONNECTION_LOGGER = logging.getLogger("websockets.server")
 
-TOO_BIG_REASON = (
-    "message too big"  # the close reason for an over-size message: the numbers stay inside the edge
-)
 #: Request line plus headers. websockets refuses any single line over 8 KiB on its own.
 MAX_HEAD_BYTES = 64 * 1024
 #: Connections past the cap are still accepted so that a request can be answered 503; they get this
@@ -61,24 +50,6 @@ OVERFLOW = 128
 #: socket with unread data makes the kernel send a reset, and the client would lose the answer.
 LINGER_SECONDS = 1.0
 
-# What a client is told when the request never reaches the app. The message is fixed per status:
-# nothing from the request is echoed (a malformed `Sec-WebSocket-Protocol` may carry a ticket).
-_REFUSALS: dict[int, tuple[str, str]] = {
-    400: ("invalid_request", "the request is malformed"),
-    403: ("forbidden", "the WebSocket handshake was refused"),
-    405: ("method_not_allowed", "a WebSocket handshake must be a GET request"),
-    414: ("request_too_large", "the request line is too long"),
-    426: ("invalid_request", "this endpoint expects a WebSocket upgrade"),
-    431: ("request_too_large", "the request headers are too large"),
-    505: ("invalid_request", "a WebSocket handshake needs HTTP/1.1"),
-}
-
-
-def refusal_body(status: int) -> bytes:
-    """The JSON error body for a request refused before the app: fixed text, nothing echoed."""
-    code, message = _REFUSALS.get(status, ("internal_error", "the server failed; see its log"))
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
-
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -86,53 +57,6 @@ class ConnectionLimits:
 
     handshake_timeout: float
     max_connections: int
-
-
-async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
-    """The answer beyond the connection cap: `503 too_many_connections`, before any work."""
-    response = error_response(
-        TooManyConnectionsError("this server has too many open connections; retry shortly", retry_after=1)
-    )
-    response.headers["Connection"] = "close"
-    if scope["type"] == "websocket":
-        await WebSocket(scope, receive, send).send_denial_response(response)
-        logs.DENIED.set(True)  # a denial is an ordinary answer: no ERROR line after it
-    else:
-        await response(scope, receive, send)
-
-
-async def head_too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    """The answer to a request whose line and headers exceed `MAX_HEAD_BYTES`: 431, before any work."""
-    response = HTTPResponse(
-        refusal_body(431),
-        status_code=431,
-        media_type="application/json",
-        headers={"Connection": "close", "Cache-Control": "no-store"},
-    )
-    await response(scope, receive, send)
-
-
-class RefusingServerProtocol(ServerProtocol):
-    """websockets' handshake, with refusals answered by our JSON error body, and a close reason for
-    an over-size message that names no limit."""
-
-    def fail(self, code: CloseCode | int, reason: str = "") -> None:
-        if code == CloseCode.MESSAGE_TOO_BIG:
-            reason = TOO_BIG_REASON
-        super().fail(code, reason)
-
-    def reject(self, status: Any, text: str) -> Response:
-        code = HTTPStatus(status)
-        body = refusal_body(code.value)
-        headers = Headers(
-            [
-                ("Connection", "close"),
-                ("Content-Length", str(len(body))),
-                ("Content-Type", "application/json"),
-                ("Cache-Control", "no-store"),
-            ]
-        )
-        return Response(code.value, code.phrase, headers, body)
 
 
 class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -173,48 +97,6 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
     def message_waiting(self) -> bool:
         """Whether a received message is queued for the app (its next receive returns at once)."""
         return not self.queue.empty()
-
-
-class JoinedWrites:
-    """A response's transport that sends its head together with the first body bytes.
-
-    uvicorn writes a response's status line and headers when the app starts the response and its
-    body in a second write: two `send()` calls, two TCP segments and two wake-ups of the client for
-    one small answer (a quarter of a mint's server time went to the two calls). The head is held
-    until the next write (or `close()`, or the end of the response) and sent with it. A `100 Continue`
-    line is not a response head and goes out at once. Everything else is the transport's own.
-    """
-
-    __slots__ = ("_head", "_started", "transport")
-
-    CONTINUE: ClassVar[bytes] = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-        self._head: bytes | None = None
-        self._started = False
-
-    def write(self, data: bytes) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self.transport.writelines((head, data))  # one vectored write, the body not copied
-        elif not self._started and data != self.CONTINUE:
-            self._started = True
-            self._head = data
-        else:
-            self.transport.write(data)
-
-    def flush(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self.transport.write(head)
-
-    def close(self) -> None:
-        self.flush()
-        self.transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):

@@ -33,7 +33,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.frames import CloseCode, Frame
 
 from app.config import Settings
-from app.server.connections import TOO_BIG_REASON
+from app.server.refusals import TOO_BIG_REASON
 from app.session.limits import Bucket
 
 logger = logging.getLogger(__name__)

@@ -17,13 +17,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.exceptions import (
-    FieldNotUpdatableError,
-    InvalidConfigError,
-    InvalidRequestError,
-    UnknownLockedFieldError,
-)
+from app.exceptions import InvalidRequestError, UnknownLockedFieldError
 from app.session.models import ModelInfo, ModelRegistry, check_capabilities
+from app.sessionerrors import FieldNotUpdatableError, InvalidConfigError
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
 Text = Annotated[str, Field(max_length=65_536)]

@@ -17,17 +17,23 @@ tasks, no sockets: `app.session.driver` runs the core over a WebSocket and an up
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
-from app.exceptions import (
-    AlreadyStartedError,
-    ConfigError,
-    InvalidEventError,
-    RealtimeError,
-    SessionNotStartedError,
-    SessionUpdateUnsupportedError,
+from app.exceptions import RealtimeError
+from app.session.actions import (
+    CLOSE_CODES,
+    NORMAL,
+    POLICY,
+    TOO_BIG,
+    Action,
+    Close,
+    Connect,
+    Ending,
+    Event,
+    SendClient,
+    SendUpstream,
+    Terminate,
 )
 from app.session.binding import Binding, describe, start_config, update_config
 from app.session.events import (
@@ -39,73 +45,22 @@ from app.session.events import (
     forwarded,
     parse_event,
 )
-from app.session.limits import Budget, Limits, Rate
+from app.session.limits import Budget, Limits, Rate, frame_size
 from app.session.models import ModelInfo, ModelRegistry
+from app.session.toolcalls import ToolCalls
 from app.session.upstream import SessionInfo
 from app.session.usage import Usage, base64_bytes
+from app.sessionerrors import (
+    AlreadyStartedError,
+    ConfigError,
+    InvalidEventError,
+    SessionNotStartedError,
+    SessionUpdateUnsupportedError,
+)
 
-# WebSocket close codes (RFC 6455 section 7.4.1).
-NORMAL, POLICY, TOO_BIG, SERVER_ERROR, RESTART = 1000, 1008, 1009, 1011, 1012
-CLOSE_CODES = {
-    "start_timeout": POLICY,
-    "session_overloaded": POLICY,
-    "rate_limited": POLICY,
-    "upstream_error": SERVER_ERROR,
-    "server_shutdown": RESTART,
-    "revoked": POLICY,
-}
-Event = dict[str, Any]
 #: Bound fields whose content stays out of what the session shows its client: a sealed ticket hides
 #: them from the browser, so a diagnostic must not hand them back (docs/security.md).
 HIDDEN_WHEN_BOUND = frozenset({"instructions", "tools"})
-#: Tool calls a session remembers until their `tool.result` (the oldest forgotten past this many).
-MAX_OPEN_TOOL_CALLS = 128
-
-
-@dataclass(frozen=True, slots=True)
-class SendClient:
-    event: Event | str  # a `str` is an event already encoded (a relayed frame)
-
-
-@dataclass(frozen=True, slots=True)
-class SendUpstream:
-    event: Event
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    info: SessionInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Terminate:
-    code: str
-    message: str
-
-    @property
-    def close_code(self) -> int:
-        return CLOSE_CODES.get(self.code, NORMAL)
-
-    @property
-    def event(self) -> Event:
-        return {"type": "session.terminating", "error": {"code": self.code, "message": self.message}}
-
-
-Action = SendClient | SendUpstream | Connect | Close | Terminate
-Ending = Close | Terminate
-
-
-def frame_size(frame: str | bytes) -> int:
-    """Bytes on the wire: a text frame's UTF-8 length (encoded only when it could matter)."""
-    if isinstance(frame, bytes):
-        return len(frame)
-    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
 
 
 class SessionCore:
@@ -136,7 +91,7 @@ class SessionCore:
         self._upstream_kind = settings.upstream
         #: What the session relayed and the provider reported (docs/operations.md, "Usage").
         self.usage = Usage(provider=settings.upstream)
-        self._tool_calls: dict[str, None] = {}  # ids of `tool.call`s sent and not yet answered, in order
+        self._tool_calls = ToolCalls()
         self.config: Event = {}
         self.model: ModelInfo | None = None
         self.ending: Ending | None = None
@@ -211,7 +166,7 @@ class SessionCore:
             if isinstance(event, SessionUpdate):
                 return self._update(event.config)
             if isinstance(event, ToolResult):
-                self._answer_tool_call(event.tool_call_id)
+                self._tool_calls.answer(event.tool_call_id, tools=bool(self.config.get("tools")))
         except RealtimeError as exc:
             return [SendClient(error_event(exc))]
         dumped = event.model_dump(exclude_none=True)
@@ -244,18 +199,6 @@ class SessionCore:
             output_rate=model.output_sample_rate,
         )
         return [Connect(SessionInfo(self.id, self.project, config, model, hidden, self.usage))]
-
-    def _answer_tool_call(self, tool_call_id: str) -> None:
-        """A `tool.result` answers a `tool.call` this session sent, once, and only while it has tools.
-
-        Raises:
-            InvalidEventError: no such call is open (never sent, answered already, or no tools).
-        """
-        if not self.config.get("tools") or self._tool_calls.pop(tool_call_id, False) is False:
-            raise InvalidEventError(
-                "tool.result must answer a tool.call of this session: its tool_call_id names none "
-                "that is open (never sent, already answered, or the session has no tools)"
-            )
 
     def _update(self, changes: Any) -> list[Action]:
         assert self.model is not None  # noqa: S101 - updates come after the start
@@ -310,9 +253,7 @@ class SessionCore:
         if decoded["type"] == "tool.call":
             call_id = decoded.get("tool_call_id")
             if isinstance(call_id, str) and self.config.get("tools"):
-                self._tool_calls[call_id] = None
-                if len(self._tool_calls) > MAX_OPEN_TOOL_CALLS:
-                    del self._tool_calls[next(iter(self._tool_calls))]
+                self._tool_calls.sent(call_id)
         elif decoded["type"] == "session.terminating":
             error = decoded.get("error")
             code = error.get("code") if isinstance(error, dict) else None

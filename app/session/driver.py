@@ -18,7 +18,8 @@ from typing import Any, Protocol, cast
 
 from app.clock import Clock, Timer
 from app.exceptions import UpstreamError
-from app.session.core import Action, Close, Connect, SendClient, SendUpstream, SessionCore, Terminate
+from app.session.actions import Action, Close, Connect, SendClient, SendUpstream, Terminate
+from app.session.core import SessionCore
 from app.session.upstream import Buffered, Filling, SessionInfo, Upstream, UpstreamConnection
 
 logger = logging.getLogger(__name__)

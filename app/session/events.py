@@ -9,7 +9,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from app import strictjson
-from app.exceptions import InvalidEventError, RealtimeError
+from app.exceptions import RealtimeError
+from app.sessionerrors import InvalidEventError
 
 _BASE64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 

@@ -70,6 +70,13 @@ class Bucket:
         return self._at + max(0.0, -self.tokens) / self.rate
 
 
+def frame_size(frame: str | bytes) -> int:
+    """Bytes on the wire: a text frame's UTF-8 length (encoded only when it could matter)."""
+    if isinstance(frame, bytes):
+        return len(frame)
+    return len(frame) if frame.isascii() else len(frame.encode("utf-8", "surrogatepass"))
+
+
 class Rate:
     """The client's frame and byte rate: back-pressure while over it, an end when that lasts.
 

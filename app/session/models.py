@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from app.exceptions import (
+from app.sessionerrors import (
     MissingModelError,
     UnknownModelError,
     UnsupportedModalitiesError,

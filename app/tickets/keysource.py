@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from app import logs
+from app import redaction
 from app.tickets.base64url import b64url
 from app.tickets.keyfiles import Reloading, Stamp, stamp
 from app.tickets.keys import MANIFEST, KeySet
@@ -132,5 +132,5 @@ class SealKeySource:
 
 def _redacted(keys: SealKeySet) -> SealKeySet:
     """`keys`, whose secrets (as `seal.json` writes them) are now cut out of log lines and events."""
-    logs.set_secrets("seal", [b64url(key.secret) for key in keys.keys])
+    redaction.set_secrets("seal", [b64url(key.secret) for key in keys.keys])
     return keys

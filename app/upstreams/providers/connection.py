@@ -9,8 +9,9 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from app.exceptions import ProtocolError, SessionUpdateUnsupportedError, UpstreamError
+from app.exceptions import UpstreamError
 from app.session.events import encode_event, error_event
+from app.sessionerrors import ProtocolError, SessionUpdateUnsupportedError
 from app.upstreams.providers.base import decode_message
 from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, _close, _closed
 from app.upstreams.providers.resumption import ResumableLink

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.exceptions import SessionUpdateUnsupportedError, UnsupportedEventError, UpstreamError
+from app.exceptions import UpstreamError
 from app.session.binding import effective_defaults
 from app.session.models import ModelInfo
 from app.session.usage import Usage
+from app.sessionerrors import SessionUpdateUnsupportedError, UnsupportedEventError
 from app.upstreams.providers.base import known
 from app.upstreams.providers.geminisetup import setup
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.exceptions import UnsupportedEventError
 from app.session.models import ModelInfo
 from app.session.usage import Usage
+from app.sessionerrors import UnsupportedEventError
 from app.upstreams.providers.base import effective, known, upstream_error
 from app.upstreams.providers.openaisession import session_config, turn_detection, xai_session_config
 
