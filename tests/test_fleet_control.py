@@ -306,7 +306,7 @@ def test_make_revoke_and_make_revoke_api_key_reach_every_edge(fleet: Fleet) -> N
     unredeemed = mint(a, fleet.keys.runtime)
     with ExitStack() as stack:
         ws, _ = open_session(stack, b, mint(a, fleet.keys.runtime))
-        done = _command(fleet, "app.tickets.apikeys", "revoke", "--id", fleet.keys.runtime_id)
+        done = _command(fleet, "app.apikeys", "revoke", "--id", fleet.keys.runtime_id)
         assert done.returncode == 0, done.stderr
         assert "revoked across the fleet" in done.stdout
         assert ending(ws) == ("revoked", 1008)
