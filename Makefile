@@ -58,7 +58,7 @@ inspect: $(VENV)/.installed
 	@$(PY) -m app.tickets inspect $(if $(TICKET),"$(TICKET)",-)
 
 revoke: $(VENV)/.installed
-	@$(PY) -m app.edge.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
+	@$(PY) -m app.ops.revocations revoke $(if $(SESSION),--session "$(SESSION)",)$(if $(PROJECT),--project "$(PROJECT)",)$(if $(KID),--kid "$(KID)",)$(if $(API_KEY),--api-key "$(API_KEY)",)$(if $(REASON), --reason "$(REASON)",)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check . && $(VENV)/bin/mypy

@@ -32,7 +32,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
-from app.edge.realtime import TICKET_PROTOCOL
+from app.edge.handshake import TICKET_PROTOCOL
 from app.server.runner import tune_gc, uvicorn_config
 from app.tickets.keys import KeySet
 

@@ -299,14 +299,14 @@ def test_make_revoke_and_make_revoke_api_key_reach_every_edge(fleet: Fleet) -> N
     with ExitStack() as stack:
         ws, session_id = open_session(stack, b, mint(a, fleet.keys.runtime))
         done = _command(
-            fleet, "app.edge.revocations", "revoke", "--session", session_id, "--reason", "by script"
+            fleet, "app.ops.revocations", "revoke", "--session", session_id, "--reason", "by script"
         )
         assert done.returncode == 0, done.stderr
         assert ending(ws) == ("revoked", 1008)
     unredeemed = mint(a, fleet.keys.runtime)
     with ExitStack() as stack:
         ws, _ = open_session(stack, b, mint(a, fleet.keys.runtime))
-        done = _command(fleet, "app.tickets.apikeys", "revoke", "--id", fleet.keys.runtime_id)
+        done = _command(fleet, "app.apikeys", "revoke", "--id", fleet.keys.runtime_id)
         assert done.returncode == 0, done.stderr
         assert "revoked across the fleet" in done.stdout
         assert ending(ws) == ("revoked", 1008)
@@ -317,7 +317,7 @@ def test_make_revoke_on_memory_says_to_use_the_admin_api(tmp_path: Path) -> None
     env = {k: v for k, v in os.environ.items() if not k.startswith("REALTIME_")}
     env.update(REALTIME_KEYS_DIR=str(tmp_path))
     done = subprocess.run(
-        [sys.executable, "-m", "app.edge.revocations", "revoke", "--project", "p"],
+        [sys.executable, "-m", "app.ops.revocations", "revoke", "--project", "p"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from app.config import Settings
-from app.edge.services import check_single_use
+from app.edge.preflight import check_single_use
 from app.exceptions import SettingsError
 from app.tickets.apikeys import create_key
 from app.tickets.keys import KeySet

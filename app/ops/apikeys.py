@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.config import Settings
-from app.edge.revocations import Revocation, record, settings_lifetime
+from app.edge.redisrevocations import record
+from app.edge.revocations import Revocation, settings_lifetime
 from app.exceptions import KeySetError, ReplayStoreUnavailableError, SettingsError
 from app.tickets.apikeys import DEV_KEY_FILE, ApiKey, create_key, dev_key, read_keys, revoke_key, utc_time
 

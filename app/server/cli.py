@@ -13,7 +13,7 @@ import uvicorn
 
 from app import logs
 from app.config import Settings
-from app.edge.services import preflight
+from app.edge.preflight import preflight
 from app.exceptions import KeySetError, SettingsError
 from app.main import create_app
 from app.server import internals
