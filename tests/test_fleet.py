@@ -693,6 +693,18 @@ def _ends_with(ws: ClientConnection, started: float) -> tuple[str, int | None, f
     return code, ws.close_code, at
 
 
+def _open_when_a_slot_frees(cluster: Cluster, url: str) -> ClientConnection:
+    """A new session on `url`, retried while the project's cap still counts sessions being closed."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT
+    while True:
+        try:
+            return cluster.open(cluster.mint(), url=url)
+        except InvalidStatus as exc:
+            if exc.response.status_code != 429 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
@@ -812,8 +824,8 @@ def test_a_project_capped_at_3_gets_exactly_3_across_both_edges_and_a_killed_edg
 
     # A killed edge's sessions stop counting once their leases run out.
     with ExitStack() as stack:
-        for _ in range(3):
-            start_session(stack.enter_context(cluster.open(cluster.mint(), url=_edge_url(cluster, "edge-1"))))
+        for _ in range(3):  # the sessions above release their leases as they close: wait for each slot
+            start_session(stack.enter_context(_open_when_a_slot_frees(cluster, _edge_url(cluster, "edge-1"))))
         assert cluster.redeem(cluster.mint(), url=_edge_url(cluster, "edge-2")).code == "too_many_sessions"
         cluster.kill("edge-1", signal.SIGKILL)
         killed = time.monotonic()

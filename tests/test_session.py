@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.server.frames import frame_weight
 from app.session.actions import Action, Close, Connect, SendClient, SendUpstream, Terminate
 from app.session.binding import Binding, prepare_binding
 from app.session.core import SessionCore
+from app.session.limits import MAX_VALUES, VALUE_BYTES, values
 from app.session.models import ModelRegistry
 
 Event = dict[str, Any]
@@ -328,6 +330,9 @@ INVALID_FRAMES: list[str | bytes] = [
     '{"type": "text.input", "text": "a", "n": NaN}',
     '{"type": "response.create", "n": Infinity}',
     '{"type": "response.create", "n": -Infinity}',
+    json.dumps({"type": ["audio.commit"]}),
+    json.dumps({"type": {"a": 1}}),
+    json.dumps({"type": "text.input", "text": "x", "pad": [0] * 30_000}),
 ]
 FRAME_IDS = [
     "not-json",
@@ -342,6 +347,9 @@ FRAME_IDS = [
     "nan",
     "infinity",
     "minus-infinity",
+    "type-a-list",
+    "type-an-object",
+    "too-many-values",
 ]
 
 
@@ -622,3 +630,41 @@ def test_the_session_counts_the_audio_it_relays(
     )
     assert usage.output_audio_seconds == 0.5
     assert usage.fields() == {"audio_in_s": 1.0, "audio_out_s": 0.5, "tokens_in": 0, "tokens_out": 0}
+
+
+def test_a_first_frame_of_too_many_values_is_refused_unread_and_closes_1008() -> None:
+    core = make(bind())
+    heavy = {"type": "session.start", "config": {"tools": [{"name": "a", "parameters": {"x": [0] * 30_000}}]}}
+    actions = core.receive_client(frame(heavy), T0)
+    assert error_code(actions[:1]) == "session_not_started"
+    assert actions[1:] == [Close(1008, "session not started")] and core.over
+
+
+def test_a_frame_at_the_value_bound_is_read_and_one_over_is_refused() -> None:
+    core = make(bind())
+    start(core, VALID)
+    text = "," * (MAX_VALUES - 2)  # with the event's own `{` and its one `,`: MAX_VALUES
+    (action,) = core.receive_client(frame({"type": "text.input", "text": text}), T0)
+    assert isinstance(action, SendUpstream) and action.event["text"] == text
+    over = core.receive_client(frame({"type": "text.input", "text": text + ","}), T0)
+    assert error_code(over) == "invalid_event" and not core.over
+
+
+@pytest.mark.parametrize("kind", ["session.start", "session.update"])
+def test_a_config_of_too_many_values_is_invalid_config_and_changes_nothing(kind: str) -> None:
+    core = make(bind())
+    heavy = {"type": kind, "config": {**VALID, "tools": [{"name": "a", "parameters": {"x": [0] * 5000}}]}}
+    if kind == "session.update":
+        start(core, VALID)
+    actions = core.receive_client(frame(heavy), T0)
+    assert (
+        error_code(actions) == "invalid_config"
+        and "at most 4096 values" in to_client(actions)[0]["error"]["message"]
+    )
+    assert not core.over and core.config == (VALID if kind == "session.update" else {})
+
+
+def test_the_byte_rate_charges_a_text_frame_for_its_values() -> None:
+    assert frame_weight(b'{"type":"response.create"}') == 26 + VALUE_BYTES
+    assert frame_weight(memoryview(b"[0,{},[]]")) == 9 + 5 * VALUE_BYTES
+    assert values("x" * 100) == 0

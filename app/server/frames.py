@@ -12,8 +12,10 @@ whole message waits for the app. Here:
   waits unparsed (at most one socket read), so at most the messages of one piece are queued;
 - every frame the client sends (text, binary, continuation, ping) takes a token from a bucket at the
   session's frame rate (`REALTIME_MAX_FRAMES_PER_SECOND`) and its payload from one at its byte rate
-  (`REALTIME_MAX_BYTES_PER_SECOND`), one second of burst each; past either, parsing and reading stop
-  until the bucket is back at zero (back-pressure: the client's own socket fills);
+  (`REALTIME_MAX_BYTES_PER_SECOND`), one second of burst each, a text frame's every `,`, `{` and `[`
+  counting `VALUE_BYTES` more (many small values cost the session's checks more than their bytes);
+  past either, parsing and reading stop until the bucket is back at zero (back-pressure: the
+  client's own socket fills);
 - a message in more than `max_fragments` frames closes with 1009, like one over the size limit;
   neither close reason names a limit;
 - reading stops while the write buffer is over its high-water mark (the transport's
@@ -34,7 +36,7 @@ from websockets.frames import CloseCode, Frame
 
 from app.config import Settings
 from app.server.refusals import TOO_BIG_REASON
-from app.session.limits import Bucket
+from app.session.limits import VALUE_BYTES, Bucket, values
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     # Frames -------------------------------------------------------------------------------------
 
     def handle_text(self, event: Frame) -> None:
-        self._take(len(event.data))
+        self._take(frame_weight(event.data))
         self.fragments = 1
         super().handle_text(event)
 
@@ -145,7 +147,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_cont(self, event: Frame) -> None:
         if self.close_sent:
             return
-        self._take(len(event.data))
+        self._take(frame_weight(event.data))
         self.fragments += 1
         if self.fragments > self.max_fragments:
             self.frames = []
@@ -206,3 +208,9 @@ def bounded_protocol(
         bytes_per_second = float(settings.max_bytes_per_second)
 
     return BoundedEdgeWebSocketProtocol
+
+
+def frame_weight(data: bytes | bytearray | memoryview) -> int:
+    """What a text frame takes from the byte rate: its bytes, plus `VALUE_BYTES` a `,`, `{` or `[`."""
+    payload = data if isinstance(data, bytes) else bytes(data)
+    return len(payload) + VALUE_BYTES * values(payload)

@@ -45,7 +45,7 @@ from app.session.events import (
     forwarded,
     parse_event,
 )
-from app.session.limits import Budget, Limits, Rate, frame_size
+from app.session.limits import MAX_VALUES, Budget, Limits, Rate, check_config_values, frame_size, values
 from app.session.models import ModelInfo, ModelRegistry
 from app.session.toolcalls import ToolCalls
 from app.session.upstream import SessionInfo
@@ -159,11 +159,15 @@ class SessionCore:
                     len(audio) * 3 // 4 - audio.endswith("=") - audio.endswith("==")
                 )
             return [SendUpstream(ready)]
+        counted = values(frame)
+        if counted > MAX_VALUES:  # refused unread: reading it would hold the loop
+            return [SendClient(error_event(InvalidEventError(f"a frame holds at most {MAX_VALUES} values")))]
         try:
             event = parse_event(frame)
             if isinstance(event, SessionStart):
                 raise AlreadyStartedError("the session has already started; use session.update")
             if isinstance(event, SessionUpdate):
+                check_config_values(counted)
                 return self._update(event.config)
             if isinstance(event, ToolResult):
                 self._tool_calls.answer(event.tool_call_id, tools=bool(self.config.get("tools")))
@@ -177,14 +181,15 @@ class SessionCore:
     def _before_start(self, frame: str | bytes) -> list[Action]:
         if self._connecting:
             return []  # the driver reads no frame while it connects; nothing to do with one
-        try:
-            event = parse_event(frame)
+        try:  # a frame of too many values is not a session.start this edge reads
+            event = parse_event(frame) if values(frame) <= MAX_VALUES else None
         except InvalidEventError:
             event = None
         if not isinstance(event, SessionStart):
             error = SessionNotStartedError("the first event must be session.start")
             return [SendClient(error_event(error)), *self._end(Close(POLICY, "session not started"))]
         try:
+            check_config_values(values(frame))
             config, model = start_config(
                 {} if event.config is None else event.config, self._binding, self._registry
             )

@@ -159,7 +159,7 @@ def forwarded(frame: str | bytes) -> dict[str, Any] | None:
         if type(audio) is str and _is_base64(audio):
             return {"type": kind, "audio": audio}
         return None
-    if kind in _BARE:
+    if type(kind) is str and kind in _BARE:  # a list or an object as `type` is parse_event's to refuse
         return {"type": kind}
     return None
 

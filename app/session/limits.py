@@ -7,6 +7,7 @@ nothing here waits or keeps time by itself.
 from __future__ import annotations
 
 from app.config import Settings
+from app.sessionerrors import InvalidConfigError
 
 EXCESS_SECONDS = 5.0  # how long a client may stay over its rate before the session ends
 CALM_SECONDS = 1.0  # how long a client must stay within its rate for an excess to be over
@@ -68,6 +69,34 @@ class Bucket:
     def ready_at(self) -> float:
         """When the bucket is back at zero (now, if it is not below)."""
         return self._at + max(0.0, -self.tokens) / self.rate
+
+
+#: Values one client frame may hold (counted as its `,`, `{` and `[`, strings included): a frame
+#: is parsed and checked in time proportional to its values, so past this it is refused unread and no
+#: frame holds the event loop for more than a few milliseconds (docs/protocol.md, "Limits").
+MAX_VALUES = 20_000
+#: Values a `session.start` or `session.update` may hold: checking a config costs about 1.5 µs a value.
+MAX_CONFIG_VALUES = 4096
+#: What each counted value costs in the client's byte rate, on top of its bytes: a frame of many
+#: small values is charged for the work it makes, not only its size (`app.server.frames`).
+VALUE_BYTES = 64
+
+
+def check_config_values(counted: int) -> None:
+    """Refuse a `session.start` or `session.update` of over `MAX_CONFIG_VALUES` values, unchecked.
+
+    Raises:
+        InvalidConfigError: naming the bound.
+    """
+    if counted > MAX_CONFIG_VALUES:
+        raise InvalidConfigError(f"a config holds at most {MAX_CONFIG_VALUES} values")
+
+
+def values(frame: str | bytes) -> int:
+    """An upper bound on a JSON frame's values beyond the first: its `,`, `{` and `[`."""
+    if isinstance(frame, bytes):
+        return frame.count(b",") + frame.count(b"{") + frame.count(b"[")
+    return frame.count(",") + frame.count("{") + frame.count("[")
 
 
 def frame_size(frame: str | bytes) -> int:
