@@ -1,4 +1,4 @@
-"""The app factory: routes, error answers and lifespan wiring; the service starts with `app.server.cli`."""
+"""The app factory: routes, error answers and lifespan wiring; started by `python -m app.serve`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m bench.bare`: the baselines, bare Starlette apps on the same uvicorn settings as app.server.cli.
+"""`python -m bench.bare`: the baselines, bare Starlette apps on the uvicorn settings of `app.serve`.
 
 `POST /v3/realtime-sessions` reads a JSON body and answers a JSON object of the service's size (read
 from `--response-file`); `/v3/realtime` accepts, echoes one text frame and waits for the close.

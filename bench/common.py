@@ -128,7 +128,7 @@ def new_keys(workdir: Path, name: str) -> tuple[Path, str]:
 
 def service(plan: Plan, name: str, keys_dir: Path, **env: str) -> Server:
     return Server(
-        "app.server.cli",
+        "app.serve",
         env={"REALTIME_KEYS_DIR": str(keys_dir), **env},
         log_path=plan.workdir / f"{name}.log",
     )

@@ -77,10 +77,10 @@ def case_fleet(plan: Plan) -> CaseResult:
     env = {"REALTIME_KEYS_DIR": str(keys_dir)}
     redis_env = {"REALTIME_REPLAY_URL": REDIS_URL}
     targets = {
-        "before": Server("app.server.cli", env=env, log_path=plan.workdir / "fleet-before.log", cwd=old),
+        "before": Server("app.serve", env=env, log_path=plan.workdir / "fleet-before.log", cwd=old),
         "after": service(plan, "fleet-after", keys_dir),
         "before-redis": Server(
-            "app.server.cli",
+            "app.serve",
             env={**env, **redis_env, "REALTIME_REPLAY_PREFIX": prefix + "a:"},
             log_path=plan.workdir / "fleet-before-redis.log",
             cwd=old,

@@ -1,7 +1,7 @@
 """`python -m bench.granian_edge --port N`: the service's app (`create_app`) under granian, one worker.
 
 For the bench only (granian is not a dependency of the service): the same app, keys and settings as
-`python -m app.serve`, on granian's ASGI interface instead of uvicorn. What `app.server.cli` adds at the
+`python -m app.serve`, on granian's ASGI interface instead of uvicorn. What `python -m app.serve` adds at the
 uvicorn level does not run here: the connection cap, the WebSocket protocol's per-frame buckets and
 ping bound, the handshake timeout, the drain on SIGTERM.
 """
@@ -21,7 +21,7 @@ from app.server.runner import tune_gc
 
 
 def create() -> Starlette:
-    # With settings given, as `app.server.cli` gives them: `create_app()` alone refuses an outside server.
+    # With settings, as `python -m app.serve` gives them: `create_app()` alone refuses an outside server.
     app = create_app(Settings.from_environ(os.environ))
     tune_gc()  # the same collector settings as `python -m app.serve`
     return app

@@ -281,7 +281,7 @@ def case_live(plan: Plan) -> CaseResult:
         before = None
         if plan.baseline is not None:
             before = Server(
-                "app.server.cli",
+                "app.serve",
                 env={"REALTIME_KEYS_DIR": str(keys_dir), **edge.env},
                 log_path=plan.workdir / "live-edge-baseline.log",
                 cwd=plan.baseline.resolve(),

@@ -4,7 +4,7 @@ Both are one worker with the same keys and `memory://`; the handshakes present s
 minter's default) and the mints are the mint case's request. The server CPU is summed over each
 server's processes (granian runs its worker as a child). Granian is not a dependency of the service:
 without it (`pip install granian`) the case reports that it did not run. Under granian the
-uvicorn-level bounds of `app.server.cli` do not run (bench/granian_edge.py), so its figures are an upper
+uvicorn-level bounds of `python -m app.serve` do not run (bench/granian_edge.py), so its figures are an upper
 bound on what moving would give.
 """
 

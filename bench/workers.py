@@ -63,7 +63,7 @@ def case_workers(plan: Plan) -> CaseResult:
     env = {"REALTIME_REPLAY_URL": "redis://127.0.0.1:6379/0", "REALTIME_REPLAY_PREFIX": prefix}
     one = service(plan, "workers-1", keys_dir, **env)
     several = Server(
-        "app.server.cli",
+        "app.serve",
         env={"REALTIME_KEYS_DIR": str(keys_dir), **env},
         log_path=plan.workdir / f"workers-{WORKERS}.log",
         args=("--workers", str(WORKERS)),

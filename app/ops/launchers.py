@@ -43,7 +43,7 @@ def start_service(state: State, name: str, env: Mapping[str, str]) -> Proc:
     argv = [sys.executable, "-m", "app.serve", "--host", "127.0.0.1", "--port", "0"]
     offset = log.stat().st_size if log.exists() else 0  # logs append across runs: read only this one
     proc = spawn(argv, log=log, env=env)
-    entry = Proc(name, proc.pid, 0, str(log), "app.server.cli", argv)
+    entry = Proc(name, proc.pid, 0, str(log), "app.serve", argv)
     state.procs.append(entry)
     state.save()
     deadline = time.monotonic() + START_TIMEOUT
