@@ -15,10 +15,10 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from app.clock import FakeClock
 from app.config import Settings
 from app.edge.quota import MemoryQuota, seconds_to_midnight
-from app.edge.revocations import Revocation, RevocationIndex, Subject
+from app.edge.revocations import Revocation, RevocationIndex, Subject, lifetime
 from app.exceptions import QuotaExceededError
 from app.main import create_app
-from app.tickets.apikeys import create_key, revoke_key
+from app.tickets.apikeys import create_key, read_keys, revoke_key
 from app.tickets.keys import KeySet
 from tests.conftest import PROJECT, START
 from tests.sealing import claims_of
@@ -359,3 +359,39 @@ def test_with_an_admin_port_the_admin_api_answers_there_only(
         for path in ("/v3/admin/sessions", "/v3/admin/revocations"):
             response = client.get(path)
             assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
+def test_a_key_revoked_through_the_admin_api_stays_revoked_after_the_fleet_entry_expires(
+    client: TestClient, keys: Keys, clock: FakeClock, settings: Settings
+) -> None:
+    key_id = keys.runtime_entry.id
+    assert revoke(client, keys.root, api_key_id=key_id)[0] == 201
+    # Marked in the key file, as `make revoke-api-key` marks it: the entry's expiry does not undo it.
+    assert [key.revoked_at is not None for key in read_keys(settings.api_keys_path) if key.id == key_id] == [
+        True
+    ]
+    clock.advance(
+        lifetime(
+            leeway=settings.leeway_seconds,
+            skew_margin=settings.clock_skew_margin_seconds,
+            max_duration=settings.max_duration_seconds,
+        )
+        + 60
+    )
+    response = client.post("/v3/realtime-sessions", headers=bearer(keys.runtime), json={})
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_credentials")
+    assert "revoked" in response.json()["error"]["message"]
+
+
+def test_a_management_key_revoked_through_the_admin_api_can_do_nothing_more(
+    client: TestClient, keys: Keys, settings: Settings
+) -> None:
+    (admin_id,) = [
+        key.id
+        for key in read_keys(settings.api_keys_path)
+        if key.kind == "management" and key.project == PROJECT
+    ]
+    assert revoke(client, keys.root, api_key_id=admin_id)[0] == 201
+    response = client.get("/v3/admin/revocations", headers=bearer(keys.admin))
+    assert (response.status_code, response.json()["error"]["code"]) == (401, "invalid_credentials")
+    assert revoke(client, keys.admin, project=PROJECT)[0] == 401

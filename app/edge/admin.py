@@ -12,6 +12,7 @@ signs every project's tickets). Something of another project is answered as if i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -24,12 +25,14 @@ from app.edge.revocations import KINDS, MAX_REASON, MAX_VALUE, Kind, Revocation,
 from app.edge.services import Services
 from app.exceptions import (
     ForbiddenError,
+    InvalidCredentialsError,
     InvalidJSONError,
     InvalidRequestError,
+    KeySetError,
     MissingCredentialsError,
     NotFoundError,
 )
-from app.tickets.apikeys import ApiKey
+from app.tickets.apikeys import ApiKey, revoke_key
 from app.tickets.bearer import bearer_token
 from app.tickets.claims import rfc3339
 
@@ -52,7 +55,10 @@ def management_key(request: Request) -> ApiKey:
     authorization = request.headers.get("authorization")
     if not authorization:
         raise MissingCredentialsError("send `Authorization: Bearer <management key>` (opmak-...)")
-    return services.api_keys.check_management(bearer_token(authorization))
+    key = services.api_keys.check_management(bearer_token(authorization))
+    if services.revocations.revoked_key(key.id) is not None:  # before its file's mark is read again
+        raise InvalidCredentialsError("the API key is revoked")
+    return key
 
 
 def _covers(key: ApiKey, project: str | None) -> bool:
@@ -164,7 +170,29 @@ async def revoke(request: Request) -> JSONResponse:
     )
     revocation = Revocation(FIELDS[field], value, now, now + span, owner, reason)
     await services.revocations.add(revocation)
+    if field == "api_key_id" and owner is not None:
+        await _mark_key_revoked(services, value, int(now))
     logger.info(
         "revoked %s %s (project %s) with management key %s", revocation.kind, value, owner or "*", key.id
     )
     return JSONResponse({"revocation": revocation_json(revocation)}, status_code=201, headers=NO_STORE)
+
+
+async def _mark_key_revoked(services: Services, key_id: str, now: int) -> None:
+    """Mark the key revoked in the API key file, as `make revoke-api-key` does: the fleet's
+    revocation entry expires after the longest ticket and session, the file's mark does not.
+
+    A key file this node cannot write (a read-only copy) keeps the entry alone, said in a WARNING.
+    """
+    path = services.settings.api_keys_path
+    try:
+        await asyncio.to_thread(revoke_key, path, key_id, now=now)
+    except (OSError, KeySetError) as exc:
+        logger.warning(
+            "API key %s revoked across the fleet, but not marked in %s (%s): it is refused again only "
+            "until the revocation expires; run `make revoke-api-key ID=%s` where the key file is written",
+            key_id,
+            path,
+            type(exc).__name__,
+            key_id,
+        )

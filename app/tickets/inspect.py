@@ -1,4 +1,4 @@
-"""`python -m app.tickets.inspect` (`make inspect TICKET=...`): look inside one ticket, as this node would.
+"""`python -m app.tickets inspect` (`make inspect TICKET=...`): look inside one ticket, as this node would.
 
 Opens a sealed ticket with the local seal keys (`REALTIME_SEAL_KEYS_FILE`, else `<keys dir>/seal.json`),
 checks the signature with the local keys (`REALTIME_KEYS_DIR`) or the minter's JWKS
