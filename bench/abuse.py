@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 from websockets.exceptions import ConnectionClosed
@@ -28,17 +29,19 @@ FLOODERS = 4
 AUDIO = base64.b64encode(bytes(range(256)) * 2200).decode()  # 563 KB of noise: 750 KB encoded
 
 
-def _open(port: int, api_key: str) -> ClientConnection:
-    ws = connect(
+@contextlib.contextmanager
+def _open(port: int, api_key: str) -> Iterator[ClientConnection]:
+    """A started session (a bearer key: nothing bound), closed on leaving."""
+    with connect(
         f"ws://127.0.0.1:{port}/v3/realtime",
         additional_headers={"Authorization": f"Bearer {api_key}"},
         open_timeout=10,
         max_size=None,
-    )
-    ws.send(json.dumps({"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}}))
-    event = json.loads(ws.recv(timeout=10))
-    assert event["type"] == "session.started", event
-    return ws
+    ) as ws:
+        ws.send(json.dumps({"type": "session.start", "config": {"model": "openai/gpt-realtime-2"}}))
+        event = json.loads(ws.recv(timeout=10))
+        assert event["type"] == "session.started", event
+        yield ws
 
 
 def _flood(ws: ClientConnection, stop: threading.Event) -> None:
@@ -105,7 +108,7 @@ def case_abuse(plan: Plan) -> CaseResult:
                     time.sleep(0.01)
                     if redeem is None and time.monotonic() >= middle:
                         began = time.perf_counter()
-                        _open(server.port, api_key).close()
+                        _open_and_close(server.port, api_key)
                         redeem = time.perf_counter() - began
             assert redeem is not None  # the loop runs past the middle of the flood
             peak = rss_bytes(server.pid)
@@ -139,3 +142,9 @@ def case_abuse(plan: Plan) -> CaseResult:
 
 if __name__ == "__main__":
     flood(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]))
+
+
+def _open_and_close(port: int, api_key: str) -> None:
+    """Open a session and close it at once (a fresh redemption while the others flood)."""
+    with _open(port, api_key):
+        pass
