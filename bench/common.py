@@ -174,6 +174,12 @@ def signer_of(keys_dir: Path) -> SigningKey:
     return signer
 
 
+#: A fresh memory:// store refuses tickets it did not mint until its first leeway + 1 s have passed
+#: (docs/operations.md, the restart window): cases that mint their own tickets wait this long after
+#: starting such a server (the default leeway, one second, and a margin).
+RESTART_WINDOW_SECONDS = 5 + 1.5
+
+
 def mint_tickets(
     signer: SigningKey,
     count: int,

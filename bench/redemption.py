@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from bench.common import (
+    RESTART_WINDOW_SECONDS,
     CaseResult,
     Plan,
     Row,
@@ -27,8 +28,6 @@ from bench.common import (
 )
 from bench.procs import Server
 from bench.verification import raw_verify
-
-RESTART_WINDOW_SECONDS = 5 + 1.5  # the default leeway, one second, and a margin
 
 
 def case_redemption(plan: Plan) -> CaseResult:
@@ -80,9 +79,7 @@ def case_redemption(plan: Plan) -> CaseResult:
     with contextlib.ExitStack() as started:
         for target in targets.values():
             started.enter_context(target)
-        # A fresh memory:// store refuses tickets it did not mint until its first leeway + 1 s have
-        # passed (docs/operations.md, the restart window); the bench mints its own, so it waits.
-        time.sleep(RESTART_WINDOW_SECONDS)
+        time.sleep(RESTART_WINDOW_SECONDS)  # the bench mints its own tickets
         runs = interleaved(plan, targets, measure)
     token = mint_tickets(signer, 1)[0]
     head, _, signature = token.rpartition(".")
