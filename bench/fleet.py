@@ -139,7 +139,7 @@ def case_fleet(plan: Plan) -> CaseResult:
     }
     result.rows = [
         Row(
-            "9. Fleet control",
+            "12. Fleet control",
             "server CPU per handshake with revocation checks / before them (memory://)",
             ratio,
             "×",
@@ -148,7 +148,7 @@ def case_fleet(plan: Plan) -> CaseResult:
             f"{after['rate']:.0f}/s vs {before['rate']:.0f}/s; {REVOCATIONS} revocations in force",
         ),
         Row(
-            "9. Fleet control",
+            "12. Fleet control",
             "server CPU per handshake with revocation checks and leases / before them (redis://)",
             redis_ratio,
             "×",
