@@ -135,3 +135,33 @@ def dropped(deployment: Deployment, provider: str, kind: str) -> float:
 
 
 # OpenAI ------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def deployed(tmp_path: Path, **env: str) -> Iterator[Deployment]:
+    """An edge with `env` in front of the three fake providers; on leaving, checks that no fake saw a
+    message its SDK types refuse and that no provider key reached the edge's log."""
+    with (
+        FakeProvider("openai", key=OPENAI_KEY) as openai,
+        FakeProvider("xai", key=XAI_KEY) as xai,
+        FakeProvider("gemini", key=GEMINI_KEY) as gemini,
+    ):
+        edge, api_key = edge_process(
+            tmp_path,
+            "edge",
+            REALTIME_OPENAI_API_KEY=OPENAI_KEY,
+            REALTIME_OPENAI_URL=openai.url,
+            REALTIME_XAI_API_KEY=XAI_KEY,
+            REALTIME_XAI_URL=xai.url,
+            REALTIME_GEMINI_API_KEY=GEMINI_KEY,
+            REALTIME_GEMINI_URL=gemini.url,
+            **env,
+        )
+        with edge:
+            deployment = Deployment(edge, api_key, openai, xai, gemini)
+            yield deployment
+            log = edge.log()
+        for fake in deployment.fakes():
+            assert fake.violations == []
+        for key in (OPENAI_KEY, XAI_KEY, GEMINI_KEY):
+            assert key not in log

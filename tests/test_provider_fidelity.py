@@ -17,21 +17,17 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.fake_providers import FakeProvider
 from tests.polling import poll
 from tests.provider_sessions import (
     GEMINI,
-    GEMINI_KEY,
     OPENAI,
-    OPENAI_KEY,
     WEATHER,
     XAI,
-    XAI_KEY,
     Deployment,
     Event,
     ask,
     assert_terminated,
-    edge_process,
+    deployed,
     pcm,
     receive,
     receive_until,
@@ -49,34 +45,16 @@ SILENCE = 5  # REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS: long enough for a loa
 @pytest.fixture(scope="module")
 def fidelity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp_path = tmp_path_factory.mktemp("fidelity")
-    with (
-        FakeProvider("openai", key=OPENAI_KEY) as openai,
-        FakeProvider("xai", key=XAI_KEY) as xai,
-        FakeProvider("gemini", key=GEMINI_KEY) as gemini,
-    ):
-        edge, api_key = edge_process(
-            tmp_path,
-            "edge",
-            REALTIME_OPENAI_API_KEY=OPENAI_KEY,
-            REALTIME_OPENAI_URL=openai.url,
-            REALTIME_XAI_API_KEY=XAI_KEY,
-            REALTIME_XAI_URL=xai.url,
-            REALTIME_GEMINI_API_KEY=GEMINI_KEY,
-            REALTIME_GEMINI_URL=gemini.url,
-            REALTIME_UPSTREAM_TIMEOUT_SECONDS="5",
-            REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS=str(SILENCE),
-            REALTIME_UPSTREAM_RESUMES=str(RESUMES),
-            REALTIME_SESSION_MEMORY_BYTES=str(BUDGET),
-        )
-        with edge:
-            deployed = Deployment(edge, api_key, openai, xai, gemini)
-            yield deployed
-            log = edge.log()
-        for fake in deployed.fakes():
-            assert fake.violations == []
-        for key in (OPENAI_KEY, XAI_KEY, GEMINI_KEY):
-            assert key not in log
-        assert "Traceback" not in log and "ERROR" not in log
+    with deployed(
+        tmp_path,
+        REALTIME_UPSTREAM_TIMEOUT_SECONDS="5",
+        REALTIME_UPSTREAM_RESPONSE_TIMEOUT_SECONDS=str(SILENCE),
+        REALTIME_UPSTREAM_RESUMES=str(RESUMES),
+        REALTIME_SESSION_MEMORY_BYTES=str(BUDGET),
+    ) as running:
+        yield running
+        log = running.edge.log()
+    assert "Traceback" not in log and "ERROR" not in log
 
 
 def metric(deployment: Deployment, name: str, labels: str) -> float:

@@ -30,6 +30,7 @@ from tests.provider_sessions import (
     Deployment,
     ask,
     assert_terminated,
+    deployed,
     dropped,
     edge_process,
     pcm,
@@ -44,33 +45,13 @@ from tests.provider_sessions import (
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    tmp_path = tmp_path_factory.mktemp("providers")
-    with (
-        FakeProvider("openai", key=OPENAI_KEY) as openai,
-        FakeProvider("xai", key=XAI_KEY) as xai,
-        FakeProvider("gemini", key=GEMINI_KEY) as gemini,
-    ):
-        edge, api_key = edge_process(
-            tmp_path,
-            "edge",
-            REALTIME_OPENAI_API_KEY=OPENAI_KEY,
-            REALTIME_OPENAI_URL=openai.url,
-            REALTIME_XAI_API_KEY=XAI_KEY,
-            REALTIME_XAI_URL=xai.url,
-            REALTIME_GEMINI_API_KEY=GEMINI_KEY,
-            REALTIME_GEMINI_URL=gemini.url,
-            REALTIME_UPSTREAM_TIMEOUT_SECONDS="2",
-            REALTIME_MAX_BYTES_PER_SECOND=str(64 << 20),
-            REALTIME_MAX_FRAMES_PER_SECOND="10000",
-        )
-        with edge:
-            deployed = Deployment(edge, api_key, openai, xai, gemini)
-            yield deployed
-            log = edge.log()
-        for fake in deployed.fakes():
-            assert fake.violations == []
-        for key in (OPENAI_KEY, XAI_KEY, GEMINI_KEY):
-            assert key not in log
+    with deployed(
+        tmp_path_factory.mktemp("providers"),
+        REALTIME_UPSTREAM_TIMEOUT_SECONDS="2",
+        REALTIME_MAX_BYTES_PER_SECOND=str(64 << 20),
+        REALTIME_MAX_FRAMES_PER_SECOND="10000",
+    ) as running:
+        yield running
 
 
 def test_openai_binding_holds_at_the_provider(deployment: Deployment) -> None:
