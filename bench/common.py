@@ -100,10 +100,10 @@ def per_call(fn: Callable[[], object], *, number: int, repeat: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number
 
 
-def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one load generator process to completion and return its result."""
+def run_client(module: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run `python -m <module>` with `spec` on stdin to completion; its last stdout line is the result."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen"],
+        [sys.executable, "-m", module],
         input=json.dumps(spec) + "\n",
         capture_output=True,
         text=True,
@@ -112,9 +112,14 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"load generator failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{module} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one load generator process to completion and return its result."""
+    return run_client("bench.loadgen", spec)
 
 
 def new_keys(workdir: Path, name: str) -> tuple[Path, str]:

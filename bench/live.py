@@ -30,8 +30,8 @@ from typing import Any
 
 import uvloop
 
-from bench.common import CaseResult, Plan, Row, bare, new_keys, service
-from bench.procs import ROOT, Server, cpu_seconds, raise_nofile, self_cpu_seconds
+from bench.common import CaseResult, Plan, Row, bare, new_keys, run_client, service
+from bench.procs import Server, cpu_seconds, raise_nofile, self_cpu_seconds
 from bench.wire import Connection, ProtocolError, event_frame
 
 KEY = "sk-bench-live-key"
@@ -179,21 +179,7 @@ def held(result: dict[str, Any]) -> bool:
 
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one client process to completion."""
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.live"],
-        input=json.dumps(spec) + "\n",
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"live client failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return run_client("bench.live", spec)
 
 
 # The search --------------------------------------------------------------------------------------
