@@ -514,13 +514,18 @@ def test_rotations_as_often_as_make_rotate_allows_fail_no_handshake(
             poll(lambda: run_keys(cluster, "rotate", **quick).returncode == 0, what="a rotation")  # noqa: B023
             load.run_until(10, after=time.monotonic())
         talk(session)
-        # The minter looks at its keys every 0.5 s: the last rotation may not have reached a ticket yet.
-        poll(
-            lambda: len({kid_of(o.ticket) for o in load.snapshot() if o.ticket}) == 5,
-            what="a ticket sealed with the key rotated in last",
-        )
-        # Read while the retiring seal keys that opened them still exist.
-        signing_kids = {signing_kid(o.ticket, cluster.keys_dir) for o in load.snapshot()}
+
+        # The minter looks at its seal keys and its signing keys every 0.5 s, each file on its own: the
+        # last rotation may not have reached a ticket's seal, or its signature, yet. Read while the
+        # retiring seal keys that opened them still exist.
+        def rotated_in() -> bool:
+            tickets = [o.ticket for o in load.snapshot() if o.ticket]
+            signing_kids.clear()
+            signing_kids.update(signing_kid(ticket, cluster.keys_dir) for ticket in tickets)
+            return len({kid_of(ticket) for ticket in tickets}) == 5 and len(signing_kids) == 5
+
+        signing_kids: set[str] = set()
+        poll(rotated_in, what="a ticket sealed and signed with the keys rotated in last")
         retired = run_keys(cluster, "retire", "--force")
         assert retired.returncode == 0 and retired.stdout.count("retired ") >= 4, retired.stdout
         load.run_until(10, after=time.monotonic())
