@@ -30,6 +30,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from app.edge.realtime import WAITING_EXTENSION
 from app.server.refusals import RefusingServerProtocol, head_too_large, over_capacity, refusal_body
 from app.server.transports import JoinedWrites
+from app.waiters import Flag, MessageQueue
 
 logger = logging.getLogger(__name__)
 #: The logger of websockets' own connection objects (websockets' own name for a server's lines).
@@ -73,6 +74,11 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
             max_size=self.config.ws_max_size,
             logger=CONNECTION_LOGGER,
         )
+        # The receive queue and the writable flag, without the deques asyncio's carry: an idle
+        # session holds both for its whole life (app/waiters.py).
+        self.queue = MessageQueue()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -87,6 +93,8 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         if len(self.connections) > self.limits.max_connections:
             self.app = over_capacity
         super().handle_connect(event)
+        # Read once, to build the scope: not kept for the connection's life.
+        self.request = None  # type: ignore[assignment]
         if self.response.status_code != 101:
             return  # refused by websockets: answered and closed, no app runs
         # The session loop asks whether a message already waits (`app.edge.realtime`), so that it yields

@@ -192,6 +192,10 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if self.handshake_complete and getattr(self, "response", None) is not None:
+            # uvicorn keeps the handshake's response (headers and all) for the connection's life;
+            # once it is written nothing reads it again (a uvicorn without it: nothing to free).
+            self.response = None  # type: ignore[assignment]
         if self.close_sent and self.unread:  # uvicorn resumed reading for the client's close reply
             self._resume_if_free()
 

@@ -69,6 +69,7 @@ ATTRIBUTES: dict[_Class, tuple[str, ...]] = {
         "handshake_initiated",
         "handshake_complete",
         "close_sent",
+        "writable",
     ),
 }
 

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -41,7 +40,7 @@ class LocalConnection:
         # Made when a response starts (the only time a cancel can matter), not with every session.
         self._cancel: asyncio.Event | None = None
         self._config = effective_defaults(session.config, session.model)
-        self._outbox: deque[dict[str, Any]] = deque()
+        self._outbox: list[dict[str, Any]] = []  # a few events at most; a deque would cost 0.7 KiB
         # What `receive` waits on: a bare future, made anew for each wait. An asyncio.Event would do,
         # but carries a deque of its own; an idle session waits here for its whole life.
         self._wakeup: asyncio.Future[None] | None = None
@@ -249,7 +248,7 @@ class LocalConnection:
     async def receive(self) -> dict[str, Any] | None:
         while True:
             if self._outbox:
-                return self._outbox.popleft()
+                return self._outbox.pop(0)
             if self._response is not None:
                 try:
                     event = await anext(self._response)
