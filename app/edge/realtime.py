@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 #: The ASGI scope extension through which the edge's WebSocket protocol says whether a received
 #: message already waits (`app.server.connections`).
 WAITING_EXTENSION = "realtime.message_waiting"
+#: The one through which it writes a text message at once when nothing would make the send wait.
+SEND_NOW_EXTENSION = "realtime.send_text_now"
 
 
 class WebSocketTransport:
@@ -47,6 +49,7 @@ class WebSocketTransport:
         # Offered by the edge's own WebSocket protocol (app.server.connections); absent under another server.
         extensions = websocket.scope.get("extensions") or {}
         self._waiting: Callable[[], bool] | None = extensions.get(WAITING_EXTENSION)
+        self._send_now: Callable[[str], bool] | None = extensions.get(SEND_NOW_EXTENSION)
 
     def waiting(self) -> bool:
         """Whether a message is queued (receive returns without a suspension); True when unknown."""
@@ -67,6 +70,8 @@ class WebSocketTransport:
     async def send(self, event: dict[str, Any] | str) -> None:
         # Configured secrets (provider and relay keys) never reach the client, whoever quoted them.
         text = redaction.redact_secrets(event if isinstance(event, str) else encode_event(event))
+        if self._send_now is not None and self._send_now(text):
+            return  # written without a pass through the ASGI layers
         try:
             await self._websocket.send_text(text)
         except (WebSocketDisconnect, WebSocketDisconnected):

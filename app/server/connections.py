@@ -26,8 +26,9 @@ from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
-from app.edge.realtime import WAITING_EXTENSION
+from app.edge.realtime import SEND_NOW_EXTENSION, WAITING_EXTENSION
 from app.server.refusals import RefusingServerProtocol, head_too_large, over_capacity, refusal_body
 from app.server.transports import JoinedWrites
 from app.waiters import Flag, MessageQueue
@@ -101,10 +102,32 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         # only when it would not suspend anyway; offered as an ASGI extension of this server.
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[WAITING_EXTENSION] = self.message_waiting
+        extensions[SEND_NOW_EXTENSION] = self.send_text_now
 
     def message_waiting(self) -> bool:
         """Whether a received message is queued for the app (its next receive returns at once)."""
         return not self.queue.empty()
+
+    def send_text_now(self, text: str) -> bool:
+        """Write one text message at once, as uvicorn's `send` of a `websocket.send` does, when
+        nothing would make that send wait or refuse: accepted, no close sent, the peer still there,
+        the write buffer under its high-water mark. False when something would: then the app sends
+        through ASGI, which waits or raises as uvicorn does. Offered as an ASGI extension; a live
+        session's audio, both ways, is most of what the edge writes (docs/decisions.md)."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+        ):
+            return False
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
 
 class EdgeHttpProtocol(HttpToolsProtocol):

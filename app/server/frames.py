@@ -8,8 +8,10 @@ holds, and builds a fragmented message from any number of continuation frames, p
 whole message waits for the app. Here:
 
 - what the socket gives is fed to the parser `FEED_BYTES` at a time (the request head uvicorn passes
-  on when it upgrades, which holds no frame, whole); once reading is paused the rest
-  waits unparsed (at most one socket read), so at most the messages of one piece are queued;
+  on when it upgrades, which holds no frame, whole); once a message waits for the app the rest
+  waits unparsed, and reading pauses when the next read arrives (so at most one socket read waits,
+  and at most the messages of one piece are queued; a session that takes each message before the
+  next arrives never pauses the socket);
 - every frame the client sends (text, binary, continuation, ping) takes a token from a bucket at the
   session's frame rate (`REALTIME_MAX_FRAMES_PER_SECOND`) and its payload from one at its byte rate
   (`REALTIME_MAX_BYTES_PER_SECOND`), one second of burst each, a text frame's every `,`, `{` and `[`
@@ -97,7 +99,7 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.unread:
             self._feed()
-        if not (self._paused() or self.unread or self.transport.is_closing()):
+        if not (self._paused() or self.unread or self.transport.is_closing() or self.transport.is_reading()):
             self.transport.resume_reading()
 
     def _take(self, size: int) -> None:
@@ -179,9 +181,11 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
             self.handle_parser_exception()
             return
         self.queue.put_nowait({"type": "websocket.receive", "text": text})
-        if not self.read_paused:
-            self.read_paused = True
-            self.transport.pause_reading()
+        # A message waits for the app: parsing stops here, but the socket is not paused yet. Bytes
+        # that arrive meanwhile wait unparsed in `unread` (one read), and only then is reading paused
+        # (`_feed`). A session that takes each frame before the next arrives, as a live voice session
+        # does, costs no pause and resume of the socket per frame.
+        self.read_paused = True
 
     async def receive(self) -> Any:
         message = await self.queue.get()

@@ -70,6 +70,9 @@ ATTRIBUTES: dict[_Class, tuple[str, ...]] = {
         "handshake_complete",
         "close_sent",
         "writable",
+        "disconnected",
+        "initial_response",
+        "transport",
     ),
 }
 
