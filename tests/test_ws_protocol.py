@@ -13,6 +13,7 @@ import uvicorn
 from uvicorn.server import ServerState
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.uri import parse_uri
 
 from app.config import Settings
@@ -59,13 +60,16 @@ def opened(
         _, edge = protocol_classes(ConnectionLimits(handshake_timeout=5.0, max_connections=10))
         cls = bounded_protocol(edge, Settings(keys_dir=Path("unused")))
         config = uvicorn.Config(_never_called, log_config=None)
-        return cls(config=config, server_state=ServerState(), app_state={})
+        made = cls(config=config, server_state=ServerState(), app_state={})
+        assert isinstance(made, EdgeWebSocketProtocol)
+        return made
 
     protocol = asyncio.run(build()) if loop is None else loop.run_until_complete(build())
     client = ClientProtocol(parse_uri("ws://127.0.0.1/v3/realtime"))
     client.send_request(client.connect())
     protocol.conn.receive_data(b"".join(client.data_to_send()))
     request = protocol.conn.events_received()[0]
+    assert isinstance(request, Request)
     protocol.conn.send_response(protocol.conn.accept(request))
     client.receive_data(b"".join(protocol.conn.data_to_send()))
     client.events_received()
