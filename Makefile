@@ -67,7 +67,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 bench: $(VENV)/.installed
-	$(PY) -m bench $(if $(filter 1 true yes,$(QUICK)),--quick,)
+	$(PY) -m bench $(if $(filter 1 true yes,$(QUICK)),--quick,)$(if $(BASELINE), --baseline-tree $(BASELINE),)
 
 cluster: $(VENV)/.installed
 	$(PY) -m app.ops.cluster start --port $(if $(filter file,$(origin PORT)),8080,$(PORT))$(if $(filter 1 true yes,$(TLS)), --tls,)
