@@ -144,13 +144,14 @@ def bare(plan: Plan, name: str, *args: str, env: dict[str, str] | None = None) -
     return Server("bench.bare", env=env or {}, log_path=plan.workdir / f"{name}.log", args=args)
 
 
-def peer(plan: Plan, name: str, keys_dir: Path, api_key: str) -> Server:
-    """The naive peer (`python -m bench.peer`) with the same keys and API key as the service."""
+def peer(plan: Plan, name: str, keys_dir: Path, api_key: str, *, stock: bool = False) -> Server:
+    """The naive peer (`python -m bench.peer`) with the same keys and API key as the service; with
+    `stock`, on uvicorn's own protocol classes and defaults, as a user would run it."""
     return Server(
         "bench.peer",
         env={"BENCH_PEER_API_KEY": f"{api_key}={PROJECT}"},
         log_path=plan.workdir / f"{name}.log",
-        args=("--keys-dir", str(keys_dir)),
+        args=("--keys-dir", str(keys_dir), *(("--stock",) if stock else ())),
     )
 
 

@@ -39,8 +39,10 @@ def case_mint(plan: Plan) -> CaseResult:
             bare(plan, "bare-mint", *answers) as base,
             bare(plan, "floor-mint", *answers, "--keys-dir", str(keys_dir)) as floor,
             peer(plan, "peer-mint", keys_dir, api_key) as naive,
+            peer(plan, "peer-stock-mint", keys_dir, api_key, stock=True) as stock_peer,
         ):
-            _one_post(naive.port, body, headers)  # the peer answers too, before anything is timed
+            _one_post(naive.port, body, headers)  # the peers answer too, before anything is timed
+            _one_post(stock_peer.port, body, headers)
             spec = {
                 "mode": "mint",
                 "path": "/v3/realtime-sessions",
@@ -51,7 +53,14 @@ def case_mint(plan: Plan) -> CaseResult:
             }
             runs = interleaved(
                 plan,
-                {"bare": base, "floor": floor, "peer": naive, "plain": plain, "mint": server},
+                {
+                    "bare": base,
+                    "floor": floor,
+                    "peer": naive,
+                    "stock": stock_peer,
+                    "plain": plain,
+                    "mint": server,
+                },
                 lambda name, target: loadgen({**spec, "port": target.port, "server_pids": [target.pid]}),
             )
     token = json.loads(sample)["client_secret"]
@@ -61,7 +70,7 @@ def case_mint(plan: Plan) -> CaseResult:
     number = 500 if plan.quick else 2000
     sign = per_call(lambda: private.sign(signing_input), number=number, repeat=5)
     mint, base_runs, floor_runs = summary(runs["mint"]), summary(runs["bare"]), summary(runs["floor"])
-    peer_runs, plain_runs = summary(runs["peer"]), summary(runs["plain"])
+    peer_runs, plain_runs, stock = summary(runs["peer"]), summary(runs["plain"]), summary(runs["stock"])
     added = 1 / mint["rate"] - 1 / base_runs["rate"]
     floor_added = 1 / floor_runs["rate"] - 1 / base_runs["rate"]
     peer_added = 1 / peer_runs["rate"] - 1 / base_runs["rate"]
@@ -75,6 +84,7 @@ def case_mint(plan: Plan) -> CaseResult:
         "floor": floor_runs,
         "peer": peer_runs,
         "plain": plain_runs,
+        "peer_stock": stock,
         "added_us": us(added),
         "floor_added_us": us(floor_added),
         "peer_added_us": us(peer_added),
@@ -111,6 +121,17 @@ def case_mint(plan: Plan) -> CaseResult:
             None,
             f"REALTIME_SEALED_TICKETS=false, a signed JWS like the peer's: {plain_runs['rate']:.0f} req/s, "
             f"server CPU per request {plain_runs['server_cpu_us']:.0f} µs",
+        ),
+        Row(
+            "1. Mint",
+            "mint / naive peer on stock uvicorn",
+            mint["rate"] / stock["rate"],
+            "×",
+            "reported",
+            None,
+            f"the same peer run as `uvicorn app:app` runs it (uvicorn's own protocol classes, no "
+            f"collector tuning): {stock['rate']:.0f} req/s, server CPU per request "
+            f"{stock['server_cpu_us']:.0f} µs",
         ),
         Row(
             "1. Mint",

@@ -102,13 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--keys-dir", type=Path, required=True)
+    parser.add_argument(
+        "--stock",
+        action="store_true",
+        help="run as a user would (`uvicorn app:app`): uvicorn's own protocol classes and defaults",
+    )
     args = parser.parse_args(argv)
     # `KEY=PROJECT`, from the environment so that the key stays out of the process list.
     api_keys = dict([os.environ.get("BENCH_PEER_API_KEY", "=").split("=", 1)])
     app = build(args.keys_dir, api_keys)
-    config = uvicorn_config(app, Settings(), host=args.host, port=args.port, log_level="info", bare=True)
+    if args.stock:
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info")
+    else:
+        config = uvicorn_config(app, Settings(), host=args.host, port=args.port, log_level="info", bare=True)
+        tune_gc()  # the same process settings as the service
     server = uvicorn.Server(config)
-    tune_gc()  # the same process settings as the service
     server.run()
     return 0 if server.started else 1
 

@@ -46,6 +46,7 @@ def case_redemption(plan: Plan) -> CaseResult:
         "bare": bare(plan, "bare-ws"),
         "floor": bare(plan, "floor-ws", "--keys-dir", str(keys_dir)),
         "peer": peer(plan, "peer-ws", keys_dir, api_key),
+        "stock": peer(plan, "peer-stock-ws", keys_dir, api_key, stock=True),
         "memory": memory,
         "sealed": memory,  # the same process, presented sealed tickets (what its minter issues)
         "redis": redis,
@@ -86,7 +87,7 @@ def case_redemption(plan: Plan) -> CaseResult:
     raw = raw_verify(signer, head, signature, plan)
     base, floor = summary(runs["bare"]), summary(runs["floor"])
     mem, red, sealed = summary(runs["memory"]), summary(runs["redis"]), summary(runs["sealed"])
-    peer_runs = summary(runs["peer"])
+    peer_runs, stock = summary(runs["peer"]), summary(runs["stock"])
     added = 1 / mem["rate"] - 1 / base["rate"]
     floor_added = 1 / floor["rate"] - 1 / base["rate"]
     peer_added = 1 / peer_runs["rate"] - 1 / base["rate"]
@@ -99,6 +100,7 @@ def case_redemption(plan: Plan) -> CaseResult:
         "bare": base,
         "floor": floor,
         "peer": peer_runs,
+        "peer_stock": stock,
         "memory": mem,
         "sealed": sealed,
         "redis": red,
@@ -167,6 +169,17 @@ def case_redemption(plan: Plan) -> CaseResult:
             *at_least(sealed["rate"] / peer_runs["rate"], 1.3),
             f"the minter's default ticket (decrypt, then the same checks): {sealed['rate']:.0f}/s, "
             f"server CPU per handshake {sealed['server_cpu_us']:.0f} µs; the peer reads a plain JWS",
+        ),
+        Row(
+            "2. Redemption",
+            "handshakes with sealed tickets / naive peer on stock uvicorn",
+            sealed["rate"] / stock["rate"],
+            "×",
+            "reported",
+            None,
+            f"the same peer run as `uvicorn app:app` runs it (uvicorn's own protocol classes, no "
+            f"collector tuning): {stock['rate']:.0f}/s, server CPU per handshake "
+            f"{stock['server_cpu_us']:.0f} µs",
         ),
         Row(
             "2. Redemption",
