@@ -28,7 +28,7 @@ from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from app.upstreams.outbox import Outbox
 from app.upstreams.providers.connection import ProviderConnection
-from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, OUTBOX_EVENTS, Endpoint
+from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, Endpoint
 from app.upstreams.providers.openai import OpenAITranslator
 from app.upstreams.relay import OUTBOX_FRAMES, RelayUpstream
 from tests.servers import ServiceProcess
@@ -84,20 +84,26 @@ def test_the_outbox_counts_what_it_holds_and_what_waits_for_room() -> None:
 
 
 class FakeSocket:
-    """The provider's side of a socket: frames to deliver, then silence; what was sent."""
+    """The provider's side of a socket: frames to deliver (more may come), then silence; what was sent."""
 
     def __init__(self, frames: list[str]) -> None:
         self.frames = frames
         self.sent: list[str] = []
+        self._arrived: asyncio.Event | None = None
+
+    def deliver(self, frame: str) -> None:
+        self.frames.append(frame)
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def send(self, frame: str) -> None:
         self.sent.append(frame)
 
     async def recv(self) -> str:
-        if self.frames:
-            return self.frames.pop(0)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        while not self.frames:  # cancelled here, nothing is lost (as with websockets' recv)
+            self._arrived = asyncio.Event()
+            await self._arrived.wait()
+        return self.frames.pop(0)
 
     async def close(self) -> None:
         pass
@@ -107,38 +113,85 @@ def openai_text(size: int) -> str:
     return json.dumps({"type": "response.output_text.delta", "delta": "x" * size})
 
 
-def test_a_provider_connection_counts_the_frames_behind_its_events() -> None:
-    frames = [json.dumps({"type": "session.updated"})] + [openai_text(KIB * n) for n in range(1, 21)]
-    sizes = [len(frame) + EVENT_BYTES for frame in frames[1:]]  # each event counts besides its frame
+def provider_connection(socket: FakeSocket) -> ProviderConnection:
+    return ProviderConnection(
+        socket,  # type: ignore[arg-type]
+        OpenAITranslator({}, OPENAI),
+        Endpoint("openai", "ws://unused", "sk-test"),
+        timeout=1,
+        dropped=lambda provider, kind: None,
+    )
+
+
+def test_a_provider_connection_reads_only_when_asked_and_counts_the_frames_behind_its_events() -> None:
+    failed = json.dumps(
+        {"type": "response.done", "response": {"status": "failed", "status_details": {"error": {}}}}
+    )  # two events: an error, then the failed completion
+    texts = [openai_text(KIB * n) for n in range(1, 21)]
+    socket = FakeSocket([json.dumps({"type": "session.updated"}), failed, *texts])
 
     async def scenario() -> None:
-        connection = ProviderConnection(
-            FakeSocket(frames),  # type: ignore[arg-type]
-            OpenAITranslator({}, OPENAI),
-            Endpoint("openai", "ws://unused", "sk-test"),
-            timeout=1,
-            dropped=lambda provider, kind: None,
-        )
+        connection = provider_connection(socket)
         assert isinstance(connection, Buffered) and isinstance(connection, Filling)
         growths: list[int] = []
         connection.on_growth(lambda: growths.append(connection.buffered_bytes()))
         await connection.start()
         try:
-            # The outbox fills (16 events) and the reader holds the 17th while it waits for room.
-            await until(lambda: len(growths) == OUTBOX_EVENTS + 1)
-            assert connection.buffered_bytes() == sum(sizes[: OUTBOX_EVENTS + 1])
-            event = await connection.receive()
-            assert event == {"type": "text.delta", "delta": "x" * KIB}
-            await until(lambda: len(growths) == OUTBOX_EVENTS + 2)
-            assert connection.buffered_bytes() == sum(sizes[1 : OUTBOX_EVENTS + 2])
-            for _ in sizes[1:]:
-                await connection.receive()
+            # Nothing is read ahead of the session: a browser that reads slowly slows the provider.
+            await asyncio.sleep(0.05)
+            assert len(socket.frames) == 1 + len(texts)
+            assert connection.buffered_bytes() == 0 and growths == []
+            # A message that became two events: the second waits, counted with the frame behind it.
+            assert (await connection.receive())["type"] == "error"  # type: ignore[index]
+            assert growths == [EVENT_BYTES + len(failed)]
+            assert connection.buffered_bytes() == EVENT_BYTES + len(failed)
+            assert (await connection.receive())["type"] == "response.completed"  # type: ignore[index]
             assert connection.buffered_bytes() == 0
+            for count, text in enumerate(texts, 1):  # one frame read per event taken, nothing held
+                assert await connection.receive() == json.loads(text) | {"type": "text.delta"}
+                assert len(socket.frames) == len(texts) - count
+                assert connection.buffered_bytes() == 0
             # An event the provider cannot take is an error event of ours, counted while it waits.
             await connection.send({"type": "made.up"})
             assert connection.buffered_bytes() == ERROR_BYTES
+            assert growths[-1] == ERROR_BYTES
             assert (await connection.receive())["type"] == "error"  # type: ignore[index]
             assert connection.buffered_bytes() == 0
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_error_event_of_ours_reaches_a_receive_waiting_on_a_silent_provider() -> None:
+    socket = FakeSocket([json.dumps({"type": "session.updated"})])
+
+    async def scenario() -> None:
+        connection = provider_connection(socket)
+        await connection.start()
+        try:
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await connection.send({"type": "made.up"})
+            event = await asyncio.wait_for(waiting, 5)
+            assert event is not None and event["type"] == "error"
+            assert connection.buffered_bytes() == 0
+            # The wait it interrupted goes on: the provider's next frame is the next event, and the
+            # task that waited was not left cancelling.
+            assert waiting.cancelling() == 0
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            socket.deliver(openai_text(3))
+            assert await asyncio.wait_for(waiting, 5) == {"type": "text.delta", "delta": "xxx"}
+            # Interrupted and cancelled from outside at once: the cancellation still wins.
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            await connection.send({"type": "made.up"})
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert (await connection.receive())["type"] == "error"  # type: ignore[index]
         finally:
             await connection.aclose()
 
