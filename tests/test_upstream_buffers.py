@@ -1,5 +1,8 @@
 """What the relay and provider connections hold counts against a session's memory budget.
 
+A provider connection reads only when the session asks; its own events and the silence check
+interrupt a wait on the provider.
+
 Unit tests of the counts (a fake socket for one module), and a real edge relaying to an upstream that
 floods it while the browser reads nothing: the session ends `session_overloaded`, close 1008.
 """
@@ -192,6 +195,35 @@ def test_an_error_event_of_ours_reaches_a_receive_waiting_on_a_silent_provider()
             with pytest.raises(asyncio.CancelledError):
                 await waiting
             assert (await connection.receive())["type"] == "error"  # type: ignore[index]
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_receive_waiting_past_the_response_timeout_is_an_upstream_error() -> None:
+    socket = FakeSocket([json.dumps({"type": "session.updated"})])
+
+    async def scenario() -> None:
+        connection = ProviderConnection(
+            socket,  # type: ignore[arg-type]
+            OpenAITranslator({}, OPENAI),
+            Endpoint("openai", "ws://unused", "sk-test"),
+            timeout=1,
+            dropped=lambda provider, kind: None,
+            response_timeout=0.2,
+        )
+        await connection.start()
+        try:
+            await connection.send({"type": "response.create"})  # an answer is asked for
+            started = time.monotonic()
+            with pytest.raises(UpstreamError, match=r"stopped answering \(nothing for 0.2 s"):
+                await connection.receive()
+            assert time.monotonic() - started >= 0.15
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0  # the silence check's cancel is taken back
+            with pytest.raises(UpstreamError, match="stopped answering"):
+                await connection.receive()  # and stays
         finally:
             await connection.aclose()
 
