@@ -70,7 +70,7 @@ class ProviderConnection(ResumableLink):
         websocket = self._websocket
         try:
             if self._cannot_wait(len(text)):
-                await websocket.send(text)  # no timer for a send that returns at once
+                self._write(text)  # no timer, no wait: it returns at once
             else:
                 await self._send_text(text, websocket)
         except ConnectionClosed as exc:

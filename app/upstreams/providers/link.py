@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from app.exceptions import UpstreamError
 from app.session.events import encode_event
@@ -169,12 +170,25 @@ class ProviderLink(SilenceCheck):
 
     def _cannot_wait(self, chars: int) -> bool:
         """Whether a send of `chars` characters returns without waiting for the provider to read:
-        writing is not paused, and the write buffer stays under its high-water mark with the frame
-        in it (at most 4 bytes a character and its header), so writing it cannot pause."""
+        the connection is open, writing is not paused, and the write buffer stays under its
+        high-water mark with the frame in it (at most 4 bytes a character and its header), so
+        writing it cannot pause."""
         transport = self._transport
-        if transport is None or self._websocket.paused:
+        websocket = self._websocket
+        if transport is None or websocket.paused or websocket.protocol.state is not State.OPEN:
             return False
         return transport.get_write_buffer_size() + 4 * chars + 16 <= transport.get_write_buffer_limits()[1]
+
+    def _write(self, text: str) -> None:
+        """Write one frame at once, when `_cannot_wait`: websockets' sans-I/O protocol frames it
+        (its public `send_text`/`data_to_send`), without `send`'s context manager and drain, which
+        cost more than the frame; nothing can wait, so they have nothing to do."""
+        protocol = self._websocket.protocol
+        transport = self._transport
+        assert transport is not None  # noqa: S101 - `_cannot_wait` saw it
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():
+            transport.write(data)
 
     async def _next_frame(self, when: str, websocket: ClientConnection) -> tuple[dict[str, Any], int]:
         """The provider's next message, decoded, and the size of its frame."""
