@@ -10,6 +10,7 @@ floods it while the browser reads nothing: the session ends `session_overloaded`
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -30,6 +31,7 @@ from app.session.upstream import Buffered, Filling, SessionInfo
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from app.upstreams.outbox import Outbox
+from app.upstreams.providers.adapter import ProvidersUpstream
 from app.upstreams.providers.connection import ProviderConnection
 from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, Endpoint
 from app.upstreams.providers.openai import OpenAITranslator
@@ -228,6 +230,32 @@ def test_a_receive_waiting_past_the_response_timeout_is_an_upstream_error() -> N
             await connection.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_provider_that_stops_reading_ends_the_session_within_the_send_timeout() -> None:
+    """Sends are written at once while the write buffer has room; once the provider has stopped
+    reading and the buffers are full, a send waits at most the timeout: the session ends."""
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.recv()  # the session's configuration
+        await connection.send(json.dumps({"type": "session.updated"}))
+        connection.transport.pause_reading()  # it reads nothing more
+        await connection.wait_closed()
+
+    async def scenario() -> None:
+        # A short close timeout: its side of the close waits on a peer that stopped reading too.
+        async with serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/realtime"
+            upstream = ProvidersUpstream({"openai": Endpoint("openai", url, "sk-test")}, timeout=1)
+            chunk = {"type": "audio.append", "audio": base64.b64encode(bytes(48 * KIB)).decode()}
+            async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)) as connection:
+                started = time.monotonic()
+                with pytest.raises(UpstreamError, match=r"^openai stopped reading: a send waited over 1 s$"):
+                    for _ in range(2_000):  # at most 128 MB: the socket buffers fill long before
+                        await connection.send(chunk)
+                assert time.monotonic() - started < 30
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 # The relay connection ----------------------------------------------------------------------------
