@@ -17,6 +17,7 @@ import statistics
 import time
 from typing import Any
 
+from app.exceptions import UpstreamError
 from app.session.events import encode_event
 from app.session.models import ModelRegistry
 from app.session.upstream import SessionInfo
@@ -73,15 +74,34 @@ def resumption_gaps(rounds: int) -> list[float]:
         endpoint = Endpoint("gemini", fake.url, KEY, model_in_query=False)
         upstream = ProvidersUpstream({"gemini": endpoint}, timeout=10, resumes=rounds)
         async with upstream.connect(info) as connection:
-            for turn in range(rounds):
-                await connection.send({"type": "text.input", "text": f"go away {turn}"})
-                while (await connection.receive() or {}).get("type") != "response.completed":
-                    pass
-                deadline = time.monotonic() + 10
-                while len(fake.resumed_at) <= turn:  # the fake answers from a thread of its own
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the session was not resumed within 10 s")
-                    await asyncio.sleep(0.001)
+            events: asyncio.Queue[dict[str, Any] | UpstreamError | None] = asyncio.Queue()
+
+            async def pump() -> None:
+                # As the session's pump: always receiving, which is where the goAway is read and
+                # the session resumed.
+                try:
+                    while True:
+                        await events.put(await connection.receive())
+                except UpstreamError as exc:
+                    await events.put(exc)
+
+            reading = asyncio.get_running_loop().create_task(pump())
+            try:
+                for turn in range(rounds):
+                    await connection.send({"type": "text.input", "text": f"go away {turn}"})
+                    while True:
+                        event = await events.get()
+                        if isinstance(event, UpstreamError):
+                            raise event
+                        if (event or {}).get("type") == "response.completed":
+                            break
+                    deadline = time.monotonic() + 10
+                    while len(fake.resumed_at) <= turn:  # the fake answers from a thread of its own
+                        if time.monotonic() > deadline:
+                            raise TimeoutError("the session was not resumed within 10 s")
+                        await asyncio.sleep(0.001)
+            finally:
+                reading.cancel()
 
     with FakeProvider("gemini", key=KEY) as fake:
         asyncio.run(asyncio.wait_for(converse(fake), 60 + 10 * rounds))

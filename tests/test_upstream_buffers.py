@@ -1,5 +1,8 @@
 """What the relay and provider connections hold counts against a session's memory budget.
 
+A provider connection reads only when the session asks; its own events and the silence check
+interrupt a wait on the provider.
+
 Unit tests of the counts (a fake socket for one module), and a real edge relaying to an upstream that
 floods it while the browser reads nothing: the session ends `session_overloaded`, close 1008.
 """
@@ -7,6 +10,7 @@ floods it while the browser reads nothing: the session ends `session_overloaded`
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
@@ -27,8 +31,9 @@ from app.session.upstream import Buffered, Filling, SessionInfo
 from app.tickets.apikeys import create_key
 from app.tickets.rotation import ensure_keys
 from app.upstreams.outbox import Outbox
+from app.upstreams.providers.adapter import ProvidersUpstream
 from app.upstreams.providers.connection import ProviderConnection
-from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, OUTBOX_EVENTS, Endpoint
+from app.upstreams.providers.link import ERROR_BYTES, EVENT_BYTES, Endpoint
 from app.upstreams.providers.openai import OpenAITranslator
 from app.upstreams.relay import OUTBOX_FRAMES, RelayUpstream
 from tests.servers import ServiceProcess
@@ -84,20 +89,26 @@ def test_the_outbox_counts_what_it_holds_and_what_waits_for_room() -> None:
 
 
 class FakeSocket:
-    """The provider's side of a socket: frames to deliver, then silence; what was sent."""
+    """The provider's side of a socket: frames to deliver (more may come), then silence; what was sent."""
 
     def __init__(self, frames: list[str]) -> None:
         self.frames = frames
         self.sent: list[str] = []
+        self._arrived: asyncio.Event | None = None
+
+    def deliver(self, frame: str) -> None:
+        self.frames.append(frame)
+        if self._arrived is not None:
+            self._arrived.set()
 
     async def send(self, frame: str) -> None:
         self.sent.append(frame)
 
     async def recv(self) -> str:
-        if self.frames:
-            return self.frames.pop(0)
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        while not self.frames:  # cancelled here, nothing is lost (as with websockets' recv)
+            self._arrived = asyncio.Event()
+            await self._arrived.wait()
+        return self.frames.pop(0)
 
     async def close(self) -> None:
         pass
@@ -107,42 +118,144 @@ def openai_text(size: int) -> str:
     return json.dumps({"type": "response.output_text.delta", "delta": "x" * size})
 
 
-def test_a_provider_connection_counts_the_frames_behind_its_events() -> None:
-    frames = [json.dumps({"type": "session.updated"})] + [openai_text(KIB * n) for n in range(1, 21)]
-    sizes = [len(frame) + EVENT_BYTES for frame in frames[1:]]  # each event counts besides its frame
+def provider_connection(socket: FakeSocket) -> ProviderConnection:
+    return ProviderConnection(
+        socket,  # type: ignore[arg-type]
+        OpenAITranslator({}, OPENAI),
+        Endpoint("openai", "ws://unused", "sk-test"),
+        timeout=1,
+        dropped=lambda provider, kind: None,
+    )
+
+
+def test_a_provider_connection_reads_only_when_asked_and_counts_the_frames_behind_its_events() -> None:
+    failed = json.dumps(
+        {"type": "response.done", "response": {"status": "failed", "status_details": {"error": {}}}}
+    )  # two events: an error, then the failed completion
+    texts = [openai_text(KIB * n) for n in range(1, 21)]
+    socket = FakeSocket([json.dumps({"type": "session.updated"}), failed, *texts])
 
     async def scenario() -> None:
-        connection = ProviderConnection(
-            FakeSocket(frames),  # type: ignore[arg-type]
-            OpenAITranslator({}, OPENAI),
-            Endpoint("openai", "ws://unused", "sk-test"),
-            timeout=1,
-            dropped=lambda provider, kind: None,
-        )
+        connection = provider_connection(socket)
         assert isinstance(connection, Buffered) and isinstance(connection, Filling)
         growths: list[int] = []
         connection.on_growth(lambda: growths.append(connection.buffered_bytes()))
         await connection.start()
         try:
-            # The outbox fills (16 events) and the reader holds the 17th while it waits for room.
-            await until(lambda: len(growths) == OUTBOX_EVENTS + 1)
-            assert connection.buffered_bytes() == sum(sizes[: OUTBOX_EVENTS + 1])
-            event = await connection.receive()
-            assert event == {"type": "text.delta", "delta": "x" * KIB}
-            await until(lambda: len(growths) == OUTBOX_EVENTS + 2)
-            assert connection.buffered_bytes() == sum(sizes[1 : OUTBOX_EVENTS + 2])
-            for _ in sizes[1:]:
-                await connection.receive()
+            # Nothing is read ahead of the session: a browser that reads slowly slows the provider.
+            await asyncio.sleep(0.05)
+            assert len(socket.frames) == 1 + len(texts)
+            assert connection.buffered_bytes() == 0 and growths == []
+            # A message that became two events: the second waits, counted with the frame behind it.
+            assert (await connection.receive())["type"] == "error"  # type: ignore[index]
+            assert growths == [EVENT_BYTES + len(failed)]
+            assert connection.buffered_bytes() == EVENT_BYTES + len(failed)
+            assert (await connection.receive())["type"] == "response.completed"  # type: ignore[index]
             assert connection.buffered_bytes() == 0
+            for count, text in enumerate(texts, 1):  # one frame read per event taken, nothing held
+                assert await connection.receive() == json.loads(text) | {"type": "text.delta"}
+                assert len(socket.frames) == len(texts) - count
+                assert connection.buffered_bytes() == 0
             # An event the provider cannot take is an error event of ours, counted while it waits.
             await connection.send({"type": "made.up"})
             assert connection.buffered_bytes() == ERROR_BYTES
+            assert growths[-1] == ERROR_BYTES
             assert (await connection.receive())["type"] == "error"  # type: ignore[index]
             assert connection.buffered_bytes() == 0
         finally:
             await connection.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_error_event_of_ours_reaches_a_receive_waiting_on_a_silent_provider() -> None:
+    socket = FakeSocket([json.dumps({"type": "session.updated"})])
+
+    async def scenario() -> None:
+        connection = provider_connection(socket)
+        await connection.start()
+        try:
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await connection.send({"type": "made.up"})
+            event = await asyncio.wait_for(waiting, 5)
+            assert event is not None and event["type"] == "error"
+            assert connection.buffered_bytes() == 0
+            # The wait it interrupted goes on: the provider's next frame is the next event, and the
+            # task that waited was not left cancelling.
+            assert waiting.cancelling() == 0
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            socket.deliver(openai_text(3))
+            assert await asyncio.wait_for(waiting, 5) == {"type": "text.delta", "delta": "xxx"}
+            # Interrupted and cancelled from outside at once: the cancellation still wins.
+            waiting = asyncio.get_running_loop().create_task(connection.receive())
+            await asyncio.sleep(0.05)
+            await connection.send({"type": "made.up"})
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            assert (await connection.receive())["type"] == "error"  # type: ignore[index]
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_receive_waiting_past_the_response_timeout_is_an_upstream_error() -> None:
+    socket = FakeSocket([json.dumps({"type": "session.updated"})])
+
+    async def scenario() -> None:
+        connection = ProviderConnection(
+            socket,  # type: ignore[arg-type]
+            OpenAITranslator({}, OPENAI),
+            Endpoint("openai", "ws://unused", "sk-test"),
+            timeout=1,
+            dropped=lambda provider, kind: None,
+            response_timeout=0.2,
+        )
+        await connection.start()
+        try:
+            await connection.send({"type": "response.create"})  # an answer is asked for
+            started = time.monotonic()
+            with pytest.raises(UpstreamError, match=r"stopped answering \(nothing for 0.2 s"):
+                await connection.receive()
+            assert time.monotonic() - started >= 0.15
+            task = asyncio.current_task()
+            assert task is not None and task.cancelling() == 0  # the silence check's cancel is taken back
+            with pytest.raises(UpstreamError, match="stopped answering"):
+                await connection.receive()  # and stays
+        finally:
+            await connection.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_provider_that_stops_reading_ends_the_session_within_the_send_timeout() -> None:
+    """Sends are written at once while the write buffer has room; once the provider has stopped
+    reading and the buffers are full, a send waits at most the timeout: the session ends."""
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.recv()  # the session's configuration
+        await connection.send(json.dumps({"type": "session.updated"}))
+        connection.transport.pause_reading()  # it reads nothing more
+        await connection.wait_closed()
+
+    async def scenario() -> None:
+        # A short close timeout: its side of the close waits on a peer that stopped reading too.
+        async with serve(handler, "127.0.0.1", 0, compression=None, close_timeout=0.5) as server:
+            url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/realtime"
+            upstream = ProvidersUpstream({"openai": Endpoint("openai", url, "sk-test")}, timeout=1)
+            chunk = {"type": "audio.append", "audio": base64.b64encode(bytes(48 * KIB)).decode()}
+            async with upstream.connect(SessionInfo("sess_1", "proj", {}, OPENAI)) as connection:
+                started = time.monotonic()
+                with pytest.raises(UpstreamError, match=r"^openai stopped reading: a send waited over 1 s$"):
+                    for _ in range(2_000):  # at most 128 MB: the socket buffers fill long before
+                        await connection.send(chunk)
+                assert time.monotonic() - started < 30
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 # The relay connection ----------------------------------------------------------------------------

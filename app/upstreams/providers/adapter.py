@@ -1,11 +1,12 @@
 """`providers`: each session on the model provider its model names (docs/protocol.md), translated both ways.
 
 The translation is `app.upstreams.providers` (pure); this module and those it uses only do the I/O:
-`connection` (ProviderConnection, the reader) on `resumption`, `link` (Endpoint, frames) and
+`connection` (ProviderConnection, its receive) on `resumption`, `link` (Endpoint, frames) and
 `silence`. One WebSocket per session, authenticated by a header (the key is never in the URL). The
-start waits for the provider's acknowledgement within the upstream timeout. A reader task turns
-provider messages into server events on a bounded outbox whose bytes count against the session's
-memory budget; when the outbox is full it stops reading, so a slow browser slows the provider
+start waits for the provider's acknowledgement within the upstream timeout. The session's pump reads
+the provider itself (`receive`, no reader task): a provider message becomes its server events there,
+and what one message leaves queued (the rest of its events, error events of ours) counts against the
+session's memory budget. While the browser is slow the pump reads nothing, so the provider is slowed
 (websockets' own receive queue holds one frame). A send that waits longer than the timeout for the
 provider to read means the provider stopped reading: the session ends.
 """
@@ -27,7 +28,7 @@ from app.upstreams.providers import translator_for
 from app.upstreams.providers.connection import ProviderConnection
 from app.upstreams.providers.link import SINCE_HANDLE_BYTES, Dropped, Endpoint, _close
 
-RECEIVE_QUEUE_FRAMES = 1  # provider frames websockets buffers before it stops reading: the reader drains it
+RECEIVE_QUEUE_FRAMES = 1  # provider frames websockets buffers before it stops reading: `receive` drains it
 MAX_PROVIDER_FRAME = 1 << 20  # bytes; an audio delta is a few KiB
 
 

@@ -1,10 +1,9 @@
-"""`ProviderConnection`: one session's provider as the session loop sees an upstream; the reader task."""
+"""`ProviderConnection`: one session's provider as the session loop sees an upstream; its receive."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextlib import suppress
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -20,34 +19,33 @@ from app.upstreams.providers.resumption import ResumableLink
 class ProviderConnection(ResumableLink):
     """One session's connection to its provider, as the session loop sees an upstream.
 
+    `receive` reads the provider itself, in the caller's task (the session's pump): no reader task
+    and no queue between them, so a provider frame costs one task wake-up, and a browser that reads
+    slowly leaves provider frames unread (websockets then stops reading the socket).
+
     Gemini's connections end after minutes: on `goAway`, or a close while a resumable handle is
-    held, the reader opens a new one (`reconnect`) with the translator's `resumption_opening()`.
+    held, `receive` opens a new one (`reconnect`) with the translator's `resumption_opening()`.
     Client messages meanwhile are held, counted against the session's budget, and sent in order
     once the new connection acknowledged. After a client event the provider must answer
-    (`Translator.expects_answer`), the reader waits at most `response_timeout` for each message.
+    (`Translator.expects_answer`), each wait for its next message lasts at most `response_timeout`.
     """
 
     def buffered_bytes(self) -> int:
-        """Events translated and not yet taken (counted as the provider frames they came from, and
-        `EVENT_BYTES` each), and client messages held while a connection is resumed."""
-        return self._outbox.held + self._held_bytes + self._expanding + self._since_handle_bytes
+        """Events translated and not yet taken (the rest of a message that became several, counted
+        as `EVENT_BYTES` each and the frame they came from; our error events, `ERROR_BYTES`), and
+        client messages held while a connection is resumed or kept to send again on one."""
+        return self._pending_bytes + self._held_bytes + self._since_handle_bytes
 
     def on_growth(self, notify: Callable[[], None]) -> None:
         self._notify = notify
-        self._outbox.on_growth(notify)
 
     async def start(self) -> None:
         """Configure the provider's session and wait for its acknowledgement (the caller times it)."""
         await self._configure(self._websocket, self._translator.opening(), "refused the session")
-        self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def aclose(self) -> None:
         if self._silence is not None:
             self._silence.cancel()
-        if self._reader is not None:
-            self._reader.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._reader
         await _close(self._websocket)
 
     # Client to provider -------------------------------------------------------------------
@@ -56,7 +54,8 @@ class ProviderConnection(ResumableLink):
         try:
             messages = self._translator.to_provider(event)
         except (ProtocolError, SessionUpdateUnsupportedError) as exc:
-            await self._outbox.put(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
+            self._queue(error_event(exc), ERROR_BYTES)  # non-fatal: the browser hears why
+            self._wake()
             return
         if event["type"] != "audio.append" and self._translator.expects_answer(event):
             self._expect_answer()
@@ -71,12 +70,12 @@ class ProviderConnection(ResumableLink):
         websocket = self._websocket
         try:
             if self._cannot_wait(len(text)):
-                await websocket.send(text)  # no timer for a send that returns at once
+                self._write(text)  # no timer, no wait: it returns at once
             else:
                 await self._send_text(text, websocket)
         except ConnectionClosed as exc:
             if self._resuming or self._can_resume():
-                self._hold(text)  # the reader sees the close too, and resumes
+                self._hold(text)  # `receive` sees the close too, and resumes
                 return
             raise _closed(self._provider, exc, "mid-session") from None
         if self._translator.handle is not None:
@@ -85,24 +84,23 @@ class ProviderConnection(ResumableLink):
     # Provider to client -------------------------------------------------------------------
 
     async def receive(self) -> dict[str, Any] | None:
-        if self._failure is not None:
-            raise self._failure
-        item = await self._outbox.get()
-        if isinstance(item, UpstreamError):
-            self._failure = item
-            raise item
-        return item
+        """The next event: one queued, else the first of the provider's next message that has any.
 
-    async def _read(self) -> None:
-        """Provider messages to the outbox until the provider closes or fails (then its error).
-
-        Each event counts `EVENT_BYTES` from the moment its message is translated (one message must
-        not expand past the budget unseen); the frame's size is held until its last event is taken.
-        The loop is inline: it runs once per provider frame, and each coroutine layer costs there.
+        A failure is raised again on every later call. The loop is inline: it runs once per
+        provider frame, and each coroutine layer costs there.
         """
-        try:
-            while True:
-                self._receiving = True  # the silence check may cancel this wait, and only this one
+        while True:
+            if self._pending:
+                event, size = self._pending.popleft()
+                self._pending_bytes -= size
+                return event
+            if self._failure is not None:
+                raise self._failure
+            try:
+                if self._translator.going_away:
+                    await self._resume("announced the end of its connection (goAway)")
+                    continue
+                self._receiving = asyncio.current_task()  # the only wait the silence check may cancel
                 try:
                     frame = await self._websocket.recv()
                 except ConnectionClosed as exc:
@@ -112,33 +110,35 @@ class ProviderConnection(ResumableLink):
                     await self._resume(closed.message.removeprefix(f"{self._provider} "))
                     continue
                 except asyncio.CancelledError:
-                    self._silent()
+                    if self._interrupted():
+                        continue  # an event of ours to hand over
                     raise
                 finally:
-                    self._receiving = False
+                    self._receiving = None
                 if self._answer_due is not None:  # it said something: the wait starts again
                     self._expect_answer()
                 message = decode_message(frame, self._string_kinds)
                 if not isinstance(message, dict):
                     raise UpstreamError(f"{self._provider} sent a frame that is not a JSON object")
-                size = len(frame)
                 events = self._translate(message) or ()
                 if self._translator.handle != self._handle:
                     self._new_handle()
-                last = len(events)
-                if last > 1:
-                    self._expanding = EVENT_BYTES * last
-                    self._notify()
-                for index, event in enumerate(events, 1):
-                    if last > 1:
-                        self._expanding -= EVENT_BYTES
+                for event in events:
                     kind = event["type"]
                     if kind == "response.completed":
                         self._answer_due = None
                     elif kind == "speech.stopped" and not self._translator.manual_turns:
                         self._expect_answer()  # a turn ended by the provider's voice detection
-                    await self._outbox.put(event, EVENT_BYTES + (size if index == last else 0))
-                if self._translator.going_away:
-                    await self._resume("announced the end of its connection (goAway)")
-        except UpstreamError as exc:
-            await self._outbox.put(exc, 0)
+            except UpstreamError as exc:
+                self._failure = exc
+                raise
+            if len(events) == 1:
+                return events[0]  # the common case: handed over at once, nothing held
+            if events:
+                # The rest wait for the next calls, each counted, the frame with the last.
+                last = len(events) - 1
+                for index in range(1, last + 1):
+                    self._pending.append((events[index], EVENT_BYTES + (len(frame) if index == last else 0)))
+                self._pending_bytes += EVENT_BYTES * last + len(frame)
+                self._notify()
+                return events[0]

@@ -13,18 +13,17 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from app.exceptions import UpstreamError
 from app.session.events import encode_event
 from app.session.models import ModelInfo
-from app.upstreams.outbox import Outbox
 from app.upstreams.providers import Translator
 from app.upstreams.providers.base import decode_message, redact
 from app.upstreams.providers.silence import SilenceCheck
 
 logger = logging.getLogger(__name__)
 
-OUTBOX_EVENTS = 16  # server events translated and not yet taken by the session
 ERROR_BYTES = 256  # what an error event of ours (an event the provider cannot take) is counted as
 EVENT_BYTES = 256  # what each translated event is counted as, besides the frame it came from
 #: Client messages sent since the newest resumption handle, kept to send again on a resumed
@@ -112,9 +111,10 @@ class ProviderLink(SilenceCheck):
         self._resumes = resumes
         self._on_resumed = resumed or (lambda provider: None)
         self._session_id = session_id
-        self._outbox: Outbox[dict[str, Any] | UpstreamError] = Outbox(OUTBOX_EVENTS)
+        # Events translated and not yet taken (the rest of a message that became several, our errors).
+        self._pending: deque[tuple[dict[str, Any], int]] = deque()
+        self._pending_bytes = 0
         self._notify: Callable[[], None] = lambda: None
-        self._reader: asyncio.Task[None] | None = None
         self._failure: UpstreamError | None = None
         self._transport: asyncio.WriteTransport | None = getattr(websocket, "transport", None)
         # Message types whose translation reads one string member, and that member.
@@ -125,13 +125,13 @@ class ProviderLink(SilenceCheck):
         self._since_handle_bytes = 0
         self._since_handle_limit = since_handle_bytes
         self._handle: str | None = None
-        self._expanding = 0  # events of the message being queued, not yet in the outbox
         self._resuming = False
         self.resumptions = 0
         self._answer_due: float | None = None  # loop time by which the provider must say something
         self._silence: asyncio.TimerHandle | None = None  # checks `_answer_due` when it may have passed
-        self._receiving = False  # the reader waits on the provider (not on the browser)
-        self._silenced = False  # the silence check cancelled the reader
+        self._receiving: asyncio.Task[Any] | None = None  # the task waiting on the provider, if one is
+        self._interrupting = False  # that wait was cancelled by this connection (`_interrupt`)
+        self._silenced = False  # ... by the silence check
 
     async def _configure(
         self, websocket: ClientConnection, opening: list[dict[str, Any]], refused: str
@@ -151,6 +151,12 @@ class ProviderLink(SilenceCheck):
                     said = str(event["error"]["message"]).removeprefix(f"{self._provider}: ")
                     raise UpstreamError(f"{self._provider} {refused}: {said}")
 
+    def _queue(self, event: dict[str, Any], size: int) -> None:
+        """An event of ours for the session, counted as `size` bytes until `receive` hands it over."""
+        self._pending.append((event, size))
+        self._pending_bytes += size
+        self._notify()
+
     async def _send_text(self, text: str, websocket: ClientConnection) -> None:
         """Send one frame within the timeout; ConnectionClosed passes through (the caller names
         the moment)."""
@@ -164,12 +170,25 @@ class ProviderLink(SilenceCheck):
 
     def _cannot_wait(self, chars: int) -> bool:
         """Whether a send of `chars` characters returns without waiting for the provider to read:
-        writing is not paused, and the write buffer stays under its high-water mark with the frame
-        in it (at most 4 bytes a character and its header), so writing it cannot pause."""
+        the connection is open, writing is not paused, and the write buffer stays under its
+        high-water mark with the frame in it (at most 4 bytes a character and its header), so
+        writing it cannot pause."""
         transport = self._transport
-        if transport is None or self._websocket.paused:
+        websocket = self._websocket
+        if transport is None or websocket.paused or websocket.protocol.state is not State.OPEN:
             return False
         return transport.get_write_buffer_size() + 4 * chars + 16 <= transport.get_write_buffer_limits()[1]
+
+    def _write(self, text: str) -> None:
+        """Write one frame at once, when `_cannot_wait`: websockets' sans-I/O protocol frames it
+        (its public `send_text`/`data_to_send`), without `send`'s context manager and drain, which
+        cost more than the frame; nothing can wait, so they have nothing to do."""
+        protocol = self._websocket.protocol
+        transport = self._transport
+        assert transport is not None  # noqa: S101 - `_cannot_wait` saw it
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():
+            transport.write(data)
 
     async def _next_frame(self, when: str, websocket: ClientConnection) -> tuple[dict[str, Any], int]:
         """The provider's next message, decoded, and the size of its frame."""

@@ -84,7 +84,7 @@ class ResumableLink(ProviderLink):
         )
         self._on_resumed(self._provider)
         for event in self._translator.resumed():
-            await self._outbox.put(event, EVENT_BYTES)
+            self._queue(event, EVENT_BYTES)
         if self._answer_due is not None:
             self._expect_answer()
         try:
