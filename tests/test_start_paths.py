@@ -16,6 +16,7 @@ from websockets.sync.client import connect
 from app.exceptions import SettingsError
 from app.main import UNSUPPORTED_START
 from app.server import internals
+from app.upstreams import wsnames
 from tests.servers import ROOT, terminate
 
 FACTORY = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1"]
@@ -140,3 +141,18 @@ def test_app_serve_refuses_an_unsupported_uvicorn(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"the edge supports uvicorn{internals.SUPPORTED}" in result.stderr
+
+
+@pytest.mark.parametrize("release", ["16.0", "18.0", "20.1"])
+def test_another_websockets_release_is_refused_with_the_supported_range(release: str) -> None:
+    assert wsnames.problems(release) == [
+        f"websockets {release} is installed; the provider link supports websockets{wsnames.SUPPORTED}"
+    ]
+
+
+def test_a_lost_websockets_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert wsnames.problems() == []
+    monkeypatch.setattr(wsnames, "ATTRIBUTES", (*wsnames.ATTRIBUTES, "gone_attribute"))
+    assert wsnames.problems() == ["ClientConnection.gone_attribute is gone"]
+    with pytest.raises(SettingsError, match=re.escape(f"websockets{wsnames.SUPPORTED}")):
+        wsnames.check()

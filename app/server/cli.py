@@ -19,6 +19,7 @@ from app.main import create_app
 from app.server import internals
 from app.server.runner import DrainingServer, listen, tune_gc, uvicorn_config
 from app.server.workers import supervise
+from app.upstreams import wsnames
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         internals.check()  # the edge's protocol classes build on these uvicorn releases only
+        wsnames.check()  # and the provider link on these websockets releases
     except SettingsError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
