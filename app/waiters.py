@@ -22,6 +22,17 @@ def _wake(waiters: list[asyncio.Future[None]]) -> None:
     waiters.clear()
 
 
+async def _wait(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait until `_wake(waiters)`; a cancelled wait leaves no future behind."""
+    waiter = asyncio.get_running_loop().create_future()
+    waiters.append(waiter)
+    try:
+        await waiter
+    finally:
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+
 class MessageQueue(Generic[T]):
     """An unbounded FIFO with `asyncio.Queue`'s `put_nowait`, `get`, `empty` and `qsize`.
 
@@ -41,13 +52,7 @@ class MessageQueue(Generic[T]):
 
     async def get(self) -> T:
         while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await _wait(self._waiters)
         return self._items.pop(0)
 
     def empty(self) -> bool:
@@ -78,13 +83,6 @@ class Flag:
         self._set = False
 
     async def wait(self) -> bool:
-        if self._set:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        if not self._set:
+            await _wait(self._waiters)
         return True
