@@ -17,6 +17,7 @@ from websockets.http11 import Request
 from websockets.uri import parse_uri
 
 from app.config import Settings
+from app.server import connections
 from app.server.connections import ConnectionLimits, EdgeWebSocketProtocol, protocol_classes
 from app.server.frames import bounded_protocol
 
@@ -38,6 +39,15 @@ class Transport:
 
     def is_reading(self) -> bool:
         return self.reading
+
+    unsent = 0  # bytes the transport still holds
+    aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.unsent
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -147,5 +157,32 @@ def test_reading_pauses_only_when_a_second_read_arrives_while_a_message_waits() 
         protocol.data_received(frame('{"type":"audio.commit"}'))
         loop.run_until_complete(protocol.receive())
         assert transport.pauses == 1  # a message taken before the next arrives costs no pause
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize(
+    ("unsent", "lost_meanwhile", "aborted"),
+    [
+        (65_536, False, True),  # a client that reads nothing: its socket is aborted
+        (65_536, True, False),  # it went before the timer: nothing to do
+        (0, False, False),  # nothing unwritten: uvicorn's close completes by itself
+    ],
+)
+def test_a_connection_left_with_unwritten_bytes_after_its_app_returned_is_aborted(
+    monkeypatch: pytest.MonkeyPatch, unsent: int, lost_meanwhile: bool, aborted: bool
+) -> None:
+    monkeypatch.setattr(connections, "ABORT_AFTER_SECONDS", 0.01)
+    loop = asyncio.new_event_loop()
+    try:
+        protocol, _, transport = opened(loop)
+        transport.unsent = unsent
+        task = loop.create_task(asyncio.sleep(0))
+        loop.run_until_complete(task)
+        protocol.on_task_complete(task)
+        if lost_meanwhile:
+            protocol.disconnected = True
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert transport.aborted is aborted
     finally:
         loop.close()

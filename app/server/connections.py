@@ -53,6 +53,11 @@ OVERFLOW = 128
 LINGER_SECONDS = 1.0
 
 
+#: How long a WebSocket may stay open once its app has returned: uvicorn's close handshake timeout
+#: (10 s) and a little more, so that a close that completes is never cut short.
+ABORT_AFTER_SECONDS = 12.0
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """The per-connection bounds, from Settings (`app.server.runner.connection_limits`)."""
@@ -103,6 +108,21 @@ class EdgeWebSocketProtocol(WebSocketsSansIOProtocol):
         extensions: dict[str, Any] = self.scope["extensions"]
         extensions[WAITING_EXTENSION] = self.message_waiting
         extensions[SEND_NOW_EXTENSION] = self.send_text_now
+
+    def on_task_complete(self, task: asyncio.Task[None]) -> None:
+        super().on_task_complete(task)
+        # The app is done with the connection, and uvicorn closes it with `transport.close()`, at
+        # once or after its close handshake's timeout. asyncio's close waits for the write buffer
+        # to drain: a client that never reads would hold the socket, its kernel buffers and a
+        # connection slot for good. With bytes still unwritten, what is still open
+        # `ABORT_AFTER_SECONDS` later is aborted (an empty buffer closes at once: no timer).
+        if not self.disconnected and self.transport.get_write_buffer_size():
+            self.loop.call_later(ABORT_AFTER_SECONDS, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            logger.info("a WebSocket client read nothing after its session ended: connection aborted")
+            self.transport.abort()
 
     def message_waiting(self) -> bool:
         """Whether a received message is queued for the app (its next receive returns at once)."""

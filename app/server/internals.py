@@ -47,6 +47,7 @@ METHODS: dict[_Class, tuple[str, ...]] = {
         "handle_ping",
         "handle_parser_exception",
         "send_receive_event_to_app",
+        "on_task_complete",
         "pause_writing",
         "resume_writing",
         "shutdown",
